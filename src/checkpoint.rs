@@ -1,0 +1,380 @@
+//! Opening an ingredient: resolving a path to its shard files, mapping them, and
+//! validating every header before any tensor data is touched.
+//!
+//! An ingredient is a `.safetensors` file, or a directory holding `model.safetensors`
+//! or shards listed by `model.safetensors.index.json` (the Hugging Face layout). After
+//! [`Checkpoint::open`] succeeds, every tensor's byte range is known to lie inside its
+//! mapped file and to match its dtype and shape, so later reads cannot go out of
+//! bounds.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::mapped;
+
+/// The file name of a single-file checkpoint in a directory.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// The file name of the shard index in a directory.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// Largest index file accepted; real ones are well under 1 MB.
+const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// One tensor of a checkpoint: where its bytes are and what they mean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorEntry {
+    /// The tensor's name, e.g. `model.layers.0.mlp.up_proj.weight`.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Shape; empty for a scalar.
+    pub shape: Vec<usize>,
+    /// Index of the shard file in [`Checkpoint::shards`].
+    pub shard: usize,
+    /// Absolute byte offset of the data in the shard file.
+    pub offset: usize,
+    /// Byte length of the data.
+    pub len: usize,
+}
+
+impl TensorEntry {
+    /// Number of elements (1 for a scalar, 0 for an empty tensor).
+    pub fn numel(&self) -> usize {
+        // Cannot overflow: the header check proved numel × element size fits.
+        self.shape.iter().product()
+    }
+}
+
+/// One mapped shard file.
+#[derive(Debug)]
+pub struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    metadata: BTreeMap<String, String>,
+}
+
+impl Shard {
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's `__metadata__` entries.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// File size in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the file is empty (never true for a shard that opened).
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// A validated, memory-mapped ingredient.
+#[derive(Debug)]
+pub struct Checkpoint {
+    path: PathBuf,
+    directory: Option<PathBuf>,
+    shards: Vec<Shard>,
+    tensors: Vec<TensorEntry>,
+    by_name: HashMap<String, usize>,
+}
+
+#[derive(Deserialize)]
+struct IndexFile {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl Checkpoint {
+    /// Opens a `.safetensors` file or a Hugging Face checkpoint directory, maps every
+    /// shard and validates all headers (and the index against them).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let meta = fs::metadata(path).map_err(Error::io("open", path))?;
+        if meta.is_file() {
+            let shard = open_shard(path.to_path_buf())?;
+            return Self::assemble(path, None, vec![shard], None);
+        }
+        let index = path.join(INDEX_FILE);
+        if index.is_file() {
+            return Self::open_indexed(path, &index);
+        }
+        let single = path.join(SINGLE_FILE);
+        if single.is_file() {
+            let shard = open_shard(single)?;
+            return Self::assemble(path, Some(path.to_path_buf()), vec![shard], None);
+        }
+        Err(Error::NotACheckpoint {
+            path: path.to_path_buf(),
+            hint: directory_hint(path),
+        })
+    }
+
+    fn open_indexed(dir: &Path, index: &Path) -> Result<Self> {
+        let text = read_bounded(index, MAX_INDEX_BYTES)?;
+        let parsed: IndexFile = serde_json::from_str(&text).map_err(|source| Error::IndexJson {
+            path: index.to_path_buf(),
+            source,
+        })?;
+        let names: BTreeSet<&String> = parsed.weight_map.values().collect();
+        let mut shards = Vec::with_capacity(names.len());
+        for name in names {
+            if !is_plain_file_name(name) {
+                return Err(Error::UnsafeShardName {
+                    index: index.to_path_buf(),
+                    shard: name.clone(),
+                });
+            }
+            let shard_path = dir.join(name);
+            if !shard_path.is_file() {
+                return Err(Error::MissingShard {
+                    index: index.to_path_buf(),
+                    shard: name.clone(),
+                });
+            }
+            shards.push(open_shard(shard_path)?);
+        }
+        Self::assemble(
+            dir,
+            Some(dir.to_path_buf()),
+            shards,
+            Some((index, &parsed.weight_map)),
+        )
+    }
+
+    /// Gathers the shards' tensors in file order, rejecting duplicates and any
+    /// disagreement with the index.
+    fn assemble(
+        path: &Path,
+        directory: Option<PathBuf>,
+        opened: Vec<(Shard, Vec<TensorEntry>)>,
+        index: Option<(&Path, &BTreeMap<String, String>)>,
+    ) -> Result<Self> {
+        let mut shards = Vec::with_capacity(opened.len());
+        let mut tensors: Vec<TensorEntry> = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (shard_no, (shard, entries)) in opened.into_iter().enumerate() {
+            for mut entry in entries {
+                if let Some(&other) = by_name.get(&entry.name) {
+                    let first: &Shard = &shards[tensors[other].shard];
+                    return Err(Error::DuplicateTensor {
+                        tensor: entry.name,
+                        first: first.path.clone(),
+                        second: shard.path.clone(),
+                    });
+                }
+                entry.shard = shard_no;
+                by_name.insert(entry.name.clone(), tensors.len());
+                tensors.push(entry);
+            }
+            shards.push(shard);
+        }
+        if let Some((index, weight_map)) = index {
+            check_index(index, weight_map, &shards, &tensors, &by_name)?;
+        }
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            directory,
+            shards,
+            tensors,
+            by_name,
+        })
+    }
+
+    /// The path this checkpoint was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The checkpoint's directory, when it was opened as one (config and tokenizer
+    /// files live there).
+    pub fn directory(&self) -> Option<&Path> {
+        self.directory.as_deref()
+    }
+
+    /// The mapped shard files, in index order.
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// All tensors, shard by shard in file order.
+    pub fn tensors(&self) -> &[TensorEntry] {
+        &self.tensors
+    }
+
+    /// Looks a tensor up by name.
+    pub fn get(&self, name: &str) -> Option<&TensorEntry> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// Position of a tensor in [`Checkpoint::tensors`].
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// The bytes of `len` bytes of `tensor` starting `start` bytes into its data.
+    ///
+    /// # Panics
+    /// If the range lies outside the tensor; callers slice within validated sizes.
+    pub(crate) fn bytes(&self, tensor: &TensorEntry, start: usize, len: usize) -> &[u8] {
+        assert!(
+            start + len <= tensor.len,
+            "chunk outside tensor {:?}",
+            tensor.name
+        );
+        &self.shards[tensor.shard].map[tensor.offset + start..tensor.offset + start + len]
+    }
+
+    /// Drops this process's mapping of `len` bytes of `tensor` from `start` (see
+    /// [`mapped::release`]).
+    pub(crate) fn release(&self, tensor: &TensorEntry, start: usize, len: usize) {
+        let from = tensor.offset + start;
+        mapped::release(&self.shards[tensor.shard].map, from, from + len);
+    }
+}
+
+/// Maps one shard and lists its tensors in file order, with absolute offsets.
+fn open_shard(path: PathBuf) -> Result<(Shard, Vec<TensorEntry>)> {
+    let map = mapped::map_file(&path)?;
+    let (header_len, header) =
+        SafeTensors::read_metadata(&map).map_err(|source| Error::Header {
+            path: path.clone(),
+            source,
+        })?;
+    // read_metadata proved 8 + header_len + (end of the last tensor) == file length
+    // and that the tensors tile the data without gaps or overlaps.
+    let data_start = 8 + header_len;
+    let mut entries: Vec<TensorEntry> = header
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| TensorEntry {
+            name,
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            shard: 0,
+            offset: data_start + info.data_offsets.0,
+            len: info.data_offsets.1 - info.data_offsets.0,
+        })
+        .collect();
+    entries.sort_by(|a, b| (a.offset, &a.name).cmp(&(b.offset, &b.name)));
+    debug_assert!(entries
+        .iter()
+        .all(|e| map.get(e.offset..e.offset + e.len).is_some()));
+    let metadata = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    Ok((
+        Shard {
+            path,
+            map,
+            metadata,
+        },
+        entries,
+    ))
+}
+
+/// Checks that the index maps exactly the tensors each shard holds.
+fn check_index(
+    index: &Path,
+    weight_map: &BTreeMap<String, String>,
+    shards: &[Shard],
+    tensors: &[TensorEntry],
+    by_name: &HashMap<String, usize>,
+) -> Result<()> {
+    let mismatch = |problem: String| Error::IndexMismatch {
+        index: index.to_path_buf(),
+        problem,
+    };
+    let shard_name = |t: &TensorEntry| {
+        shards[t.shard]
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    for (tensor, shard) in weight_map {
+        match by_name.get(tensor) {
+            None => {
+                return Err(mismatch(format!(
+                    "tensor {tensor:?} is mapped to {shard:?}, which does not contain it"
+                )))
+            }
+            Some(&i) if shard_name(&tensors[i]) != *shard => {
+                return Err(mismatch(format!(
+                    "tensor {tensor:?} is mapped to {shard:?} but is stored in {:?}",
+                    shard_name(&tensors[i])
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(t) = tensors.iter().find(|t| !weight_map.contains_key(&t.name)) {
+        return Err(mismatch(format!(
+            "tensor {:?} in shard {:?} is not listed in the index",
+            t.name,
+            shard_name(t)
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a small text file, refusing anything larger than `limit` bytes.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<String> {
+    let size = fs::metadata(path).map_err(Error::io("read", path))?.len();
+    if size > limit {
+        return Err(Error::FileTooLarge {
+            path: path.to_path_buf(),
+            size,
+            limit,
+        });
+    }
+    fs::read_to_string(path).map_err(Error::io("read", path))
+}
+
+/// True for a name like `model-00001-of-00002.safetensors`: no directory parts, no
+/// `..`, nothing absolute.
+fn is_plain_file_name(name: &str) -> bool {
+    let p = Path::new(name);
+    !name.is_empty()
+        && p.components().count() == 1
+        && matches!(p.components().next(), Some(std::path::Component::Normal(_)))
+}
+
+/// Advice for a directory without safetensors weights.
+fn directory_hint(dir: &Path) -> String {
+    let has = |name: &str| dir.join(name).exists();
+    if has("pytorch_model.bin") || has("pytorch_model.bin.index.json") {
+        return "; it holds PyTorch weights (pytorch_model.bin), which are not supported: \
+                convert them to safetensors first"
+            .to_owned();
+    }
+    let others: Vec<String> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".safetensors"))
+        .take(3)
+        .collect();
+    if others.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; it has {} but no {INDEX_FILE} to say how they fit together: pass the file itself",
+            others.join(", ")
+        )
+    }
+}

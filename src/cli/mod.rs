@@ -1,0 +1,51 @@
+//! Dispatch from parsed arguments to commands, and the process exit codes.
+
+pub mod args;
+mod merge;
+mod progress;
+mod size;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use args::{Cli, Command};
+
+/// Set by Ctrl-C; long-running library calls poll it and stop cleanly.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The exit codes `soup` uses (documented in `soup --help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The command did what was asked.
+    Success = 0,
+    /// Bad input, bad arguments or an I/O failure.
+    Error = 2,
+    /// Stopped by Ctrl-C; nothing partial was left behind.
+    Interrupted = 130,
+}
+
+impl Exit {
+    /// The exit code for a failed command.
+    pub fn for_error(err: &anyhow::Error) -> Exit {
+        match err.downcast_ref::<modelsoup::Error>() {
+            Some(modelsoup::Error::Cancelled) => Exit::Interrupted,
+            _ => Exit::Error,
+        }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> anyhow::Result<Exit> {
+    // Without a handler Ctrl-C kills the process at once, which is safe too (only a
+    // hidden staging directory is left), so a failure to install one is not fatal.
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    match cli.command {
+        Command::Merge(args) => merge::run(&args, &INTERRUPTED),
+    }
+}

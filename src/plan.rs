@@ -1,0 +1,448 @@
+//! Planning a merge from headers alone: which tensors, from where, with which
+//! weights, into which output shard at which offset, under which header bytes.
+//!
+//! Nothing here reads tensor data. A [`Plan`] is complete before the first byte
+//! moves, so output files can be created at their final size and every chunk
+//! written at its final offset, in any order, by any thread.
+
+use std::collections::{BTreeMap, HashMap};
+
+use safetensors::Dtype;
+use serde::Serialize;
+
+use crate::checkpoint::{Checkpoint, TensorEntry};
+use crate::dtype::FloatDtype;
+use crate::error::{Difference, Error, Result};
+
+/// What to do with tensors that are not averaged (integers, bool, 8-bit floats)
+/// when ingredients disagree on their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonFloatPolicy {
+    /// Refuse to merge: such tensors (`position_ids`, masks) must be identical.
+    #[default]
+    RequireEqual,
+    /// Copy the first ingredient's bytes without comparing.
+    TakeFirst,
+}
+
+/// Chooses one coefficient per ingredient for a tensor, given its name.
+pub type TensorWeightFn = Box<dyn Fn(&str) -> Vec<f64> + Send + Sync>;
+
+/// The mixing weights of a merge: one coefficient per ingredient, possibly
+/// different for every tensor (layer-wise soups).
+pub enum Weights {
+    /// The same coefficients for every tensor.
+    Global(Vec<f64>),
+    /// Coefficients chosen per tensor name.
+    PerTensor(TensorWeightFn),
+}
+
+impl Weights {
+    /// Equal weights `1/k` for `k` ingredients: the uniform soup.
+    pub fn uniform(k: usize) -> Self {
+        Weights::Global(vec![1.0 / k as f64; k])
+    }
+
+    fn for_tensor(&self, name: &str) -> Vec<f64> {
+        match self {
+            Weights::Global(w) => w.clone(),
+            Weights::PerTensor(f) => f(name),
+        }
+    }
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Weights::Global(w) => f.debug_tuple("Global").field(w).finish(),
+            Weights::PerTensor(_) => f.write_str("PerTensor(..)"),
+        }
+    }
+}
+
+/// Everything that decides the output besides the ingredients themselves.
+#[derive(Debug)]
+pub struct PlanOptions {
+    /// The mixing weights, used as given (normalising is the caller's choice).
+    pub weights: Weights,
+    /// Output dtype for averaged tensors; `None` keeps each tensor's dtype in the
+    /// first ingredient.
+    pub dtype: Option<FloatDtype>,
+    /// Largest output shard in bytes before the output is split (a tensor larger
+    /// than this gets a shard of its own).
+    pub max_shard_size: u64,
+    /// Handling of tensors that are copied rather than averaged.
+    pub non_float: NonFloatPolicy,
+    /// Extra `__metadata__` entries for every output file; `"format": "pt"` is
+    /// always added.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Default `max_shard_size`: 5 GB, as `transformers` uses.
+pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
+
+/// How an output tensor is produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Produce {
+    /// `Σ wᵢ·xᵢ`, narrowed to `dtype`. Ingredients with weight 0 are not read.
+    Average {
+        /// Output format.
+        dtype: FloatDtype,
+        /// Each ingredient's format for this tensor.
+        inputs: Vec<FloatDtype>,
+        /// One weight per ingredient.
+        weights: Vec<f64>,
+    },
+    /// The first ingredient's bytes, verified equal in the others when `verify`.
+    Copy {
+        /// Compare every ingredient's bytes with the first's.
+        verify: bool,
+    },
+}
+
+/// One output tensor.
+#[derive(Debug, Clone)]
+pub struct PlannedTensor {
+    /// Name.
+    pub name: String,
+    /// Output safetensors dtype.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Element count.
+    pub numel: usize,
+    /// How it is computed.
+    pub produce: Produce,
+    /// Output shard index in [`Plan::shards`].
+    pub shard: usize,
+    /// Absolute byte offset in the output shard file.
+    pub offset: u64,
+    /// Byte length in the output.
+    pub len: u64,
+    /// For each ingredient, the index of this tensor in its [`Checkpoint::tensors`].
+    pub sources: Vec<usize>,
+}
+
+/// One output file.
+#[derive(Debug, Clone)]
+pub struct PlannedShard {
+    /// File name inside the output directory.
+    pub file_name: String,
+    /// The complete header: 8-byte length, JSON, space padding to 8 bytes.
+    pub header: Vec<u8>,
+    /// Final file size.
+    pub size: u64,
+    /// Range of tensor indices (in [`Plan::tensors`]) stored here.
+    pub tensors: std::ops::Range<usize>,
+}
+
+/// A complete merge plan.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Output tensors in output order.
+    pub tensors: Vec<PlannedTensor>,
+    /// Output files.
+    pub shards: Vec<PlannedShard>,
+}
+
+impl Plan {
+    /// Checks that the ingredients can be merged and lays out the output.
+    pub fn new(ingredients: &[Checkpoint], options: &PlanOptions) -> Result<Plan> {
+        let first = ingredients.first().ok_or(Error::NoIngredients)?;
+        check_compatible(ingredients)?;
+        let mut tensors = Vec::with_capacity(first.tensors().len());
+        for entry in first.tensors() {
+            tensors.push(plan_tensor(entry, ingredients, options)?);
+        }
+        let shards = assign_shards(&mut tensors, options)?;
+        Ok(Plan { tensors, shards })
+    }
+
+    /// Total bytes of tensor data in the output.
+    pub fn output_bytes(&self) -> u64 {
+        self.tensors.iter().map(|t| t.len).sum()
+    }
+
+    /// Total number of parameters (elements) in the output.
+    pub fn parameters(&self) -> u64 {
+        self.tensors.iter().map(|t| t.numel as u64).sum()
+    }
+
+    /// Total bytes that will be read from the ingredients.
+    pub fn input_bytes(&self, ingredients: &[Checkpoint]) -> u64 {
+        let mut total = 0;
+        for t in &self.tensors {
+            for (i, (ck, &src)) in ingredients.iter().zip(&t.sources).enumerate() {
+                let read = match &t.produce {
+                    Produce::Average { weights, .. } => weights[i] != 0.0,
+                    Produce::Copy { verify } => i == 0 || *verify,
+                };
+                if read {
+                    total += ck.tensors()[src].len as u64;
+                }
+            }
+        }
+        total
+    }
+}
+
+/// Lists every way the ingredients differ in names, shapes and kinds of dtype.
+pub fn check_compatible(ingredients: &[Checkpoint]) -> Result<()> {
+    let mut differences = Vec::new();
+    // Union of names in first-seen order, so the report follows the model's layout.
+    let mut order: Vec<&str> = Vec::new();
+    let mut seen: HashMap<&str, ()> = HashMap::new();
+    for ck in ingredients {
+        for t in ck.tensors() {
+            if seen.insert(&t.name, ()).is_none() {
+                order.push(&t.name);
+            }
+        }
+    }
+    for name in order {
+        let found: Vec<(&Checkpoint, &TensorEntry)> = ingredients
+            .iter()
+            .filter_map(|ck| ck.get(name).map(|t| (ck, t)))
+            .collect();
+        let (ref_ck, ref_t) = found[0];
+        if found.len() < ingredients.len() {
+            differences.push(Difference::Missing {
+                tensor: name.to_owned(),
+                missing_in: ingredients
+                    .iter()
+                    .filter(|ck| ck.get(name).is_none())
+                    .map(|ck| ck.path().to_path_buf())
+                    .collect(),
+                present_in: ref_ck.path().to_path_buf(),
+            });
+        }
+        if let Some((ck, t)) = found.iter().find(|(_, t)| t.shape != ref_t.shape) {
+            differences.push(Difference::Shape {
+                tensor: name.to_owned(),
+                first: (ref_ck.path().to_path_buf(), ref_t.shape.clone()),
+                other: (ck.path().to_path_buf(), t.shape.clone()),
+            });
+        }
+        if let Some((ck, t)) = found.iter().find(|(_, t)| !same_kind(t.dtype, ref_t.dtype)) {
+            differences.push(Difference::Dtype {
+                tensor: name.to_owned(),
+                first: (ref_ck.path().to_path_buf(), format!("{:?}", ref_t.dtype)),
+                other: (ck.path().to_path_buf(), format!("{:?}", t.dtype)),
+            });
+        }
+    }
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Incompatible(differences))
+    }
+}
+
+/// Floats of any averaged width mix freely; anything else must match exactly.
+fn same_kind(a: Dtype, b: Dtype) -> bool {
+    match (
+        FloatDtype::from_safetensors(a),
+        FloatDtype::from_safetensors(b),
+    ) {
+        (Some(_), Some(_)) => true,
+        (None, None) => a == b,
+        _ => false,
+    }
+}
+
+fn plan_tensor(
+    entry: &TensorEntry,
+    ingredients: &[Checkpoint],
+    options: &PlanOptions,
+) -> Result<PlannedTensor> {
+    // check_compatible proved that every ingredient has the tensor.
+    let sources: Vec<usize> = ingredients
+        .iter()
+        .filter_map(|ck| ck.position(&entry.name))
+        .collect();
+    debug_assert_eq!(sources.len(), ingredients.len());
+    let numel = entry.numel();
+    let (dtype, produce, len) = match FloatDtype::from_safetensors(entry.dtype) {
+        Some(own) => {
+            let out = options.dtype.unwrap_or(own);
+            let weights = options.weights.for_tensor(&entry.name);
+            if weights.len() != ingredients.len() {
+                return Err(Error::WeightCount {
+                    expected: ingredients.len(),
+                    got: weights.len(),
+                });
+            }
+            if let Some((i, &w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
+                return Err(Error::NonFiniteWeight {
+                    tensor: entry.name.clone(),
+                    ingredient: i,
+                    value: w,
+                });
+            }
+            // check_compatible proved the tensor is a float in every ingredient.
+            let inputs = ingredients
+                .iter()
+                .zip(&sources)
+                .filter_map(|(ck, &i)| FloatDtype::from_safetensors(ck.tensors()[i].dtype))
+                .collect();
+            let len = numel
+                .checked_mul(out.size())
+                .ok_or_else(|| Error::SizeOverflow {
+                    tensor: entry.name.clone(),
+                })?;
+            (
+                out.to_safetensors(),
+                Produce::Average {
+                    dtype: out,
+                    inputs,
+                    weights,
+                },
+                len,
+            )
+        }
+        None => {
+            let verify = options.non_float == NonFloatPolicy::RequireEqual;
+            (entry.dtype, Produce::Copy { verify }, entry.len)
+        }
+    };
+    let len = u64::try_from(len).map_err(|_| Error::SizeOverflow {
+        tensor: entry.name.clone(),
+    })?;
+    Ok(PlannedTensor {
+        name: entry.name.clone(),
+        dtype,
+        shape: entry.shape.clone(),
+        numel,
+        produce,
+        shard: 0,
+        offset: 0,
+        len,
+        sources,
+    })
+}
+
+/// Splits the tensors into output shards of at most `max_shard_size` data bytes,
+/// orders each shard's tensors so every tensor is aligned to its element size, and
+/// writes each shard's header.
+fn assign_shards(
+    tensors: &mut Vec<PlannedTensor>,
+    options: &PlanOptions,
+) -> Result<Vec<PlannedShard>> {
+    // Greedy packing in model order, as transformers does.
+    let mut groups: Vec<Vec<PlannedTensor>> = Vec::new();
+    let mut current: Vec<PlannedTensor> = Vec::new();
+    let mut current_bytes = 0u64;
+    for t in tensors.drain(..) {
+        if !current.is_empty() && current_bytes.saturating_add(t.len) > options.max_shard_size {
+            groups.push(std::mem::take(&mut current));
+            current_bytes = 0;
+        }
+        current_bytes = current_bytes.saturating_add(t.len);
+        current.push(t);
+    }
+    if !current.is_empty() || groups.is_empty() {
+        groups.push(current);
+    }
+
+    let n = groups.len();
+    let mut shards = Vec::with_capacity(n);
+    for (shard_no, mut group) in groups.into_iter().enumerate() {
+        // Widest elements first: each dtype group's byte length is a multiple of its
+        // element size, so every tensor starts aligned (readers can view in place).
+        group.sort_by_key(|t| std::cmp::Reverse(t.dtype.bitsize()));
+        let file_name = if n == 1 {
+            crate::checkpoint::SINGLE_FILE.to_owned()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", shard_no + 1, n)
+        };
+        let header = encode_header(&group, &options.metadata)?;
+        let mut offset = header.len() as u64;
+        let first = tensors.len();
+        for mut t in group {
+            t.shard = shard_no;
+            t.offset = offset;
+            offset = offset
+                .checked_add(t.len)
+                .ok_or_else(|| Error::SizeOverflow {
+                    tensor: t.name.clone(),
+                })?;
+            tensors.push(t);
+        }
+        shards.push(PlannedShard {
+            file_name,
+            header,
+            size: offset,
+            tensors: first..tensors.len(),
+        });
+    }
+    Ok(shards)
+}
+
+#[derive(Serialize)]
+struct HeaderTensor<'a> {
+    dtype: Dtype,
+    shape: &'a [usize],
+    data_offsets: (u64, u64),
+}
+
+/// The safetensors header for tensors laid out back to back in the given order:
+/// little-endian length, JSON, spaces up to a multiple of 8 bytes.
+fn encode_header(tensors: &[PlannedTensor], extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
+    let mut metadata = extra.clone();
+    metadata.insert("format".to_owned(), "pt".to_owned());
+    let mut map = serde_json::Map::new();
+    map.insert(
+        "__metadata__".to_owned(),
+        serde_json::to_value(&metadata).map_err(Error::Json)?,
+    );
+    let mut start = 0u64;
+    for t in tensors {
+        let end = start + t.len;
+        let entry = HeaderTensor {
+            dtype: t.dtype,
+            shape: &t.shape,
+            data_offsets: (start, end),
+        };
+        map.insert(
+            t.name.clone(),
+            serde_json::to_value(&entry).map_err(Error::Json)?,
+        );
+        start = end;
+    }
+    let mut json = serde_json::to_vec(&map).map_err(Error::Json)?;
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
+    let mut header = Vec::with_capacity(8 + json.len());
+    header.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    header.extend_from_slice(&json);
+    Ok(header)
+}
+
+/// The names of the tensors that go to each file, for `model.safetensors.index.json`.
+#[derive(Debug, Serialize)]
+pub struct IndexJson {
+    /// `total_size`: bytes of tensor data across all shards.
+    pub metadata: BTreeMap<String, u64>,
+    /// Tensor name → shard file name.
+    pub weight_map: BTreeMap<String, String>,
+}
+
+impl Plan {
+    /// The shard index, when the output has more than one file.
+    pub fn index(&self) -> Option<IndexJson> {
+        if self.shards.len() < 2 {
+            return None;
+        }
+        let weight_map = self
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), self.shards[t.shard].file_name.clone()))
+            .collect();
+        let metadata = BTreeMap::from([("total_size".to_owned(), self.output_bytes())]);
+        Some(IndexJson {
+            metadata,
+            weight_map,
+        })
+    }
+}
