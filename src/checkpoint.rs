@@ -114,42 +114,21 @@ impl Checkpoint {
             let shard = open_shard(single)?;
             return Self::assemble(path, Some(path.to_path_buf()), vec![shard], None);
         }
-        Err(Error::NotACheckpoint {
-            path: path.to_path_buf(),
-            hint: directory_hint(path),
-        })
+        Err(Error::NotACheckpoint { path: path.to_path_buf(), hint: directory_hint(path) })
     }
 
     fn open_indexed(dir: &Path, index: &Path) -> Result<Self> {
         let text = read_bounded(index, MAX_INDEX_BYTES)?;
-        let parsed: IndexFile = serde_json::from_str(&text).map_err(|source| Error::IndexJson {
-            path: index.to_path_buf(),
-            source,
-        })?;
-        let names: BTreeSet<&String> = parsed.weight_map.values().collect();
+        let (weight_map, names) = parse_index(&text, index)?;
         let mut shards = Vec::with_capacity(names.len());
         for name in names {
-            if !is_plain_file_name(name) {
-                return Err(Error::UnsafeShardName {
-                    index: index.to_path_buf(),
-                    shard: name.clone(),
-                });
-            }
-            let shard_path = dir.join(name);
+            let shard_path = dir.join(&name);
             if !shard_path.is_file() {
-                return Err(Error::MissingShard {
-                    index: index.to_path_buf(),
-                    shard: name.clone(),
-                });
+                return Err(Error::MissingShard { index: index.to_path_buf(), shard: name });
             }
             shards.push(open_shard(shard_path)?);
         }
-        Self::assemble(
-            dir,
-            Some(dir.to_path_buf()),
-            shards,
-            Some((index, &parsed.weight_map)),
-        )
+        Self::assemble(dir, Some(dir.to_path_buf()), shards, Some((index, &weight_map)))
     }
 
     /// Gathers the shards' tensors in file order, rejecting duplicates and any
@@ -182,13 +161,7 @@ impl Checkpoint {
         if let Some((index, weight_map)) = index {
             check_index(index, weight_map, &shards, &tensors, &by_name)?;
         }
-        Ok(Checkpoint {
-            path: path.to_path_buf(),
-            directory,
-            shards,
-            tensors,
-            by_name,
-        })
+        Ok(Checkpoint { path: path.to_path_buf(), directory, shards, tensors, by_name })
     }
 
     /// The path this checkpoint was opened from.
@@ -227,11 +200,7 @@ impl Checkpoint {
     /// # Panics
     /// If the range lies outside the tensor; callers slice within validated sizes.
     pub(crate) fn bytes(&self, tensor: &TensorEntry, start: usize, len: usize) -> &[u8] {
-        assert!(
-            start + len <= tensor.len,
-            "chunk outside tensor {:?}",
-            tensor.name
-        );
+        assert!(start + len <= tensor.len, "chunk outside tensor {:?}", tensor.name);
         &self.shards[tensor.shard].map[tensor.offset + start..tensor.offset + start + len]
     }
 
@@ -243,18 +212,27 @@ impl Checkpoint {
     }
 }
 
-/// Maps one shard and lists its tensors in file order, with absolute offsets.
+/// Maps one shard and lists its tensors in file order.
 fn open_shard(path: PathBuf) -> Result<(Shard, Vec<TensorEntry>)> {
     let map = mapped::map_file(&path)?;
-    let (header_len, header) =
-        SafeTensors::read_metadata(&map).map_err(|source| Error::Header {
-            path: path.clone(),
-            source,
-        })?;
-    // read_metadata proved 8 + header_len + (end of the last tensor) == file length
+    let (tensors, metadata) = parse_header(&map, &path)?;
+    Ok((Shard { path, map, metadata }, tensors))
+}
+
+/// Validates the safetensors header of a whole file's bytes and lists its tensors in
+/// file order, with absolute offsets (the `shard` field is 0), plus the file's
+/// `__metadata__`. On success every tensor's range lies inside `bytes` and matches
+/// its dtype and shape, and the ranges tile the data exactly.
+pub fn parse_header(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(Vec<TensorEntry>, BTreeMap<String, String>)> {
+    let (header_len, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|source| Error::Header { path: path.to_path_buf(), source })?;
+    // read_metadata proved 8 + header_len + (end of the last tensor) == bytes.len()
     // and that the tensors tile the data without gaps or overlaps.
     let data_start = 8 + header_len;
-    let mut entries: Vec<TensorEntry> = header
+    let mut tensors: Vec<TensorEntry> = header
         .tensors()
         .into_iter()
         .map(|(name, info)| TensorEntry {
@@ -266,24 +244,23 @@ fn open_shard(path: PathBuf) -> Result<(Shard, Vec<TensorEntry>)> {
             len: info.data_offsets.1 - info.data_offsets.0,
         })
         .collect();
-    entries.sort_by(|a, b| (a.offset, &a.name).cmp(&(b.offset, &b.name)));
-    debug_assert!(entries
-        .iter()
-        .all(|e| map.get(e.offset..e.offset + e.len).is_some()));
-    let metadata = header
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    Ok((
-        Shard {
-            path,
-            map,
-            metadata,
-        },
-        entries,
-    ))
+    tensors.sort_by(|a, b| (a.offset, &a.name).cmp(&(b.offset, &b.name)));
+    debug_assert!(tensors.iter().all(|e| bytes.get(e.offset..e.offset + e.len).is_some()));
+    let metadata = header.metadata().clone().unwrap_or_default().into_iter().collect();
+    Ok((tensors, metadata))
+}
+
+/// Parses the text of `model.safetensors.index.json`: its tensor → shard map, and
+/// the distinct shard names in sorted order, each checked to be a plain file name.
+pub fn parse_index(text: &str, path: &Path) -> Result<(BTreeMap<String, String>, Vec<String>)> {
+    let parsed: IndexFile = serde_json::from_str(text)
+        .map_err(|source| Error::IndexJson { path: path.to_path_buf(), source })?;
+    let names: BTreeSet<&String> = parsed.weight_map.values().collect();
+    if let Some(bad) = names.iter().find(|n| !is_plain_file_name(n)) {
+        return Err(Error::UnsafeShardName { index: path.to_path_buf(), shard: (*bad).clone() });
+    }
+    let names = names.into_iter().cloned().collect();
+    Ok((parsed.weight_map, names))
 }
 
 /// Checks that the index maps exactly the tensors each shard holds.
@@ -294,10 +271,7 @@ fn check_index(
     tensors: &[TensorEntry],
     by_name: &HashMap<String, usize>,
 ) -> Result<()> {
-    let mismatch = |problem: String| Error::IndexMismatch {
-        index: index.to_path_buf(),
-        problem,
-    };
+    let mismatch = |problem: String| Error::IndexMismatch { index: index.to_path_buf(), problem };
     let shard_name = |t: &TensorEntry| {
         shards[t.shard]
             .path
@@ -335,11 +309,7 @@ fn check_index(
 pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<String> {
     let size = fs::metadata(path).map_err(Error::io("read", path))?.len();
     if size > limit {
-        return Err(Error::FileTooLarge {
-            path: path.to_path_buf(),
-            size,
-            limit,
-        });
+        return Err(Error::FileTooLarge { path: path.to_path_buf(), size, limit });
     }
     fs::read_to_string(path).map_err(Error::io("read", path))
 }

@@ -187,11 +187,7 @@ impl Error {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
-        move |source| Error::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| Error::Io { action, path, source }
     }
 }
 
@@ -232,11 +228,7 @@ pub enum Difference {
 impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Difference::Missing {
-                tensor,
-                missing_in,
-                present_in,
-            } => {
+            Difference::Missing { tensor, missing_in, present_in } => {
                 write!(f, "tensor {tensor:?} is missing in ")?;
                 for (i, p) in missing_in.iter().enumerate() {
                     let sep = if i == 0 { "" } else { ", " };
@@ -244,11 +236,7 @@ impl fmt::Display for Difference {
                 }
                 write!(f, " (present in {})", present_in.display())
             }
-            Difference::Shape {
-                tensor,
-                first,
-                other,
-            } => write!(
+            Difference::Shape { tensor, first, other } => write!(
                 f,
                 "tensor {tensor:?} has shape {:?} in {} but {:?} in {}",
                 first.1,
@@ -256,11 +244,7 @@ impl fmt::Display for Difference {
                 other.1,
                 other.0.display()
             ),
-            Difference::Dtype {
-                tensor,
-                first,
-                other,
-            } => write!(
+            Difference::Dtype { tensor, first, other } => write!(
                 f,
                 "tensor {tensor:?} has dtype {} in {} but {} in {}",
                 first.1,

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::kernel::Accumulator;
+use crate::kernel::{Accumulator, Input};
 use crate::plan::{Plan, PlannedTensor, Produce};
 
 /// Default chunk length in elements: 64 Ki elements keeps a worker's buffers
@@ -84,32 +84,20 @@ pub fn write_shards(
             .open(&path)
             .map_err(Error::io("create", &path))?;
         file.set_len(shard.size).map_err(Error::io("size", &path))?;
-        file.write_all_at(&shard.header, 0)
-            .map_err(Error::io("write", &path))?;
+        file.write_all_at(&shard.header, 0).map_err(Error::io("write", &path))?;
         paths.push(path);
         files.push(file);
     }
 
     let chunks = chunk_plan(plan, run.chunk_elements.max(1));
-    let threads = if run.threads == 0 {
-        rayon::current_num_threads()
-    } else {
-        run.threads
-    };
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()?;
+    let threads = if run.threads == 0 { rayon::current_num_threads() } else { run.threads };
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     // The error of the earliest failing chunk, so the report is the same at any
     // thread count.
     let first_error: Mutex<Option<(usize, Error)>> = Mutex::new(None);
-    let out = Output {
-        plan,
-        ingredients,
-        files: &files,
-        paths: &paths,
-    };
+    let out = Output { plan, ingredients, files: &files, paths: &paths };
     pool.scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|_| {
@@ -187,28 +175,23 @@ impl Output<'_> {
     fn produce(&self, chunk: Chunk, acc: &mut Accumulator, bytes: &mut Vec<u8>) -> Result<u64> {
         let t = &self.plan.tensors[chunk.tensor];
         match &t.produce {
-            Produce::Average {
-                dtype,
-                inputs,
-                weights,
-            } => {
-                acc.reset(chunk.len);
-                let sources = self
-                    .ingredients
-                    .iter()
-                    .zip(&t.sources)
-                    .zip(inputs)
-                    .zip(weights);
-                for (((ck, &src), &input), &w) in sources {
-                    if w == 0.0 {
+            Produce::Average { dtype, inputs, weights } => {
+                let sources = self.ingredients.iter().zip(&t.sources).zip(inputs).zip(weights);
+                let mut mixed = Vec::with_capacity(weights.len());
+                let mut read = Vec::with_capacity(weights.len());
+                for (((ck, &src), &input), &weight) in sources {
+                    if weight == 0.0 {
                         continue;
                     }
                     let entry = &ck.tensors()[src];
                     let (start, len) = (chunk.start * input.size(), chunk.len * input.size());
-                    acc.add(input, ck.bytes(entry, start, len), w);
+                    mixed.push(Input { dtype: input, bytes: ck.bytes(entry, start, len), weight });
+                    read.push((ck, entry, start, len));
+                }
+                acc.mix(chunk.len, &mixed, *dtype, bytes);
+                for (ck, entry, start, len) in read {
                     ck.release(entry, start, len);
                 }
-                acc.narrow_into(*dtype, bytes);
                 self.write(t, chunk.start * dtype.size(), bytes)
             }
             Produce::Copy { verify } => {

@@ -48,7 +48,7 @@ pub mod checkpoint;
 pub mod dtype;
 pub mod error;
 pub mod execute;
-mod kernel;
+pub mod kernel;
 mod mapped;
 pub mod merge;
 pub mod output;

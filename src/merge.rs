@@ -57,20 +57,16 @@ pub fn write_soup(
     refuse_overlap(dest.path, ingredients)?;
     let staged = StagedDir::new(dest.path, dest.force)?;
     let written = execute::write_shards(plan, ingredients, staged.path(), run)?;
-    let mut output_files: Vec<PathBuf> = written
-        .iter()
-        .filter_map(|p| p.file_name())
-        .map(|n| dest.path.join(n))
-        .collect();
+    let mut output_files: Vec<PathBuf> =
+        written.iter().filter_map(|p| p.file_name()).map(|n| dest.path.join(n)).collect();
     if let Some(index) = plan.index() {
         let path = staged.path().join(INDEX_FILE);
         let json = serde_json::to_vec_pretty(&index).map_err(Error::Json)?;
         std::fs::write(&path, json).map_err(Error::io("write", &path))?;
         output_files.push(dest.path.join(INDEX_FILE));
     }
-    let support_from = dest
-        .support_files_from
-        .or_else(|| ingredients.first().and_then(Checkpoint::directory));
+    let support_from =
+        dest.support_files_from.or_else(|| ingredients.first().and_then(Checkpoint::directory));
     let support_files = match support_from {
         Some(dir) => output::copy_support_files(dir, staged.path())?,
         None => Vec::new(),

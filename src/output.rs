@@ -23,16 +23,12 @@ impl StagedDir {
     /// Checks that `dest` may be written (absent, an empty directory, or with
     /// `force` a non-empty one) and creates the staging directory beside it.
     pub fn new(dest: &Path, force: bool) -> Result<Self> {
-        let refuse = |reason: &str| Error::Output {
-            path: dest.to_path_buf(),
-            reason: reason.to_owned(),
-        };
+        let refuse =
+            |reason: &str| Error::Output { path: dest.to_path_buf(), reason: reason.to_owned() };
         match fs::symlink_metadata(dest) {
             Ok(meta) if !meta.is_dir() => return Err(refuse("exists and is not a directory")),
             Ok(_) if !force && !is_empty_dir(dest)? => {
-                return Err(refuse(
-                    "exists and is not empty (pass --force to replace it)",
-                ))
+                return Err(refuse("exists and is not empty (pass --force to replace it)"))
             }
             _ => {}
         }
@@ -40,11 +36,7 @@ impl StagedDir {
         fs::create_dir_all(&parent).map_err(Error::io("create", &parent))?;
         let staging = sibling(dest, "tmp");
         fs::create_dir(&staging).map_err(Error::io("create", &staging))?;
-        Ok(StagedDir {
-            staging,
-            dest: dest.to_path_buf(),
-            committed: false,
-        })
+        Ok(StagedDir { staging, dest: dest.to_path_buf(), committed: false })
     }
 
     /// Where to write the files.
@@ -95,16 +87,11 @@ impl Drop for StagedDir {
 }
 
 fn sync(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(Error::io("sync", path))
+    File::open(path).and_then(|f| f.sync_all()).map_err(Error::io("sync", path))
 }
 
 fn is_empty_dir(path: &Path) -> Result<bool> {
-    Ok(fs::read_dir(path)
-        .map_err(Error::io("read", path))?
-        .next()
-        .is_none())
+    Ok(fs::read_dir(path).map_err(Error::io("read", path))?.next().is_none())
 }
 
 fn parent_of(path: &Path) -> PathBuf {

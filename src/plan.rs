@@ -200,10 +200,8 @@ pub fn check_compatible(ingredients: &[Checkpoint]) -> Result<()> {
         }
     }
     for name in order {
-        let found: Vec<(&Checkpoint, &TensorEntry)> = ingredients
-            .iter()
-            .filter_map(|ck| ck.get(name).map(|t| (ck, t)))
-            .collect();
+        let found: Vec<(&Checkpoint, &TensorEntry)> =
+            ingredients.iter().filter_map(|ck| ck.get(name).map(|t| (ck, t))).collect();
         let (ref_ck, ref_t) = found[0];
         if found.len() < ingredients.len() {
             differences.push(Difference::Missing {
@@ -240,10 +238,7 @@ pub fn check_compatible(ingredients: &[Checkpoint]) -> Result<()> {
 
 /// Floats of any averaged width mix freely; anything else must match exactly.
 fn same_kind(a: Dtype, b: Dtype) -> bool {
-    match (
-        FloatDtype::from_safetensors(a),
-        FloatDtype::from_safetensors(b),
-    ) {
+    match (FloatDtype::from_safetensors(a), FloatDtype::from_safetensors(b)) {
         (Some(_), Some(_)) => true,
         (None, None) => a == b,
         _ => false,
@@ -256,10 +251,8 @@ fn plan_tensor(
     options: &PlanOptions,
 ) -> Result<PlannedTensor> {
     // check_compatible proved that every ingredient has the tensor.
-    let sources: Vec<usize> = ingredients
-        .iter()
-        .filter_map(|ck| ck.position(&entry.name))
-        .collect();
+    let sources: Vec<usize> =
+        ingredients.iter().filter_map(|ck| ck.position(&entry.name)).collect();
     debug_assert_eq!(sources.len(), ingredients.len());
     let numel = entry.numel();
     let (dtype, produce, len) = match FloatDtype::from_safetensors(entry.dtype) {
@@ -267,10 +260,7 @@ fn plan_tensor(
             let out = options.dtype.unwrap_or(own);
             let weights = options.weights.for_tensor(&entry.name);
             if weights.len() != ingredients.len() {
-                return Err(Error::WeightCount {
-                    expected: ingredients.len(),
-                    got: weights.len(),
-                });
+                return Err(Error::WeightCount { expected: ingredients.len(), got: weights.len() });
             }
             if let Some((i, &w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
                 return Err(Error::NonFiniteWeight {
@@ -287,27 +277,15 @@ fn plan_tensor(
                 .collect();
             let len = numel
                 .checked_mul(out.size())
-                .ok_or_else(|| Error::SizeOverflow {
-                    tensor: entry.name.clone(),
-                })?;
-            (
-                out.to_safetensors(),
-                Produce::Average {
-                    dtype: out,
-                    inputs,
-                    weights,
-                },
-                len,
-            )
+                .ok_or_else(|| Error::SizeOverflow { tensor: entry.name.clone() })?;
+            (out.to_safetensors(), Produce::Average { dtype: out, inputs, weights }, len)
         }
         None => {
             let verify = options.non_float == NonFloatPolicy::RequireEqual;
             (entry.dtype, Produce::Copy { verify }, entry.len)
         }
     };
-    let len = u64::try_from(len).map_err(|_| Error::SizeOverflow {
-        tensor: entry.name.clone(),
-    })?;
+    let len = u64::try_from(len).map_err(|_| Error::SizeOverflow { tensor: entry.name.clone() })?;
     Ok(PlannedTensor {
         name: entry.name.clone(),
         dtype,
@@ -363,9 +341,7 @@ fn assign_shards(
             t.offset = offset;
             offset = offset
                 .checked_add(t.len)
-                .ok_or_else(|| Error::SizeOverflow {
-                    tensor: t.name.clone(),
-                })?;
+                .ok_or_else(|| Error::SizeOverflow { tensor: t.name.clone() })?;
             tensors.push(t);
         }
         shards.push(PlannedShard {
@@ -391,22 +367,12 @@ fn encode_header(tensors: &[PlannedTensor], extra: &BTreeMap<String, String>) ->
     let mut metadata = extra.clone();
     metadata.insert("format".to_owned(), "pt".to_owned());
     let mut map = serde_json::Map::new();
-    map.insert(
-        "__metadata__".to_owned(),
-        serde_json::to_value(&metadata).map_err(Error::Json)?,
-    );
+    map.insert("__metadata__".to_owned(), serde_json::to_value(&metadata).map_err(Error::Json)?);
     let mut start = 0u64;
     for t in tensors {
         let end = start + t.len;
-        let entry = HeaderTensor {
-            dtype: t.dtype,
-            shape: &t.shape,
-            data_offsets: (start, end),
-        };
-        map.insert(
-            t.name.clone(),
-            serde_json::to_value(&entry).map_err(Error::Json)?,
-        );
+        let entry = HeaderTensor { dtype: t.dtype, shape: &t.shape, data_offsets: (start, end) };
+        map.insert(t.name.clone(), serde_json::to_value(&entry).map_err(Error::Json)?);
         start = end;
     }
     let mut json = serde_json::to_vec(&map).map_err(Error::Json)?;
@@ -440,9 +406,6 @@ impl Plan {
             .map(|t| (t.name.clone(), self.shards[t.shard].file_name.clone()))
             .collect();
         let metadata = BTreeMap::from([("total_size".to_owned(), self.output_bytes())]);
-        Some(IndexJson {
-            metadata,
-            weight_map,
-        })
+        Some(IndexJson { metadata, weight_map })
     }
 }

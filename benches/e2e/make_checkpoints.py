@@ -160,7 +160,7 @@ def generate(args):
                 base *= 0.02
                 if kind == "norm":
                     base += 1.0
-                for rng, f in zip(rngs, files):
+                for rng, f in zip(rngs, files, strict=True):
                     x = rng.standard_normal(m, dtype=np.float32)
                     x *= 0.02 * args.noise
                     x += base

@@ -51,10 +51,11 @@ def main():
         shutil.rmtree(args.out)
 
     t0 = time.time()
-    sds = [load_all(d, "mmap" if args.mmap else "pread") for d in args.ingredients]  # everything in RAM at once
+    backend = "mmap" if args.mmap else "pread"
+    sds = [load_all(d, backend) for d in args.ingredients]  # everything in RAM at once
     t_load = time.time() - t0
     keys = sds[0].keys()
-    for d, sd in zip(args.ingredients[1:], sds[1:]):
+    for d, sd in zip(args.ingredients[1:], sds[1:], strict=True):
         if sd.keys() != keys:
             sys.exit(f"naive_average: tensor names of {d} differ from the first ingredient")
 

@@ -14,10 +14,12 @@
 #   DATA=target/e2e-data       data dir (generated if missing / different)
 #   K=4 SIZE_GB=0.75           ingredients and size per ingredient (GB)
 #   REPS=3                     repetitions per tool
+# Outputs of the last rep are compared (compare_outputs.py) and then deleted.
 #   TOOLS="soup naive mergekit"
 #   WORK=target/e2e-runs       outputs, logs, results.md
 #   SOUP_ARGS / NAIVE_ARGS / MERGEKIT_ARGS   extra flags per tool
 #   FORCE_NAIVE=1              run naive even if it would not fit in RAM
+#   QUIET_MAX=120              max seconds to wait for an idle machine per run
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -41,7 +43,7 @@ LOG="$WORK/logs"; rm -rf "$LOG"; mkdir -p "$LOG"
 want="k=$K size_gb=$("$PY" -c "print(float('$SIZE_GB'))") "
 if ! grep -qs "^$want" "$DATA/.complete"; then
   echo "== generating $K x ${SIZE_GB} GB checkpoints into $DATA" >&2
-  rm -rf "$DATA"; mkdir -p "$DATA"
+  rm -rf "$DATA"/ingredient-* "$DATA/.complete"; mkdir -p "$DATA"  # only what we made
   df -h "$DATA" >&2
   "$PY" "$HERE/make_checkpoints.py" "$DATA" -k "$K" --size-gb "$SIZE_GB" --verify
 fi
@@ -64,20 +66,22 @@ MK_YAML="$WORK/mergekit.yml"
   echo "dtype: bfloat16"
 } >"$MK_YAML"
 
-# Command line for one tool; output goes to $WORK/out-<tool>.
+# Sets cmd=(command line for tool $1); output goes to $WORK/out-<tool>.
+# (*_ARGS are word-split on purpose.)
 # --no-copy-tokenizer: the synthetic data has no tokenizer (mergekit would log
 # a traceback and carry on). --lazy-unpickle only affects pickled .bin inputs,
 # so it is irrelevant here. --out-shard-size is left at its default (5B; it is
 # compared against bytes, so the whole <5 GB output is buffered in RAM).
+# shellcheck disable=SC2206
 tool_cmd() {
   local out="$WORK/out-$1"
   case "$1" in
     # HOOK(soup RssAnon): when soup can report its own peak RssAnon (env var or
     # flag), add it here; the summary below picks up any numeric "*rss*" key
     # from soup's --json stdout. peak_mem.py already samples RssAnon meanwhile.
-    soup) echo "$SOUP" merge "${INGREDIENTS[@]}" -o "$out" --force --quiet --json ${SOUP_ARGS:-} ;;
-    naive) echo "$PY" "$HERE/naive_average.py" -o "$out" --force ${NAIVE_ARGS:-} "${INGREDIENTS[@]}" ;;
-    mergekit) echo "$VENV/bin/mergekit-yaml" "$MK_YAML" "$out" --quiet --no-copy-tokenizer ${MERGEKIT_ARGS:-} ;;
+    soup) cmd=("$SOUP" merge "${INGREDIENTS[@]}" -o "$out" --force --quiet --json ${SOUP_ARGS:-}) ;;
+    naive) cmd=("$PY" "$HERE/naive_average.py" -o "$out" --force ${NAIVE_ARGS:-} "${INGREDIENTS[@]}") ;;
+    mergekit) cmd=("$VENV/bin/mergekit-yaml" "$MK_YAML" "$out" --quiet --no-copy-tokenizer ${MERGEKIT_ARGS:-}) ;;
     *) echo "unknown tool $1" >&2; return 1 ;;
   esac
 }
@@ -89,7 +93,7 @@ for t in $TOOLS; do
   fi
   if [[ $t == naive && -z ${FORCE_NAIVE:-} ]]; then
     # naive holds K inputs + output + fp32 temporaries; don't OOM the box.
-    need_kb=$(( in_bytes / 1024 * (K + 2) / K + 2 * 1024 * 1024 ))
+    need_kb=$(( in_bytes * (K + 2) / K / 1024 + 2 * 1024 * 1024 ))
     avail_kb=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
     if (( need_kb > avail_kb )); then
       echo "== skipping naive: needs ~$((need_kb / 1024)) MB, $((avail_kb / 1024)) MB available (FORCE_NAIVE=1 to try)" >&2
@@ -102,11 +106,32 @@ done
 echo "== disk before runs:" >&2; df -h "$WORK" >&2
 
 # --- runs --------------------------------------------------------------------
+# Wall times are only meaningful on an otherwise idle machine (2 cores!).
+# Before each run wait (up to QUIET_MAX s, default 120) until the whole system
+# was <15% busy for 2 s; runs that started on a busy machine are flagged.
+busy_pct() {  # system-wide CPU busy % over 1 s, from /proc/stat
+  local a b
+  read -r -a a < /proc/stat; sleep 1; read -r -a b < /proc/stat
+  local idle=$(( b[4] + b[5] - a[4] - a[5] )) total=0 i
+  for i in 1 2 3 4 5 6 7 8; do total=$(( total + b[i] - a[i] )); done
+  echo $(( total > 0 ? 100 * (total - idle) / total : 0 ))
+}
+wait_quiet() {  # $1 = flag file to create if the machine never became quiet
+  local deadline=$(( SECONDS + ${QUIET_MAX:-120} )) calm=0 pct
+  while (( SECONDS < deadline )); do
+    pct=$(busy_pct)
+    if (( pct < 15 )); then (( ++calm >= 2 )) && return 0; else calm=0; fi
+  done
+  echo "   warning: machine still busy (${pct}% CPU) - timing is unreliable" >&2
+  touch "$1"
+}
+
 for ((r = 1; r <= REPS; r++)); do
   cat "$DATA"/ingredient-*/*.safetensors >/dev/null  # (re)warm the page cache
   for t in "${RUN_TOOLS[@]}"; do
-    read -r -a cmd <<<"$(tool_cmd "$t")"
+    tool_cmd "$t"
     rm -rf "$WORK/out-$t"; sync
+    wait_quiet "$LOG/$t.$r.busy"
     echo "== rep $r/$REPS: $t" >&2
     rc=0
     python3 "$HERE/peak_mem.py" --json "$LOG/$t.$r.mem.json" -- \
@@ -117,8 +142,15 @@ for ((r = 1; r <= REPS; r++)); do
       echo "   $t failed (exit $rc); see $LOG/$t.$r.stderr" >&2
       touch "$LOG/$t.$r.failed"
     fi
-    du -sh "$WORK/out-$t" 2>/dev/null >&2 || true
+    du -sh "$WORK/out-$t" >&2 2>/dev/null || true
   done
+done
+# Cross-check the last rep's outputs against the first tool's (informational).
+for t in "${RUN_TOOLS[@]:1}"; do
+  if [[ -d $WORK/out-${RUN_TOOLS[0]} && -d $WORK/out-$t ]]; then
+    "$PY" "$HERE/compare_outputs.py" "$WORK/out-${RUN_TOOLS[0]}" "$WORK/out-$t" \
+      | tee -a "$LOG/compare.txt" >&2 || true
+  fi
 done
 for t in "${RUN_TOOLS[@]}"; do rm -rf "$WORK/out-$t"; done  # keep logs only
 
@@ -126,9 +158,9 @@ for t in "${RUN_TOOLS[@]}"; do rm -rf "$WORK/out-$t"; done  # keep logs only
 {
   echo "## soup e2e benchmark: $K x $((in_bytes / K / 1000000)) MB bf16, medians of $REPS"
   echo
+  soup_v=""; [[ -x $SOUP ]] && soup_v="; $("$SOUP" --version 2>/dev/null || echo 'soup ?')"
   echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM;" \
-    "$("$PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("mergekit", "torch", "safetensors")))')"
-  [[ -x $SOUP ]] && echo "; soup: $("$SOUP" --version 2>/dev/null || echo '?')"
+    "$("$PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("mergekit", "torch", "safetensors")))')$soup_v"
   echo
   "$PY" - "$LOG" "$REPS" "${RUN_TOOLS[@]}" <<'PY'
 import json, re, statistics, sys
@@ -141,17 +173,20 @@ def time_v(path):
     wall = re.search(r"Elapsed \(wall clock\) time .*: (.+)", txt).group(1).strip()
     secs = sum(float(x) * 60 ** i for i, x in enumerate(reversed(wall.split(":"))))
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", txt).group(1))
-    return secs, rss / 1024
+    cpu = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", txt).group(1))
+              for k in ("User", "System"))
+    return secs, rss / 1024, cpu
 
-rows, wall_med = [], {}
+rows, wall_med, rss_med = [], {}, {}
 for t in tools:
     ok = [r for r in range(1, reps + 1) if not (log / f"{t}.{r}.failed").exists()]
     if not ok:
-        rows.append(f"| {t} | failed | | | | |"); continue
-    walls, rss = zip(*(time_v(log / f"{t}.{r}.time") for r in ok))
+        rows.append(f"| {t} | failed | | | | | |"); continue
+    walls, rss, cpu = zip(*(time_v(log / f"{t}.{r}.time") for r in ok))
+    busy = sum((log / f"{t}.{r}.busy").exists() for r in ok)
     mem = [json.loads((log / f"{t}.{r}.mem.json").read_text()) for r in ok]
     med = lambda xs: statistics.median(xs)  # noqa: E731
-    wall_med[t] = med(walls)
+    wall_med[t], rss_med[t] = med(walls), med(rss)
     extra = ""
     if t == "soup":  # HOOK: self-reported memory numbers from `soup --json`
         try:
@@ -160,17 +195,24 @@ for t in tools:
                              if "rss" in k.lower() and isinstance(v, (int, float)))
         except (ValueError, OSError, AttributeError):
             pass
-    runs = f"{len(ok)}/{reps}" + ("" if extra == "" else f" ({extra})")
-    rows.append(f"| {t} | {med(walls):.2f} | {med(rss):.0f} "
+    runs = f"{len(ok)}/{reps}" + (f", {busy} on a busy machine" if busy else "") \
+        + ("" if extra == "" else f" ({extra})")
+    rows.append(f"| {t} | {med(walls):.2f} | {med(cpu):.2f} | {med(rss):.0f} "
                 f"| {med(m['peak_rssanon_mb'] for m in mem):.0f} "
                 f"| {med(m['peak_vmrss_mb'] for m in mem):.0f} | {runs} |")
-print("| tool | wall s | max RSS MB (time -v) | peak RssAnon MB | peak VmRSS MB (tree) | ok runs |")
-print("|---|---:|---:|---:|---:|---|")
+print("| tool | wall s | CPU s (user+sys) | max RSS MB (time -v) | peak RssAnon MB "
+      "| peak VmRSS MB (tree) | ok runs |")
+print("|---|---:|---:|---:|---:|---:|---|")
 print("\n".join(rows))
+cmp = log / "compare.txt"
+if cmp.exists():
+    print("\nOutput cross-check (last rep):\n")
+    print("\n".join(f"- {line}" for line in cmp.read_text().splitlines()))
 if "soup" in wall_med:
     print()
     for t in ("naive", "mergekit"):
         if t in wall_med:
-            print(f"- {t}/soup wall-time ratio: {wall_med[t] / wall_med['soup']:.2f}x")
+            print(f"- {t}/soup: wall {wall_med[t] / wall_med['soup']:.2f}x, "
+                  f"max RSS {rss_med[t] / rss_med['soup']:.2f}x")
 PY
 } | tee "$WORK/results.md"

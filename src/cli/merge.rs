@@ -18,17 +18,10 @@ use super::Exit;
 pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let weights = normalised_weights(args.weights.as_deref(), args.ingredients.len())?;
     let ingredients = open_all(&args.ingredients)?;
-    let method = if args.weights.is_some() {
-        "weighted"
-    } else {
-        "uniform"
-    };
+    let method = if args.weights.is_some() { "weighted" } else { "uniform" };
     let recipe = Recipe::new(
         method,
-        args.ingredients
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect(),
+        args.ingredients.iter().map(|p| p.display().to_string()).collect(),
         weights.clone(),
         args.dtype.map(|d| d.name().to_owned()),
     );
@@ -63,10 +56,7 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let report = report?;
 
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&summary_json(&report, &args.output, &recipe))?
-        );
+        println!("{}", serde_json::to_string(&summary_json(&report, &args.output, &recipe))?);
     } else if !args.quiet {
         eprintln!("{}", summary_line(&report, ingredients.len(), &args.output));
     }
@@ -92,10 +82,7 @@ fn normalised_weights(weights: Option<&[f64]>, k: usize) -> anyhow::Result<Vec<f
         return Ok(vec![1.0 / k as f64; k]);
     };
     if w.len() != k {
-        bail!(
-            "--weights has {} values but there are {k} ingredients",
-            w.len()
-        );
+        bail!("--weights has {} values but there are {k} ingredients", w.len());
     }
     if let Some(bad) = w.iter().find(|x| !x.is_finite() || **x < 0.0) {
         bail!("--weights must be finite and non-negative, got {bad}");
@@ -166,10 +153,7 @@ mod tests {
     #[test]
     fn weights_are_checked_and_normalised() {
         assert_eq!(normalised_weights(None, 4).unwrap(), vec![0.25; 4]);
-        assert_eq!(
-            normalised_weights(Some(&[2.0, 6.0]), 2).unwrap(),
-            vec![0.25, 0.75]
-        );
+        assert_eq!(normalised_weights(Some(&[2.0, 6.0]), 2).unwrap(), vec![0.25, 0.75]);
         assert!(normalised_weights(Some(&[1.0]), 2).is_err());
         assert!(normalised_weights(Some(&[1.0, -1.0]), 2).is_err());
         assert!(normalised_weights(Some(&[0.0, 0.0]), 2).is_err());

@@ -5,28 +5,26 @@
 /// powers of 1024. A bare number is bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let s = text.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
-    let scale: u64 =
-        match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kb" => 1_000,
-            "m" | "mb" => 1_000_000,
-            "g" | "gb" => 1_000_000_000,
-            "t" | "tb" => 1_000_000_000_000,
-            "kib" => 1 << 10,
-            "mib" => 1 << 20,
-            "gib" => 1 << 30,
-            "tib" => 1 << 40,
-            other => return Err(format!(
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
                 "unknown unit {other:?} in {text:?} (use B, KB, MB, GB, TB or KiB, MiB, GiB, TiB)"
-            )),
-        };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size like 5GB or 500MB"))?;
+            ))
+        }
+    };
+    let value: f64 =
+        number.parse().map_err(|_| format!("{text:?} is not a size like 5GB or 500MB"))?;
     let bytes = value * scale as f64;
     if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
         return Err(format!("{text:?} must be at least one byte"));

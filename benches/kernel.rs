@@ -1,0 +1,113 @@
+//! Kernel throughput against a plain memory copy, measured side by side.
+//!
+//! For k = 2, 4, 8 bf16 inputs of `SOUP_BENCH_MIB` MiB each (default 64, far
+//! beyond the caches) the kernel computes `Σ wᵢ·xᵢ → bf16` over the whole buffer in
+//! engine-sized chunks, on 1 thread and on all threads. Two floors run beside it on
+//! the same threads: `memcpy` (one buffer copied to another: the machine's raw
+//! bandwidth) and `gather` (the kernel's exact data movement, k input chunks read
+//! and one output chunk written, with no arithmetic). Throughput counts bytes read +
+//! bytes written; rounds interleave the variants so that machine noise hits them
+//! alike, and medians are reported.
+//!
+//! Run: `cargo bench --bench kernel` (add `RUSTFLAGS="-C target-cpu=native"` for
+//! the native build).
+
+use std::time::Instant;
+
+use modelsoup::kernel::{Accumulator, Input};
+use modelsoup::{FloatDtype, DEFAULT_CHUNK_ELEMENTS};
+use rayon::prelude::*;
+
+const ROUNDS: usize = 11;
+
+fn main() {
+    let mib: usize =
+        std::env::var("SOUP_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let elements = mib << 19; // bf16 elements in `mib` MiB
+    let inputs: Vec<Vec<u8>> = (0..8).map(|i| random_bf16(elements, i as u64 + 1)).collect();
+    let mut out = vec![0u8; elements * 2];
+    let threads = rayon::current_num_threads();
+    println!("# {mib} MiB per input, bf16 → bf16, chunks of {DEFAULT_CHUNK_ELEMENTS} elements");
+    println!("# GB/s count bytes read + written; medians of {ROUNDS} interleaved rounds");
+    println!(
+        "| threads | k | memcpy GB/s | gather GB/s | kernel GB/s | kernel/memcpy | kernel/gather |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for t in [1, threads] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool");
+        for k in [2usize, 4, 8] {
+            let bytes = (k + 1) * elements * 2;
+            let (mut memcpy, mut gathered, mut kernel) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                pool.install(|| {
+                    memcpy.push(time_gbps(2 * elements * 2, || copy(&inputs[0], &mut out)));
+                    gathered.push(time_gbps(bytes, || gather(&inputs[..k], &mut out)));
+                    kernel.push(time_gbps(bytes, || soup(&inputs[..k], &mut out)));
+                });
+            }
+            let (m, g, s) = (median(&mut memcpy), median(&mut gathered), median(&mut kernel));
+            println!("| {t} | {k} | {m:.1} | {g:.1} | {s:.1} | {:.2} | {:.2} |", s / m, s / g);
+        }
+    }
+    std::hint::black_box(&out);
+}
+
+fn copy(src: &[u8], dst: &mut [u8]) {
+    let chunk = DEFAULT_CHUNK_ELEMENTS * 2;
+    dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+/// The same data movement as the kernel without the arithmetic: each input's chunk
+/// is copied into a cache-resident buffer, which is then copied to the output.
+fn gather(inputs: &[Vec<u8>], out: &mut [u8]) {
+    let chunk = DEFAULT_CHUNK_ELEMENTS * 2;
+    out.par_chunks_mut(chunk).enumerate().for_each_init(Vec::new, |buf, (i, dst)| {
+        buf.resize(dst.len(), 0);
+        for input in inputs {
+            buf.copy_from_slice(&input[i * chunk..i * chunk + dst.len()]);
+        }
+        dst.copy_from_slice(buf);
+    });
+}
+
+fn soup(inputs: &[Vec<u8>], out: &mut [u8]) {
+    let chunk = DEFAULT_CHUNK_ELEMENTS * 2;
+    let w = 1.0 / inputs.len() as f64;
+    out.par_chunks_mut(chunk).enumerate().for_each_init(
+        || (Accumulator::default(), Vec::new()),
+        |(acc, bytes), (i, dst)| {
+            let range = i * chunk..i * chunk + dst.len();
+            let mixed: Vec<Input> = inputs
+                .iter()
+                .map(|x| Input { dtype: FloatDtype::BF16, bytes: &x[range.clone()], weight: w })
+                .collect();
+            acc.mix(dst.len() / 2, &mixed, FloatDtype::BF16, bytes);
+            dst.copy_from_slice(bytes);
+        },
+    );
+}
+
+fn time_gbps(bytes: usize, f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    bytes as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Deterministic bf16 values of moderate magnitude (xorshift; no NaN or inf).
+fn random_bf16(n: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n * 2);
+    for _ in 0..n {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let x = (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        out.extend_from_slice(&modelsoup::kernel::bf16_bits(x * 0.02).to_le_bytes());
+    }
+    out
+}
