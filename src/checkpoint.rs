@@ -204,11 +204,10 @@ impl Checkpoint {
         &self.shards[tensor.shard].map[tensor.offset + start..tensor.offset + start + len]
     }
 
-    /// Drops this process's mapping of `len` bytes of `tensor` from `start` (see
-    /// [`mapped::release`]).
-    pub(crate) fn release(&self, tensor: &TensorEntry, start: usize, len: usize) {
-        let from = tensor.offset + start;
-        mapped::release(&self.shards[tensor.shard].map, from, from + len);
+    /// Drops this process's mapping of bytes `start..end` of shard `shard` (see
+    /// [`mapped::release`]); the data stays readable.
+    pub(crate) fn release(&self, shard: usize, start: usize, end: usize) {
+        mapped::release(&self.shards[shard].map, start, end);
     }
 }
 

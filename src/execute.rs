@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::error::{Error, Result};
 use crate::kernel::{Accumulator, Input};
 use crate::plan::{Plan, PlannedTensor, Produce};
@@ -98,6 +98,7 @@ pub fn write_shards(
     // thread count.
     let first_error: Mutex<Option<(usize, Error)>> = Mutex::new(None);
     let out = Output { plan, ingredients, files: &files, paths: &paths };
+    let finished = Mutex::new(Finished { done: vec![false; chunks.len()], prefix: 0, released: 0 });
     pool.scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|_| {
@@ -118,6 +119,10 @@ pub fn write_shards(
                         Ok(written) => {
                             if let Some(progress) = run.progress {
                                 progress(written);
+                            }
+                            let done = finished.lock().unwrap_or_else(|p| p.into_inner()).finish(i);
+                            if let Some(range) = done {
+                                out.release(range, &chunks);
                             }
                         }
                         Err(e) => {
@@ -140,6 +145,36 @@ pub fn write_shards(
         file.sync_all().map_err(Error::io("sync", path))?;
     }
     Ok(paths)
+}
+
+/// Chunks whose input pages are unmapped together: enough to make the system call
+/// (and the TLB shootdown it costs every thread) rare, few enough that the mapped
+/// inputs stay at a few MiB.
+const RELEASE_BATCH: usize = 32;
+
+/// Which chunks are done, and up to where their input pages have been released.
+struct Finished {
+    done: Vec<bool>,
+    /// Every chunk before this one is done.
+    prefix: usize,
+    /// Input pages of every chunk before this one have been released.
+    released: usize,
+}
+
+impl Finished {
+    /// Marks chunk `i` done; returns the chunks whose pages are now due for release.
+    fn finish(&mut self, i: usize) -> Option<std::ops::Range<usize>> {
+        self.done[i] = true;
+        while self.done.get(self.prefix).copied().unwrap_or(false) {
+            self.prefix += 1;
+        }
+        let due = self.prefix - self.released >= RELEASE_BATCH || self.prefix == self.done.len();
+        (due && self.prefix > self.released).then(|| {
+            let range = self.released..self.prefix;
+            self.released = self.prefix;
+            range
+        })
+    }
 }
 
 /// Cuts every tensor into chunks, in output order (shard by shard, offset by offset).
@@ -176,45 +211,79 @@ impl Output<'_> {
         let t = &self.plan.tensors[chunk.tensor];
         match &t.produce {
             Produce::Average { dtype, inputs, weights } => {
-                let sources = self.ingredients.iter().zip(&t.sources).zip(inputs).zip(weights);
-                let mut mixed = Vec::with_capacity(weights.len());
-                let mut read = Vec::with_capacity(weights.len());
-                for (((ck, &src), &input), &weight) in sources {
-                    if weight == 0.0 {
-                        continue;
-                    }
-                    let entry = &ck.tensors()[src];
-                    let (start, len) = (chunk.start * input.size(), chunk.len * input.size());
-                    mixed.push(Input { dtype: input, bytes: ck.bytes(entry, start, len), weight });
-                    read.push((ck, entry, start, len));
-                }
+                let mixed: Vec<Input> = self
+                    .reads(chunk)
+                    .map(|(i, ck, entry, start, len)| Input {
+                        dtype: inputs[i],
+                        bytes: ck.bytes(entry, start, len),
+                        weight: weights[i],
+                    })
+                    .collect();
                 acc.mix(chunk.len, &mixed, *dtype, bytes);
-                for (ck, entry, start, len) in read {
-                    ck.release(entry, start, len);
-                }
                 self.write(t, chunk.start * dtype.size(), bytes)
             }
-            Produce::Copy { verify } => {
-                let (first_ck, &first_src) = (&self.ingredients[0], &t.sources[0]);
-                let first_entry = &first_ck.tensors()[first_src];
-                let data = first_ck.bytes(first_entry, chunk.start, chunk.len);
-                if *verify {
-                    for (ck, &src) in self.ingredients.iter().zip(&t.sources).skip(1) {
-                        let entry = &ck.tensors()[src];
-                        if ck.bytes(entry, chunk.start, chunk.len) != data {
-                            return Err(Error::NonFloatMismatch {
-                                tensor: t.name.clone(),
-                                dtype: format!("{:?}", t.dtype),
-                                first: first_ck.path().to_path_buf(),
-                                other: ck.path().to_path_buf(),
-                            });
-                        }
-                        ck.release(entry, chunk.start, chunk.len);
+            Produce::Copy { .. } => {
+                let mut reads = self.reads(chunk);
+                let Some((_, first_ck, first, start, len)) = reads.next() else { return Ok(0) };
+                let data = first_ck.bytes(first, start, len);
+                for (_, ck, entry, start, len) in reads {
+                    if ck.bytes(entry, start, len) != data {
+                        return Err(Error::NonFloatMismatch {
+                            tensor: t.name.clone(),
+                            dtype: format!("{:?}", t.dtype),
+                            first: first_ck.path().to_path_buf(),
+                            other: ck.path().to_path_buf(),
+                        });
                     }
                 }
-                let written = self.write(t, chunk.start, data);
-                first_ck.release(first_entry, chunk.start, chunk.len);
-                written
+                self.write(t, chunk.start, data)
+            }
+        }
+    }
+
+    /// The input byte ranges a chunk reads: `(ingredient, checkpoint, tensor, byte
+    /// offset in the tensor, byte length)` for every ingredient with a non-zero
+    /// weight (averaged tensors), or for the first ingredient and, when verifying,
+    /// the others (copied tensors).
+    fn reads(
+        &self,
+        chunk: Chunk,
+    ) -> impl Iterator<Item = (usize, &Checkpoint, &TensorEntry, usize, usize)> {
+        let t = &self.plan.tensors[chunk.tensor];
+        self.ingredients.iter().zip(&t.sources).enumerate().filter_map(move |(i, (ck, &src))| {
+            let entry = &ck.tensors()[src];
+            match &t.produce {
+                Produce::Average { inputs, weights, .. } => (weights[i] != 0.0).then(|| {
+                    let size = inputs[i].size();
+                    (i, ck, entry, chunk.start * size, chunk.len * size)
+                }),
+                Produce::Copy { verify } => {
+                    (i == 0 || *verify).then_some((i, ck, entry, chunk.start, chunk.len))
+                }
+            }
+        })
+    }
+
+    /// Unmaps the input pages of chunks `range`, merging ranges that touch so that
+    /// each contiguous stretch of a shard costs one system call.
+    fn release(&self, range: std::ops::Range<usize>, chunks: &[Chunk]) {
+        let mut pending: Vec<Option<(usize, usize, usize)>> = vec![None; self.ingredients.len()];
+        for &chunk in &chunks[range] {
+            for (i, ck, entry, start, len) in self.reads(chunk) {
+                let (from, to) = (entry.offset + start, entry.offset + start + len);
+                match &mut pending[i] {
+                    Some((shard, _, end)) if *shard == entry.shard && *end == from => *end = to,
+                    slot => {
+                        if let Some((shard, a, b)) = slot.replace((entry.shard, from, to)) {
+                            ck.release(shard, a, b);
+                        }
+                    }
+                }
+            }
+        }
+        for (ck, slot) in self.ingredients.iter().zip(pending) {
+            if let Some((shard, a, b)) = slot {
+                ck.release(shard, a, b);
             }
         }
     }
