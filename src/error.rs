@@ -263,11 +263,12 @@ struct Differences<'a>(&'a [Difference]);
 
 impl fmt::Display for Differences<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for d in self.0.iter().take(LISTED_DIFFERENCES) {
-            writeln!(f, "  - {d}")?;
+        for (i, d) in self.0.iter().take(LISTED_DIFFERENCES).enumerate() {
+            let sep = if i == 0 { "" } else { "\n" };
+            write!(f, "{sep}  - {d}")?;
         }
         if self.0.len() > LISTED_DIFFERENCES {
-            write!(f, "  … and {} more", self.0.len() - LISTED_DIFFERENCES)?;
+            write!(f, "\n  … and {} more", self.0.len() - LISTED_DIFFERENCES)?;
         }
         Ok(())
     }

@@ -50,8 +50,8 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         force: args.force,
         support_files_from: args.copy_files_from.as_deref(),
     };
-    let report = write_soup(&ingredients, &plan, &dest, &run)
-        .with_context(|| format!("cannot write the soup to {}", args.output.display()));
+    // Library errors name the file, tensor and output path themselves.
+    let report = write_soup(&ingredients, &plan, &dest, &run);
     bar.finish_and_clear();
     let report = report?;
 
@@ -68,10 +68,7 @@ fn open_all(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Checkpoint>> {
     paths
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            Checkpoint::open(p)
-                .with_context(|| format!("ingredient {} ({})", i + 1, p.as_ref().display()))
-        })
+        .map(|(i, p)| Checkpoint::open(p).with_context(|| format!("ingredient {}", i + 1)))
         .collect()
 }
 

@@ -104,7 +104,11 @@ impl Fmt {
         raw[..s].copy_from_slice(&bytes[i * s..(i + 1) * s]);
         let bits = u64::from_le_bytes(raw);
         let sign = 1u64 << (8 * s - 1);
-        if bits & sign != 0 { -((bits & !sign) as i128) } else { bits as i128 }
+        if bits & sign != 0 {
+            -((bits & !sign) as i128)
+        } else {
+            bits as i128
+        }
     }
     /// `x` correctly rounded (to nearest, ties to even) to this format, found by
     /// comparing the neighbours of a first guess: independent of the library.
@@ -167,7 +171,11 @@ impl RawTensor {
 /// The bytes of a safetensors file holding `tensors` back to back in the given
 /// order. With `pad` false the header is not padded to 8 bytes, so tensor data can
 /// start at odd offsets.
-pub fn safetensors_bytes(tensors: &[RawTensor], metadata: &BTreeMap<String, String>, pad: bool) -> Vec<u8> {
+pub fn safetensors_bytes(
+    tensors: &[RawTensor],
+    metadata: &BTreeMap<String, String>,
+    pad: bool,
+) -> Vec<u8> {
     let mut header = String::from("{");
     if !metadata.is_empty() {
         header += &format!("\"__metadata__\":{},", serde_json::to_string(metadata).unwrap());
@@ -232,7 +240,7 @@ pub fn write_checkpoint(dir: &Path, tensors: &[RawTensor], splits: &[usize], pad
 
 /// Every tensor of an output directory (single file or shards): name → (dtype,
 /// shape, bytes), read back with a minimal independent parser.
-pub fn read_output(dir: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+pub fn read_output(dir: &Path) -> TensorMap {
     let mut out = BTreeMap::new();
     for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -245,10 +253,11 @@ pub fn read_output(dir: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)
     out
 }
 
+/// Tensors by name: (dtype, shape, bytes).
+pub type TensorMap = BTreeMap<String, (String, Vec<usize>, Vec<u8>)>;
+
 /// Metadata and tensors of one file.
-pub fn read_safetensors(
-    path: &Path,
-) -> (BTreeMap<String, String>, BTreeMap<String, (String, Vec<usize>, Vec<u8>)>) {
+pub fn read_safetensors(path: &Path) -> (BTreeMap<String, String>, TensorMap) {
     let bytes = fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
@@ -262,9 +271,14 @@ pub fn read_safetensors(
             }
             continue;
         }
-        let offs: Vec<usize> =
-            v["data_offsets"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
-        let shape = v["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let offs: Vec<usize> = v["data_offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        let shape =
+            v["shape"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
         let dtype = v["dtype"].as_str().unwrap().to_owned();
         tensors.insert(name.clone(), (dtype, shape, data[offs[0]..offs[1]].to_vec()));
     }
