@@ -152,3 +152,20 @@ fn help_teaches_the_command() {
     }
     assert!(!text.contains("--chunk-elements"), "tuning flags stay hidden");
 }
+
+#[test]
+fn readme_quick_start_example_merges() {
+    let dir = common::tempdir();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tiny");
+    let runs: Vec<String> =
+        ["run-a", "run-b", "run-c"].iter().map(|r| s(&root.join(r)).to_owned()).collect();
+    let out = dir.path().join("tiny-soup");
+    let mut args = vec!["merge"];
+    args.extend(runs.iter().map(String::as_str));
+    args.extend(["-o", s(&out), "--force"]);
+    soup_ok(&args);
+    let tensors = read_output(&out);
+    assert_eq!(tensors.len(), 7);
+    assert_eq!(tensors["embeddings.position_ids"].0, "I64");
+    assert!(out.join("config.json").exists() && out.join("tokenizer_config.json").exists());
+}
