@@ -12,7 +12,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -226,8 +226,11 @@ pub fn parse_header(
     bytes: &[u8],
     path: &Path,
 ) -> Result<(Vec<TensorEntry>, BTreeMap<String, String>)> {
-    let (header_len, header) = SafeTensors::read_metadata(bytes)
-        .map_err(|source| Error::Header { path: path.to_path_buf(), source })?;
+    let invalid = |source| Error::Header { path: path.to_path_buf(), source };
+    if declares_data_past_end(bytes) {
+        return Err(invalid(SafeTensorError::MetadataIncompleteBuffer));
+    }
+    let (header_len, header) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
     // read_metadata proved 8 + header_len + (end of the last tensor) == bytes.len()
     // and that the tensors tile the data without gaps or overlaps.
     let data_start = 8 + header_len;
@@ -243,10 +246,34 @@ pub fn parse_header(
             len: info.data_offsets.1 - info.data_offsets.0,
         })
         .collect();
-    tensors.sort_by(|a, b| (a.offset, &a.name).cmp(&(b.offset, &b.name)));
+    // Empty tensors first at a shared offset, so the ranges tile in this order.
+    tensors.sort_by(|a, b| (a.offset, a.len, &a.name).cmp(&(b.offset, b.len, &b.name)));
     debug_assert!(tensors.iter().all(|e| bytes.get(e.offset..e.offset + e.len).is_some()));
     let metadata = header.metadata().clone().unwrap_or_default().into_iter().collect();
     Ok((tensors, metadata))
+}
+
+/// True when the header (if it parses) declares tensor data ending past the end of
+/// `bytes`. safetensors 0.8 adds the declared data length to the header length
+/// without a checked add, so a header declaring ~2⁶⁴ bytes of data overflows there
+/// (a panic where overflow checks are on); such files are rejected here first with
+/// the error the format check gives when it does not overflow.
+fn declares_data_past_end(bytes: &[u8]) -> bool {
+    let header = bytes
+        .get(..8)
+        .and_then(|prefix| usize::try_from(u64::from_le_bytes(prefix.try_into().ok()?)).ok())
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?));
+    let Some(Ok(entries)) =
+        header.map(serde_json::from_slice::<HashMap<String, serde_json::Value>>)
+    else {
+        return false; // read_metadata reports what is wrong with it
+    };
+    let file_len = bytes.len() as u64;
+    entries.values().any(|entry| {
+        let end =
+            entry.get("data_offsets").and_then(|o| o.get(1)).and_then(serde_json::Value::as_u64);
+        end.is_some_and(|end| end > file_len)
+    })
 }
 
 /// Parses the text of `model.safetensors.index.json`: its tensor → shard map, and
@@ -316,10 +343,9 @@ pub(crate) fn read_bounded(path: &Path, limit: u64) -> Result<String> {
 /// True for a name like `model-00001-of-00002.safetensors`: no directory parts, no
 /// `..`, nothing absolute.
 fn is_plain_file_name(name: &str) -> bool {
+    // `file_name` normalises "x/" and "x/." to "x": demand the name be exactly that.
     let p = Path::new(name);
-    !name.is_empty()
-        && p.components().count() == 1
-        && matches!(p.components().next(), Some(std::path::Component::Normal(_)))
+    p.components().count() == 1 && p.file_name() == Some(std::ffi::OsStr::new(name))
 }
 
 /// Advice for a directory without safetensors weights.

@@ -176,24 +176,23 @@ pub fn safetensors_bytes(
     metadata: &BTreeMap<String, String>,
     pad: bool,
 ) -> Vec<u8> {
-    let mut header = String::from("{");
+    let mut entries = Vec::new();
     if !metadata.is_empty() {
-        header += &format!("\"__metadata__\":{},", serde_json::to_string(metadata).unwrap());
+        entries.push(format!("\"__metadata__\":{}", serde_json::to_string(metadata).unwrap()));
     }
     let mut offset = 0;
-    for (i, t) in tensors.iter().enumerate() {
-        let sep = if i == 0 { "" } else { "," };
-        header += &format!(
-            "{sep}{}:{{\"dtype\":\"{}\",\"shape\":{:?},\"data_offsets\":[{},{}]}}",
+    for t in tensors {
+        entries.push(format!(
+            "{}:{{\"dtype\":\"{}\",\"shape\":{:?},\"data_offsets\":[{},{}]}}",
             serde_json::to_string(&t.name).unwrap(),
             t.dtype,
             t.shape,
             offset,
             offset + t.data.len()
-        );
+        ));
         offset += t.data.len();
     }
-    header.push('}');
+    let mut header = format!("{{{}}}", entries.join(","));
     if pad {
         while header.len() % 8 != 0 {
             header.push(' ');
