@@ -66,7 +66,7 @@ struct Chunk {
 }
 
 /// Writes the plan's shard files into `dir` (which must exist) and returns their
-/// paths. Files are fully written and synced to disk on success.
+/// paths. Syncing them to disk is the caller's choice (see [`crate::output`]).
 pub fn write_shards(
     plan: &Plan,
     ingredients: &[Checkpoint],
@@ -140,9 +140,6 @@ pub fn write_shards(
     });
     if let Some((_, e)) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
         return Err(e);
-    }
-    for (file, path) in files.iter().zip(&paths) {
-        file.sync_all().map_err(Error::io("sync", path))?;
     }
     Ok(paths)
 }

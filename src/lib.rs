@@ -25,13 +25,13 @@
 //!     .collect::<Result<Vec<_>, _>>()?;
 //! let options = PlanOptions {
 //!     weights: Weights::uniform(ingredients.len()),
-//!     dtype: None,
+//!     dtype: Default::default(),
 //!     max_shard_size: modelsoup::DEFAULT_MAX_SHARD_SIZE,
 //!     non_float: Default::default(),
 //!     metadata: Default::default(),
 //! };
 //! let plan = Plan::new(&ingredients, &options)?;
-//! let dest = Destination { path: "soup/".as_ref(), force: false, support_files_from: None };
+//! let dest = Destination { path: "soup/".as_ref(), force: false, support_files_from: None, durable: true };
 //! let report = write_soup(&ingredients, &plan, &dest, &RunOptions::default())?;
 //! println!("{} tensors in {:.1} s", report.tensors, report.seconds);
 //! # Ok::<(), modelsoup::Error>(())
@@ -60,5 +60,5 @@ pub use dtype::FloatDtype;
 pub use error::{Difference, Error, Result};
 pub use execute::{RunOptions, DEFAULT_CHUNK_ELEMENTS};
 pub use merge::{write_soup, Destination, MergeReport};
-pub use plan::{NonFloatPolicy, Plan, PlanOptions, Weights, DEFAULT_MAX_SHARD_SIZE};
+pub use plan::{NonFloatPolicy, OutputDtype, Plan, PlanOptions, Weights, DEFAULT_MAX_SHARD_SIZE};
 pub use recipe::Recipe;

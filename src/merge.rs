@@ -24,6 +24,9 @@ pub struct Destination<'a> {
     /// `None` uses the first ingredient's directory (nothing is copied when the
     /// first ingredient is a bare file).
     pub support_files_from: Option<&'a Path>,
+    /// Sync everything to disk before and after the final rename (the default for
+    /// results; scratch candidates skip it).
+    pub durable: bool,
 }
 
 /// What a merge produced.
@@ -71,7 +74,7 @@ pub fn write_soup(
         Some(dir) => output::copy_support_files(dir, staged.path())?,
         None => Vec::new(),
     };
-    staged.commit()?;
+    staged.commit(dest.durable)?;
     Ok(MergeReport {
         tensors: plan.tensors.len(),
         parameters: plan.parameters(),

@@ -49,14 +49,18 @@ impl StagedDir {
         &self.dest
     }
 
-    /// Syncs every file and moves the staging directory to the destination,
-    /// replacing what was there.
-    pub fn commit(mut self) -> Result<()> {
-        for entry in fs::read_dir(&self.staging).map_err(Error::io("read", &self.staging))? {
-            let path = entry.map_err(Error::io("read", &self.staging))?.path();
-            sync(&path)?;
+    /// Moves the staging directory to the destination, replacing what was there.
+    /// With `durable`, every file and both directories are synced to disk first
+    /// and after, so the soup survives a power loss once this returns; scratch
+    /// outputs that are deleted minutes later skip that.
+    pub fn commit(mut self, durable: bool) -> Result<()> {
+        if durable {
+            for entry in fs::read_dir(&self.staging).map_err(Error::io("read", &self.staging))? {
+                let path = entry.map_err(Error::io("read", &self.staging))?.path();
+                sync(&path)?;
+            }
+            sync(&self.staging)?;
         }
-        sync(&self.staging)?;
         let old = if self.dest.exists() {
             let old = sibling(&self.dest, "old");
             fs::rename(&self.dest, &old).map_err(Error::io("move aside", &self.dest))?;
@@ -74,7 +78,10 @@ impl StagedDir {
         if let Some(old) = old {
             fs::remove_dir_all(&old).map_err(Error::io("remove", &old))?;
         }
-        sync(&parent_of(&self.dest))
+        if durable {
+            sync(&parent_of(&self.dest))?;
+        }
+        Ok(())
     }
 }
 

@@ -60,14 +60,29 @@ impl std::fmt::Debug for Weights {
     }
 }
 
+/// The dtype of averaged tensors in the output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputDtype {
+    /// Each tensor keeps its dtype in the ingredient at this index.
+    Like(usize),
+    /// Every averaged tensor is written in this format.
+    Force(FloatDtype),
+}
+
+impl Default for OutputDtype {
+    /// Each tensor keeps its dtype in the first ingredient.
+    fn default() -> Self {
+        OutputDtype::Like(0)
+    }
+}
+
 /// Everything that decides the output besides the ingredients themselves.
 #[derive(Debug)]
 pub struct PlanOptions {
     /// The mixing weights, used as given (normalising is the caller's choice).
     pub weights: Weights,
-    /// Output dtype for averaged tensors; `None` keeps each tensor's dtype in the
-    /// first ingredient.
-    pub dtype: Option<FloatDtype>,
+    /// Output dtype of averaged tensors.
+    pub dtype: OutputDtype,
     /// Largest output shard in bytes before the output is split (a tensor larger
     /// than this gets a shard of its own).
     pub max_shard_size: u64,
@@ -257,7 +272,6 @@ fn plan_tensor(
     let numel = entry.numel();
     let (dtype, produce, len) = match FloatDtype::from_safetensors(entry.dtype) {
         Some(own) => {
-            let out = options.dtype.unwrap_or(own);
             let weights = options.weights.for_tensor(&entry.name);
             if weights.len() != ingredients.len() {
                 return Err(Error::WeightCount { expected: ingredients.len(), got: weights.len() });
@@ -274,7 +288,11 @@ fn plan_tensor(
                 .iter()
                 .zip(&sources)
                 .filter_map(|(ck, &i)| FloatDtype::from_safetensors(ck.tensors()[i].dtype))
-                .collect();
+                .collect::<Vec<_>>();
+            let out = match options.dtype {
+                OutputDtype::Force(d) => d,
+                OutputDtype::Like(i) => inputs.get(i).copied().unwrap_or(own),
+            };
             let len = numel
                 .checked_mul(out.size())
                 .ok_or_else(|| Error::SizeOverflow { tensor: entry.name.clone() })?;

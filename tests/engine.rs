@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use common::{read_output, write_checkpoint, write_file, Fmt, RawTensor, Rng, FORMATS};
 use modelsoup::{
-    write_soup, Checkpoint, Destination, FloatDtype, NonFloatPolicy, Plan, PlanOptions, RunOptions,
-    Weights,
+    write_soup, Checkpoint, Destination, FloatDtype, NonFloatPolicy, OutputDtype, Plan,
+    PlanOptions, RunOptions, Weights,
 };
 
 /// Float tensor shapes: odd sizes that straddle chunk and tile boundaries, a
@@ -44,7 +44,7 @@ fn ingredient(rng: &mut Rng, fmts: &[Fmt]) -> Vec<RawTensor> {
 fn options(weights: Weights, dtype: Option<FloatDtype>, max_shard_size: u64) -> PlanOptions {
     PlanOptions {
         weights,
-        dtype,
+        dtype: dtype.map_or(OutputDtype::default(), OutputDtype::Force),
         max_shard_size,
         non_float: NonFloatPolicy::RequireEqual,
         metadata: BTreeMap::new(),
@@ -54,7 +54,7 @@ fn options(weights: Weights, dtype: Option<FloatDtype>, max_shard_size: u64) -> 
 fn merge(paths: &[PathBuf], opts: &PlanOptions, out: &Path, threads: usize, chunk: usize) {
     let ingredients: Vec<Checkpoint> = paths.iter().map(|p| Checkpoint::open(p).unwrap()).collect();
     let plan = Plan::new(&ingredients, opts).unwrap();
-    let dest = Destination { path: out, force: true, support_files_from: None };
+    let dest = Destination { path: out, force: true, support_files_from: None, durable: true };
     let run = RunOptions { threads, chunk_elements: chunk, ..RunOptions::default() };
     write_soup(&ingredients, &plan, &dest, &run).unwrap();
 }

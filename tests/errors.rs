@@ -41,7 +41,7 @@ fn plan(paths: &[&Path], non_float: NonFloatPolicy) -> Result<(Vec<Checkpoint>, 
     let cks: Vec<Checkpoint> = paths.iter().map(|p| Checkpoint::open(p).unwrap()).collect();
     let opts = PlanOptions {
         weights: Weights::uniform(cks.len()),
-        dtype: None,
+        dtype: Default::default(),
         max_shard_size: u64::MAX,
         non_float,
         metadata: BTreeMap::new(),
@@ -219,7 +219,7 @@ fn integer_tensor_differing_is_an_error_unless_first_is_chosen() {
     write_file(&a, &a_t, true);
     write_file(&b, &b_t, true);
     let out = dir.path().join("out");
-    let dest = Destination { path: &out, force: false, support_files_from: None };
+    let dest = Destination { path: &out, force: false, support_files_from: None, durable: true };
 
     let (cks, strict) = plan(&[&a, &b], NonFloatPolicy::RequireEqual).unwrap();
     let err = write_soup(&cks, &strict, &dest, &RunOptions::default()).unwrap_err();
@@ -244,7 +244,7 @@ fn bad_weights() {
     let cks = vec![Checkpoint::open(&a).unwrap()];
     let with = |weights| PlanOptions {
         weights,
-        dtype: None,
+        dtype: Default::default(),
         max_shard_size: u64::MAX,
         non_float: NonFloatPolicy::RequireEqual,
         metadata: BTreeMap::new(),
@@ -270,7 +270,8 @@ fn output_is_protected() {
 
     // Replacing an ingredient (or writing inside one) is refused even with force.
     for target in [ck.clone(), ck.join("sub"), dir.path().to_path_buf()] {
-        let dest = Destination { path: &target, force: true, support_files_from: None };
+        let dest =
+            Destination { path: &target, force: true, support_files_from: None, durable: true };
         assert!(
             matches!(write_soup(&cks, &p, &dest, &run), Err(Error::Output { .. })),
             "{target:?}"
@@ -280,15 +281,15 @@ fn output_is_protected() {
     let busy = dir.path().join("busy");
     fs::create_dir(&busy).unwrap();
     fs::write(busy.join("keep.txt"), "precious").unwrap();
-    let dest = Destination { path: &busy, force: false, support_files_from: None };
+    let dest = Destination { path: &busy, force: false, support_files_from: None, durable: true };
     assert!(matches!(write_soup(&cks, &p, &dest, &run), Err(Error::Output { .. })));
     assert_eq!(fs::read_to_string(busy.join("keep.txt")).unwrap(), "precious");
     let file = dir.path().join("file");
     fs::write(&file, "x").unwrap();
-    let dest = Destination { path: &file, force: true, support_files_from: None };
+    let dest = Destination { path: &file, force: true, support_files_from: None, durable: true };
     assert!(matches!(write_soup(&cks, &p, &dest, &run), Err(Error::Output { .. })));
     // With force the directory is replaced whole.
-    let dest = Destination { path: &busy, force: true, support_files_from: None };
+    let dest = Destination { path: &busy, force: true, support_files_from: None, durable: true };
     write_soup(&cks, &p, &dest, &run).unwrap();
     assert!(!busy.join("keep.txt").exists() && busy.join("model.safetensors").exists());
 }

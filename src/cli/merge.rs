@@ -6,8 +6,8 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
 use modelsoup::{
-    write_soup, Checkpoint, Destination, MergeReport, NonFloatPolicy, Plan, PlanOptions, Recipe,
-    RunOptions, Weights,
+    write_soup, Checkpoint, Destination, MergeReport, NonFloatPolicy, OutputDtype, Plan,
+    PlanOptions, Recipe, RunOptions, Weights,
 };
 
 use super::args::{MergeArgs, NonFloat};
@@ -27,7 +27,7 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     );
     let options = PlanOptions {
         weights: Weights::Global(weights),
-        dtype: args.dtype,
+        dtype: args.dtype.map_or(OutputDtype::default(), OutputDtype::Force),
         max_shard_size: args.max_shard_size,
         non_float: match args.non_float {
             NonFloat::Error => NonFloatPolicy::RequireEqual,
@@ -49,6 +49,7 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         path: &args.output,
         force: args.force,
         support_files_from: args.copy_files_from.as_deref(),
+        durable: true,
     };
     // Library errors name the file, tensor and output path themselves.
     let report = write_soup(&ingredients, &plan, &dest, &run);
