@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
@@ -80,14 +81,15 @@ impl Shard {
     }
 }
 
-/// A validated, memory-mapped ingredient.
-#[derive(Debug)]
+/// A validated, memory-mapped ingredient. Cloning is cheap and shares the
+/// mappings, so one opened ingredient can take part in many merges.
+#[derive(Debug, Clone)]
 pub struct Checkpoint {
     path: PathBuf,
     directory: Option<PathBuf>,
-    shards: Vec<Shard>,
-    tensors: Vec<TensorEntry>,
-    by_name: HashMap<String, usize>,
+    shards: Arc<[Shard]>,
+    tensors: Arc<[TensorEntry]>,
+    by_name: Arc<HashMap<String, usize>>,
 }
 
 #[derive(Deserialize)]
@@ -161,7 +163,13 @@ impl Checkpoint {
         if let Some((index, weight_map)) = index {
             check_index(index, weight_map, &shards, &tensors, &by_name)?;
         }
-        Ok(Checkpoint { path: path.to_path_buf(), directory, shards, tensors, by_name })
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            directory,
+            shards: shards.into(),
+            tensors: tensors.into(),
+            by_name: Arc::new(by_name),
+        })
     }
 
     /// The path this checkpoint was opened from.

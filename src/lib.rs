@@ -62,3 +62,4 @@ pub use execute::{RunOptions, DEFAULT_CHUNK_ELEMENTS};
 pub use merge::{write_soup, Destination, MergeReport};
 pub use plan::{NonFloatPolicy, OutputDtype, Plan, PlanOptions, Weights, DEFAULT_MAX_SHARD_SIZE};
 pub use recipe::Recipe;
+pub mod search;

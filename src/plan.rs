@@ -67,6 +67,9 @@ pub enum OutputDtype {
     Like(usize),
     /// Every averaged tensor is written in this format.
     Force(FloatDtype),
+    /// f32 where every input is 16-bit, f64 where any is f32 or f64: wide enough
+    /// that the sums kept by soup searches lose nothing the output would show.
+    Wide,
 }
 
 impl Default for OutputDtype {
@@ -292,6 +295,8 @@ fn plan_tensor(
             let out = match options.dtype {
                 OutputDtype::Force(d) => d,
                 OutputDtype::Like(i) => inputs.get(i).copied().unwrap_or(own),
+                OutputDtype::Wide if inputs.iter().all(|d| d.size() <= 2) => FloatDtype::F32,
+                OutputDtype::Wide => FloatDtype::F64,
             };
             let len = numel
                 .checked_mul(out.size())

@@ -1,0 +1,250 @@
+//! Candidate soups at the cost of one or two model reads each, whatever the soup's
+//! size.
+//!
+//! A search keeps the *running sum* of the current soup's members: nothing for a
+//! one-member soup (the member itself is the sum), else an f32 checkpoint in the
+//! scratch directory written by the engine (f32 for bf16/f16 tensors, f64 for
+//! f32/f64 ones, so that the sum holds the members exactly in practice and a
+//! candidate is within one output ulp of its members' mean). A candidate that adds or removes one
+//! ingredient is then `(sum ± θᵢ) / n'`: the sum and one ingredient are read,
+//! never the whole soup. Accepting a candidate writes the new sum the same way.
+//! Every candidate, and the final soup, is produced by this one formula, so the
+//! soup written at the end has exactly the bytes that were scored.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::checkpoint::Checkpoint;
+use crate::dtype::FloatDtype;
+use crate::error::{Error, Result};
+use crate::execute::RunOptions;
+use crate::merge::{write_soup, Destination, MergeReport};
+use crate::plan::{NonFloatPolicy, OutputDtype, Plan, PlanOptions, Weights};
+
+/// The ingredients of a search and how its candidates are written.
+#[derive(Debug)]
+pub struct Kitchen {
+    ingredients: Vec<Checkpoint>,
+    scratch: PathBuf,
+    /// Output dtype of averaged tensors in every candidate and the final soup;
+    /// `None` keeps each tensor's dtype in the first ingredient.
+    pub dtype: Option<FloatDtype>,
+    /// Output shard size.
+    pub max_shard_size: u64,
+    /// Non-float tensor policy.
+    pub non_float: NonFloatPolicy,
+    /// Where config and tokenizer files are copied from.
+    pub support_files_from: Option<PathBuf>,
+    /// Engine threads and chunking for each materialisation.
+    pub threads: usize,
+    /// Elements per engine chunk.
+    pub chunk_elements: usize,
+    counter: AtomicU64,
+}
+
+/// How a candidate differs from the soup it was proposed against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A soup of one ingredient, on its own.
+    Alone(usize),
+    /// The current soup plus this ingredient.
+    Add(usize),
+    /// The current soup without this ingredient.
+    Remove(usize),
+    /// The current soup itself.
+    Same,
+}
+
+/// The members of a soup and the running sum its candidates are computed from.
+/// Scratch files are removed when the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct Soup {
+    members: Vec<usize>,
+    sum: Arc<Sum>,
+}
+
+#[derive(Debug)]
+enum Sum {
+    /// One member: its own weights are the sum.
+    Single(usize),
+    /// A checkpoint holding Σ θ over the members: f32 for 16-bit tensors, f64 for
+    /// wider ones (see `OutputDtype::Wide`).
+    File { checkpoint: Checkpoint, dir: PathBuf },
+}
+
+impl Drop for Sum {
+    fn drop(&mut self) {
+        if let Sum::File { dir, .. } = self {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Soup {
+    /// The members, as indices into the kitchen's ingredients, ascending.
+    pub fn members(&self) -> &[usize] {
+        &self.members
+    }
+
+    /// The members after `change`.
+    pub fn members_after(&self, change: Change) -> Vec<usize> {
+        let mut members = match change {
+            Change::Alone(i) => vec![i],
+            Change::Add(i) => self.members.iter().copied().chain([i]).collect(),
+            Change::Remove(i) => self.members.iter().copied().filter(|&m| m != i).collect(),
+            Change::Same => self.members.clone(),
+        };
+        members.sort_unstable();
+        members.dedup();
+        members
+    }
+}
+
+impl Kitchen {
+    /// A kitchen for `ingredients` writing its scratch files under `scratch`
+    /// (created if missing).
+    pub fn new(ingredients: Vec<Checkpoint>, scratch: &Path) -> Result<Self> {
+        if ingredients.is_empty() {
+            return Err(Error::NoIngredients);
+        }
+        fs::create_dir_all(scratch).map_err(Error::io("create", scratch))?;
+        Ok(Kitchen {
+            ingredients,
+            scratch: scratch.to_path_buf(),
+            dtype: None,
+            max_shard_size: crate::plan::DEFAULT_MAX_SHARD_SIZE,
+            non_float: NonFloatPolicy::RequireEqual,
+            support_files_from: None,
+            threads: 0,
+            chunk_elements: crate::execute::DEFAULT_CHUNK_ELEMENTS,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The ingredients, in the order given.
+    pub fn ingredients(&self) -> &[Checkpoint] {
+        &self.ingredients
+    }
+
+    /// The scratch directory.
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
+    /// A soup of the single ingredient `i`.
+    pub fn single(&self, i: usize) -> Soup {
+        Soup { members: vec![i], sum: Arc::new(Sum::Single(i)) }
+    }
+
+    /// A soup of all `members` (ascending, distinct), summing them once: the start
+    /// of a pruned search. Costs one read of every member.
+    pub fn soup_of(&self, members: &[usize]) -> Result<Soup> {
+        match members {
+            [] => Err(Error::NoIngredients),
+            [i] => Ok(self.single(*i)),
+            _ => {
+                let inputs: Vec<(usize, f64)> = members.iter().map(|&m| (m, 1.0)).collect();
+                self.write_sum(None, &inputs, members.to_vec())
+            }
+        }
+    }
+
+    /// The soup after accepting `change` (one read of the old sum and one
+    /// ingredient).
+    pub fn accept(&self, soup: &Soup, change: Change) -> Result<Soup> {
+        let members = soup.members_after(change);
+        match (change, members.as_slice()) {
+            (Change::Same, _) => Ok(soup.clone()),
+            (_, [only]) => Ok(self.single(*only)),
+            (Change::Alone(i), _) => Ok(self.single(i)),
+            (Change::Add(i), _) => self.write_sum(Some(soup), &[(i, 1.0)], members),
+            (Change::Remove(i), _) => self.write_sum(Some(soup), &[(i, -1.0)], members),
+        }
+    }
+
+    /// Writes the candidate `soup ⊕ change` (uniform weights over its members) to
+    /// `dest.path` (its `support_files_from` is ignored: the kitchen's is used), with `metadata` in every
+    /// file. Returns the merge report.
+    pub fn materialise(
+        &self,
+        soup: &Soup,
+        change: Change,
+        dest: &Destination,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<MergeReport> {
+        let n = soup.members_after(change).len() as f64;
+        let dtype = self.dtype.map_or(OutputDtype::Like(0), OutputDtype::Force);
+        let (base, extra) = match change {
+            Change::Alone(i) => (None, vec![(i, 1.0)]),
+            Change::Add(i) => (Some((soup, 1.0 / n)), vec![(i, 1.0 / n)]),
+            Change::Remove(i) => (Some((soup, 1.0 / n)), vec![(i, -1.0 / n)]),
+            Change::Same => (Some((soup, 1.0 / n)), Vec::new()),
+        };
+        self.merge(base, &extra, dest, metadata, dtype)
+    }
+
+    fn write_sum(
+        &self,
+        base: Option<&Soup>,
+        inputs: &[(usize, f64)],
+        members: Vec<usize>,
+    ) -> Result<Soup> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let dir = self.scratch.join(format!("sum-{}-{n}", std::process::id()));
+        let base = base.map(|soup| (soup, 1.0));
+        let dest =
+            Destination { path: &dir, force: true, support_files_from: None, durable: false };
+        self.merge(base, inputs, &dest, Default::default(), OutputDtype::Wide)?;
+        let checkpoint = Checkpoint::open(&dir)?;
+        Ok(Soup { members, sum: Arc::new(Sum::File { checkpoint, dir }) })
+    }
+
+    /// `base_weight · sum(base) + Σ wᵢ·θᵢ` into `dest` (with the kitchen's
+    /// support files). The first ingredient is
+    /// always input 0 (with weight 0, so it is not read): every candidate then has
+    /// its tensor order, its dtypes under `OutputDtype::Like(0)`, and its copy of
+    /// non-float tensors, whatever the members.
+    fn merge(
+        &self,
+        base: Option<(&Soup, f64)>,
+        inputs: &[(usize, f64)],
+        dest: &Destination,
+        metadata: std::collections::BTreeMap<String, String>,
+        dtype: OutputDtype,
+    ) -> Result<MergeReport> {
+        let mut checkpoints = vec![self.ingredients[0].clone()];
+        let mut weights = vec![0.0];
+        let mut add = |ck: &Checkpoint, w: f64| {
+            checkpoints.push(ck.clone());
+            weights.push(w);
+        };
+        if let Some((soup, w)) = base {
+            match &*soup.sum {
+                Sum::Single(i) => add(&self.ingredients[*i], w),
+                Sum::File { checkpoint, .. } => add(checkpoint, w),
+            }
+        }
+        for &(i, w) in inputs {
+            add(&self.ingredients[i], w);
+        }
+        let options = PlanOptions {
+            weights: Weights::Global(weights),
+            dtype,
+            max_shard_size: self.max_shard_size,
+            non_float: self.non_float,
+            metadata,
+        };
+        let plan = Plan::new(&checkpoints, &options)?;
+        let support =
+            self.support_files_from.as_deref().or_else(|| self.ingredients[0].directory());
+        let destination = Destination { support_files_from: support, ..dest.clone() };
+        let run = RunOptions {
+            threads: self.threads,
+            chunk_elements: self.chunk_elements,
+            ..RunOptions::default()
+        };
+        write_soup(&checkpoints, &plan, &destination, &run)
+    }
+}

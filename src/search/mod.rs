@@ -1,0 +1,4 @@
+//! Soup searches: greedy and pruned soups scored by the user's evaluator.
+
+pub mod candidate;
+pub mod sequential;
