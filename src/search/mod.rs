@@ -1,4 +1,5 @@
 //! Soup searches: greedy and pruned soups scored by the user's evaluator.
 
 pub mod candidate;
+pub mod report;
 pub mod sequential;
