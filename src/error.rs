@@ -172,6 +172,10 @@ pub enum Error {
     #[error("cannot encode JSON")]
     Json(#[source] serde_json::Error),
 
+    /// The evaluation journal could not be read or written.
+    #[error("journal")]
+    Journal(#[from] crate::journal::JournalError),
+
     /// The caller asked the merge to stop.
     #[error("cancelled")]
     Cancelled,

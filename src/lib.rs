@@ -48,6 +48,7 @@ pub mod checkpoint;
 pub mod dtype;
 pub mod error;
 pub mod execute;
+pub mod journal;
 pub mod kernel;
 mod mapped;
 pub mod merge;
