@@ -172,6 +172,10 @@ pub enum Error {
     #[error("cannot encode JSON")]
     Json(#[source] serde_json::Error),
 
+    /// The evaluation command is unusable, or its logs cannot be written.
+    #[error(transparent)]
+    Eval(#[from] crate::evaluate::EvalError),
+
     /// The evaluation journal could not be read or written.
     #[error("journal")]
     Journal(#[from] crate::journal::JournalError),

@@ -47,6 +47,7 @@ compile_error!("safetensors data is little-endian; modelsoup supports little-end
 pub mod checkpoint;
 pub mod dtype;
 pub mod error;
+pub mod evaluate;
 pub mod execute;
 pub mod journal;
 pub mod kernel;

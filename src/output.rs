@@ -93,6 +93,20 @@ impl Drop for StagedDir {
     }
 }
 
+/// Checks that `dest` may be written: absent, an empty directory, or (with
+/// `force`) a non-empty one. Searches call it before hours of evaluations.
+pub fn check_destination(dest: &Path, force: bool) -> Result<()> {
+    let refuse =
+        |reason: &str| Error::Output { path: dest.to_path_buf(), reason: reason.to_owned() };
+    match fs::symlink_metadata(dest) {
+        Ok(meta) if !meta.is_dir() => Err(refuse("exists and is not a directory")),
+        Ok(_) if !force && !is_empty_dir(dest)? => {
+            Err(refuse("exists and is not empty (pass --force to replace it)"))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn sync(path: &Path) -> Result<()> {
     File::open(path).and_then(|f| f.sync_all()).map_err(Error::io("sync", path))
 }

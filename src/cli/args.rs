@@ -12,7 +12,10 @@ use modelsoup::FloatDtype;
 /// multi-gigabyte models need no more than a few megabytes of RAM per thread.
 #[derive(Debug, Parser)]
 #[command(name = "soup", version, propagate_version = true, max_term_width = 100)]
-#[command(after_help = "Exit status: 0 success, 2 error (message on stderr), 130 interrupted.")]
+#[command(
+    after_help = "Exit status: 0 success, 1 a search found no soup to keep, 2 error (message \
+                        on stderr), 130 interrupted."
+)]
 pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
@@ -25,6 +28,182 @@ pub enum Command {
     /// Average checkpoints into one (uniform or weighted soup).
     #[command(after_long_help = MERGE_EXAMPLES)]
     Merge(MergeArgs),
+    /// Greedy soup: add ingredients best first while your evaluator's score does
+    /// not drop.
+    #[command(after_long_help = GREEDY_EXAMPLES)]
+    Greedy(GreedyArgs),
+    /// Pruned soup: start from the uniform soup and drop ingredients whose removal
+    /// does not lower your evaluator's score.
+    #[command(after_long_help = PRUNED_EXAMPLES)]
+    Pruned(PrunedArgs),
+}
+
+const GREEDY_EXAMPLES: &str = "\
+Examples:
+  soup greedy runs/*/ -o best-soup/ --eval 'python eval.py --model {model} --split val'
+  soup greedy runs/*/ -o best-soup/ --eval '...' --scores individual.json
+  soup greedy runs/*/ -o out/ --eval 'srun --gres=gpu:1 python eval.py {model}' --jobs 8
+
+Every candidate is written to a scratch directory and scored by running --eval
+with `sh -c`; {model} is replaced by the candidate's directory (shell-quoted),
+which is also in $SOUP_MODEL. The score is the last non-empty line of the
+command's stdout: a number, or a JSON object with a numeric \"score\". Failed
+evaluations count as \"not better\". Every evaluation is journaled in the run
+directory (default OUT.run/): rerun the same command to resume after a crash
+without paying for an evaluation twice. See docs/EVALUATOR.md.
+
+Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130
+interrupted.";
+
+const PRUNED_EXAMPLES: &str = "\
+Examples:
+  soup pruned runs/*/ -o best-soup/ --eval 'python eval.py --model {model}' --passes 2
+  soup pruned runs/*/ -o best-soup/ --eval '...' --minimize --jobs 4
+
+Starts from the uniform soup of all ingredients; each pass tries removing every
+member in turn (worst first), keeping a removal when the score does not drop.
+Stops after a pass that removes nothing; never empties the soup. Evaluation,
+journal and resume work as for `soup greedy`.
+
+Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130
+interrupted.";
+
+/// Arguments of `soup greedy`.
+#[derive(Debug, Args)]
+pub struct GreedyArgs {
+    /// Shared search options.
+    #[command(flatten)]
+    pub search: SearchArgs,
+}
+
+/// Arguments of `soup pruned`.
+#[derive(Debug, Args)]
+pub struct PrunedArgs {
+    /// Shared search options.
+    #[command(flatten)]
+    pub search: SearchArgs,
+
+    /// Passes over the members; stops early after a pass that removes nothing.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub passes: usize,
+}
+
+/// Options shared by the soup searches.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// Fine-tuned checkpoints: .safetensors files or checkpoint directories.
+    #[arg(required = true, value_name = "INGREDIENT")]
+    pub ingredients: Vec<PathBuf>,
+
+    /// Output directory for the final soup.
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+
+    /// Evaluation command, run with `sh -c`; {model} becomes the candidate's
+    /// directory.
+    #[arg(long = "eval", value_name = "COMMAND")]
+    pub eval: String,
+
+    /// Evaluations to run at once.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub jobs: usize,
+
+    /// Kill an evaluation (and its children) after this long: 90, 90s, 15m, 2h.
+    #[arg(long, value_name = "DURATION", value_parser = super::duration::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+
+    /// Re-run a failed evaluation up to N more times.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+
+    /// Individual scores as a JSON object {"ingredient path": score}; those
+    /// ingredients are not evaluated alone.
+    #[arg(long, value_name = "FILE")]
+    pub scores: Option<PathBuf>,
+
+    /// Order of proposals: best individual score first (greedy) or worst first
+    /// (pruned), the order given, or shuffled.
+    #[arg(long, value_enum, default_value_t = Order::Sorted)]
+    pub order: Order,
+
+    /// Seed for --order random.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+
+    /// Whether an equal score keeps a proposal (accept: >=, reject: >).
+    #[arg(long, value_enum, default_value_t = TieArg::Accept)]
+    pub tie: TieArg,
+
+    /// Lower scores are better (losses, perplexity).
+    #[arg(long)]
+    pub minimize: bool,
+
+    /// Run directory for the journal, logs and reports [default: OUTPUT.run].
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+
+    /// Where candidates are written [default: RUN_DIR/scratch]; a fast disk or
+    /// tmpfs helps.
+    #[arg(long, value_name = "DIR")]
+    pub scratch: Option<PathBuf>,
+
+    /// Keep every candidate directory after it is scored.
+    #[arg(long)]
+    pub keep_candidates: bool,
+
+    /// Output dtype of averaged tensors [default: each tensor's dtype in the first
+    /// ingredient].
+    #[arg(long, value_name = "DTYPE", value_parser = parse_dtype)]
+    pub dtype: Option<FloatDtype>,
+
+    /// Split outputs into shards of at most this size (e.g. 2GB, 500MB, 4GiB).
+    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = super::size::parse_size)]
+    pub max_shard_size: u64,
+
+    /// Worker threads for writing each candidate [default: one per core].
+    #[arg(short = 'j', long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Replace the output directory if it exists and is not empty.
+    #[arg(short, long)]
+    pub force: bool,
+
+    /// Copy config.json, tokenizer and other non-weight files from this directory
+    /// instead of the first ingredient's.
+    #[arg(long, value_name = "DIR")]
+    pub copy_files_from: Option<PathBuf>,
+
+    /// What to do when a tensor that is not averaged differs between ingredients.
+    #[arg(long, value_enum, default_value_t = NonFloat::Error, value_name = "POLICY")]
+    pub non_float: NonFloat,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress lines or summary (errors are still printed).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// The order in which ingredients are proposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Order {
+    /// By individual score: best first for greedy, worst first for pruned.
+    Sorted,
+    /// As given on the command line.
+    Given,
+    /// Shuffled with --seed.
+    Random,
+}
+
+/// Tie rule on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TieArg {
+    /// Keep a proposal whose score equals the current one (>=).
+    Accept,
+    /// Keep only strictly better proposals (>).
+    Reject,
 }
 
 const MERGE_EXAMPLES: &str = "\

@@ -1,8 +1,10 @@
 //! Dispatch from parsed arguments to commands, and the process exit codes.
 
 pub mod args;
+mod duration;
 mod merge;
 mod progress;
+mod search;
 mod size;
 
 use std::process::ExitCode;
@@ -18,6 +20,8 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 pub enum Exit {
     /// The command did what was asked.
     Success = 0,
+    /// A search finished without a soup to keep (nothing could be scored).
+    NoSoup = 1,
     /// Bad input, bad arguments or an I/O failure.
     Error = 2,
     /// Stopped by Ctrl-C; nothing partial was left behind.
@@ -47,5 +51,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     match cli.command {
         Command::Merge(args) => merge::run(&args, &INTERRUPTED),
+        Command::Greedy(args) => search::run(&args.search, search::Method::Greedy, &INTERRUPTED),
+        Command::Pruned(args) => {
+            search::run(&args.search, search::Method::Pruned { passes: args.passes }, &INTERRUPTED)
+        }
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod candidate;
 pub mod report;
+pub mod scorer;
 pub mod sequential;

@@ -1,0 +1,305 @@
+//! `soup greedy` and `soup pruned`: searches scored by the user's evaluator.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{bail, Context};
+use modelsoup::evaluate::Evaluator;
+use modelsoup::journal::Journal;
+use modelsoup::search::candidate::{Change, Kitchen};
+use modelsoup::search::report::Report;
+use modelsoup::search::scorer::EvalScorer;
+use modelsoup::search::sequential::{
+    score_individuals, Finish, Policy, Scored, Scorer, Search, Step, Tie,
+};
+use modelsoup::{plan, Checkpoint, Destination, NonFloatPolicy, Recipe};
+
+use super::args::{NonFloat, Order, SearchArgs, TieArg};
+use super::Exit;
+
+/// Which search to run.
+#[derive(Debug, Clone, Copy)]
+pub enum Method {
+    /// Add ingredients best first.
+    Greedy,
+    /// Remove ingredients from the uniform soup, for up to this many passes.
+    Pruned { passes: usize },
+}
+
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Greedy => "greedy",
+            Method::Pruned { .. } => "pruned",
+        }
+    }
+}
+
+/// Runs a search end to end: individual scores, the search, the final soup, the
+/// reports.
+pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
+    modelsoup::output::check_destination(&args.output, args.force)?;
+    let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
+    let ingredients = super::merge::open_all(&args.ingredients)?;
+    plan::check_compatible(&ingredients)?;
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| sibling_with_suffix(&args.output, ".run"));
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    let (journal, stats) = Journal::open(&run_dir)?;
+    let say = |line: String| {
+        if !args.quiet {
+            eprintln!("{line}");
+        }
+    };
+    if stats.damaged() > 0 {
+        say(format!(
+            "warning: ignored {} damaged line(s) in {}",
+            stats.damaged(),
+            journal.path().display()
+        ));
+    }
+    if !journal.is_empty() {
+        say(format!("resuming: {} evaluation(s) in {}", journal.len(), journal.path().display()));
+    }
+    let evaluator = Evaluator::new(&args.eval, &run_dir, args.timeout, args.retries)?;
+    let kitchen = kitchen(args, ingredients, &run_dir)?;
+    let mut scorer =
+        EvalScorer::new(&kitchen, &evaluator, &journal, &args.eval, labels.clone(), method.name());
+    scorer.keep_candidates = args.keep_candidates;
+    let policy = Policy {
+        minimize: args.minimize,
+        tie: match args.tie {
+            TieArg::Accept => Tie::Accept,
+            TieArg::Reject => Tie::Reject,
+        },
+        jobs: args.jobs.max(1),
+    };
+
+    let known = match &args.scores {
+        Some(file) => read_scores(file, &labels, &say)?,
+        None => vec![None; labels.len()],
+    };
+    let report_individual = |i: usize, s: &Scored| say(format!("  {}: {}", labels[i], describe(s)));
+    say(format!(
+        "scoring {} ingredient(s) on their own",
+        known.iter().filter(|k| k.is_none()).count()
+    ));
+    let individual =
+        score_individuals(&kitchen, &scorer, policy.jobs, &known, interrupted, &report_individual)?;
+    let order = proposal_order(&individual, args.order, args.seed, &policy, method);
+
+    let on_step = |step: &Step, finish: &Finish| {
+        say(format!(
+            "[step {}] {} {}: {} -> {} (soup of {}, score {})",
+            finish.steps.len(),
+            match step.change {
+                Change::Add(_) => "add",
+                Change::Remove(_) => "remove",
+                _ => "try",
+            },
+            match step.change {
+                Change::Add(i) | Change::Remove(i) | Change::Alone(i) => labels[i].as_str(),
+                Change::Same => "",
+            },
+            describe(&step.scored),
+            if step.accepted { "kept" } else { "rejected" },
+            finish.soup.members().len(),
+            finish.score
+        ))
+    };
+    let search = Search {
+        kitchen: &kitchen,
+        scorer: &scorer,
+        policy,
+        interrupt: interrupted,
+        on_step: Some(&on_step),
+    };
+    let (finish, uniform) = match method {
+        Method::Greedy => {
+            let Some(start) = order.iter().position(|&i| individual[i].score.is_ok()) else {
+                eprintln!(
+                    "error: no ingredient could be scored on its own; see the logs in {}",
+                    run_dir.display()
+                );
+                return Ok(Exit::NoSoup);
+            };
+            let first = order[start];
+            let first_score = individual[first].score.clone().unwrap_or(f64::NAN);
+            (search.greedy(&order[start..], first_score)?, None)
+        }
+        Method::Pruned { passes } => {
+            let all: Vec<usize> = (0..labels.len()).collect();
+            let soup = kitchen.soup_of(&all)?;
+            let scored = scorer.score(&soup, Change::Same, interrupted)?;
+            say(format!("  uniform soup of {}: {}", all.len(), describe(&scored)));
+            let Ok(score) = scored.score else {
+                eprintln!(
+                    "error: the uniform soup could not be scored; see the logs in {}",
+                    run_dir.display()
+                );
+                return Ok(Exit::NoSoup);
+            };
+            (search.pruned(soup, score, &order, passes)?, Some(score))
+        }
+    };
+
+    let report = Report::new(
+        method.name(),
+        &args.eval,
+        args.minimize,
+        &labels,
+        &individual,
+        uniform,
+        &finish,
+    );
+    let (soup, change) = &finish.winner;
+    let recipe = Recipe::new(
+        method.name(),
+        report.members.clone(),
+        report.weights.clone(),
+        args.dtype.map(|d| d.name().to_owned()),
+    );
+    let dest = Destination {
+        path: &args.output,
+        force: args.force,
+        support_files_from: None,
+        durable: true,
+    };
+    kitchen.materialise(soup, *change, &dest, recipe.to_metadata())?;
+    report.write(&run_dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    say(format!(
+        "{} soup of {} ingredient(s), score {} (best individual {}), written to {}; report in {}",
+        method.name(),
+        report.members.len(),
+        report.score,
+        report.best_individual.score,
+        args.output.display(),
+        run_dir.join("report.md").display()
+    ));
+    Ok(Exit::Success)
+}
+
+fn kitchen(
+    args: &SearchArgs,
+    ingredients: Vec<Checkpoint>,
+    run_dir: &Path,
+) -> anyhow::Result<Kitchen> {
+    let scratch = args.scratch.clone().unwrap_or_else(|| run_dir.join("scratch"));
+    let mut kitchen = Kitchen::new(ingredients, &scratch)?;
+    kitchen.dtype = args.dtype;
+    kitchen.max_shard_size = args.max_shard_size;
+    kitchen.non_float = match args.non_float {
+        NonFloat::Error => NonFloatPolicy::RequireEqual,
+        NonFloat::First => NonFloatPolicy::TakeFirst,
+    };
+    kitchen.support_files_from = args.copy_files_from.clone();
+    kitchen.threads = args.threads.unwrap_or(0);
+    Ok(kitchen)
+}
+
+/// `out` → `out.run` beside it.
+fn sibling_with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let name =
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "soup".into());
+    path.with_file_name(format!("{name}{suffix}"))
+}
+
+/// Individual scores from a `--scores` file: `{"path": score, ...}`, keyed by the
+/// ingredient as given on the command line (or the same file by another path).
+fn read_scores(
+    file: &Path,
+    labels: &[String],
+    say: &dyn Fn(String),
+) -> anyhow::Result<Vec<Option<Scored>>> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let map: BTreeMap<String, f64> = serde_json::from_str(&text).with_context(|| {
+        format!("{}: expected a JSON object of ingredient path → number", file.display())
+    })?;
+    let canonical: Vec<Option<PathBuf>> =
+        labels.iter().map(|l| Path::new(l).canonicalize().ok()).collect();
+    let mut known = vec![None; labels.len()];
+    for (key, score) in map {
+        if !score.is_finite() {
+            bail!("{}: score for {key:?} is not finite", file.display());
+        }
+        let key_path = Path::new(&key).canonicalize().ok();
+        let found = labels.iter().position(|l| *l == key).or_else(|| {
+            key_path.as_ref().and_then(|k| canonical.iter().position(|c| c.as_ref() == Some(k)))
+        });
+        match found {
+            Some(i) => {
+                known[i] = Some(Scored {
+                    candidate: "scores-file".into(),
+                    score: Ok(score),
+                    reused: true,
+                    cancelled: false,
+                })
+            }
+            None => say(format!(
+                "warning: {} names {key:?}, which is not an ingredient",
+                file.display()
+            )),
+        }
+    }
+    Ok(known)
+}
+
+/// The order of proposals: by individual score (best first for greedy, worst
+/// first for pruned; failed evaluations count as worst), as given, or shuffled.
+fn proposal_order(
+    individual: &[Scored],
+    order: Order,
+    seed: u64,
+    policy: &Policy,
+    method: Method,
+) -> Vec<usize> {
+    let mut indices: Vec<usize> = (0..individual.len()).collect();
+    match order {
+        Order::Given => {}
+        Order::Random => shuffle(&mut indices, seed),
+        Order::Sorted => {
+            // Best first; a stable sort keeps the given order among equals.
+            indices.sort_by(|&a, &b| match (&individual[a].score, &individual[b].score) {
+                (Ok(x), Ok(y)) if policy.better(*x, *y) => std::cmp::Ordering::Less,
+                (Ok(x), Ok(y)) if policy.better(*y, *x) => std::cmp::Ordering::Greater,
+                (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+                (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+                _ => std::cmp::Ordering::Equal,
+            });
+            if matches!(method, Method::Pruned { .. }) {
+                indices.reverse();
+            }
+        }
+    }
+    indices
+}
+
+/// Fisher–Yates with SplitMix64: the same permutation for the same seed on every
+/// platform and version.
+fn shuffle(v: &mut [usize], seed: u64) {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..v.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
+fn describe(s: &Scored) -> String {
+    let source = if s.reused { " (journal)" } else { "" };
+    match &s.score {
+        Ok(v) => format!("{v}{source}"),
+        Err(e) => format!("failed{source}: {e}"),
+    }
+}

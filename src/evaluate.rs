@@ -1,0 +1,919 @@
+//! Running the user's evaluation command on a candidate soup and reading its score.
+//!
+//! The soup searches (`soup greedy`, `soup pruned`) choose between candidate soups by
+//! a score only the user can compute — accuracy on their held-out set, with their own
+//! code — so they run the user's command once per candidate. This module is the one
+//! place that does it; the contract with that command is `docs/EVALUATOR.md`.
+//!
+//! A broken evaluation (non-zero exit, timeout, no score, NaN) is an ordinary
+//! [`Outcome::Failed`], because a search must be able to go on past one candidate that
+//! breaks the evaluator; an evaluation stopped by its cancel flag (Ctrl-C, or a
+//! speculative evaluation made stale) is [`Outcome::Cancelled`]. Only what the caller
+//! has to stop for is an [`EvalError`]: a bad template or candidate id, or a log
+//! directory that cannot be written.
+//!
+//! Output goes straight to log files, never through pipes, so a chatty evaluator can
+//! neither block on a full pipe nor grow our memory; the score is read back from the
+//! last [`STDOUT_TAIL`] bytes of the stdout log.
+//!
+//! Each evaluation runs in a process group of its own. When it ends — exit, timeout or
+//! cancellation — the whole group is sent SIGKILL, so whatever the command started in
+//! the background dies with it. The group is killed *before* the command's own process
+//! is reaped: until then its pid, which is the group id, cannot be reused, so the kill
+//! can never reach an unrelated process. Nothing here is `unsafe`: the group kill and
+//! the non-reaping exit check are `rustix` calls.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
+use serde_json::{Map, Value};
+
+/// The placeholder replaced by the candidate's directory, shell-quoted.
+pub const PLACEHOLDER: &str = "{model}";
+
+/// How many bytes at the end of the stdout log are read back to find the score.
+pub const STDOUT_TAIL: u64 = 64 * 1024;
+
+/// The shell that runs the command template, as `/bin/sh -c TEMPLATE`.
+const SHELL: &str = "/bin/sh";
+
+/// Longest excerpt of an offending stdout line quoted in a failure, in characters.
+const QUOTED_CHARS: usize = 200;
+
+/// Longest candidate id, in bytes.
+const MAX_CANDIDATE_LEN: usize = 100;
+
+/// First and longest pause between two checks of a running evaluation: short
+/// evaluations are noticed within a millisecond or two, and a cancel flag or deadline
+/// within `POLL_MAX` of being reached.
+const POLL_MIN: Duration = Duration::from_millis(1);
+const POLL_MAX: Duration = Duration::from_millis(20);
+
+/// Extra metrics: the evaluator's JSON object without its `"score"`.
+pub type Metrics = Map<String, Value>;
+
+/// What the caller must stop for; a failed or cancelled evaluation is an [`Outcome`]
+/// instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvalError {
+    /// The command template is unusable.
+    #[error("evaluation command {template:?}: {reason}")]
+    Template {
+        /// The template as given.
+        template: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A candidate id is not a safe file-name stem (it names the log files).
+    #[error(
+        "candidate id {id:?} must be 1 to {MAX_CANDIDATE_LEN} characters among \
+         A-Z a-z 0-9 _ -"
+    )]
+    CandidateId {
+        /// The id as given.
+        id: String,
+    },
+
+    /// The run directory, the logs directory or a log file could not be used.
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        /// What was being attempted ("create", "read", ...).
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The state of a running evaluation could not be queried.
+    #[error("cannot wait for the evaluation of candidate {candidate}")]
+    Wait {
+        /// The candidate being evaluated.
+        candidate: String,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl EvalError {
+    fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| EvalError::Io { action, path, source }
+    }
+}
+
+/// Why one evaluation produced no score.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Failure {
+    /// The shell could not be started (the OS error, as text).
+    Spawn(String),
+    /// The command exited with this non-zero code (even if it printed a score).
+    Exit(i32),
+    /// The command was killed by this signal.
+    Signal(i32),
+    /// The command ran longer than the timeout and was killed.
+    Timeout(Duration),
+    /// The last non-empty line of stdout holds no score.
+    NoScore {
+        /// That line, truncated to 200 characters, control characters escaped
+        /// (empty when stdout was empty).
+        line: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The score is NaN or infinite.
+    NotFinite {
+        /// The line that held it, as in [`Failure::NoScore`].
+        line: String,
+    },
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Spawn(e) => write!(f, "could not start {SHELL}: {e}"),
+            Failure::Exit(code) => write!(f, "exited with code {code}{}", exit_hint(*code)),
+            Failure::Signal(sig) => write!(f, "killed by signal {sig}{}", signal_name(*sig)),
+            Failure::Timeout(limit) => write!(f, "timed out after {limit:?}"),
+            Failure::NoScore { line, problem } if line.is_empty() => {
+                write!(f, "no score: {problem}")
+            }
+            Failure::NoScore { line, problem } => write!(f, "no score: {problem}: `{line}`"),
+            Failure::NotFinite { line } => write!(f, "score is not finite: `{line}`"),
+        }
+    }
+}
+
+fn exit_hint(code: i32) -> &'static str {
+    match code {
+        126 => " (command not executable)",
+        127 => " (command not found)",
+        _ => "",
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match Signal::from_named_raw(sig) {
+        Some(Signal::KILL) => " (SIGKILL; out of memory?)",
+        Some(Signal::SEGV) => " (SIGSEGV)",
+        Some(Signal::ABORT) => " (SIGABRT)",
+        Some(Signal::BUS) => " (SIGBUS)",
+        Some(Signal::TERM) => " (SIGTERM)",
+        Some(Signal::INT) => " (SIGINT)",
+        Some(Signal::PIPE) => " (SIGPIPE)",
+        _ => "",
+    }
+}
+
+/// The result of one evaluation, after any retries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The command succeeded and printed a finite score.
+    Score {
+        /// The score; higher is better.
+        score: f64,
+        /// The other keys of a JSON result line (empty for a bare number).
+        metrics: Metrics,
+    },
+    /// The last attempt failed.
+    Failed {
+        /// Why.
+        reason: Failure,
+    },
+    /// The cancel flag was raised: the running command was killed (or the next
+    /// attempt not started). Not a verdict on the candidate.
+    Cancelled,
+}
+
+impl Outcome {
+    /// The score, if there is one.
+    pub fn score(&self) -> Option<f64> {
+        match self {
+            Outcome::Score { score, .. } => Some(*score),
+            Outcome::Failed { .. } | Outcome::Cancelled => None,
+        }
+    }
+}
+
+/// One candidate's evaluation: its outcome and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// The last attempt's outcome.
+    pub outcome: Outcome,
+    /// Wall time of all attempts together, in seconds.
+    pub seconds: f64,
+    /// Attempts made (1 + retries used).
+    pub attempts: u32,
+    /// The last attempt's stdout log.
+    pub stdout_log: PathBuf,
+    /// The last attempt's stderr log.
+    pub stderr_log: PathBuf,
+}
+
+/// The user's evaluation command, ready to run on candidates from any number of
+/// threads at once.
+#[derive(Debug, Clone)]
+pub struct Evaluator {
+    template: String,
+    run_dir: PathBuf,
+    logs_dir: PathBuf,
+    timeout: Option<Duration>,
+    retries: u32,
+}
+
+impl Evaluator {
+    /// Checks `template` and creates `RUN_DIR/logs/`. `timeout` bounds each attempt;
+    /// a failed attempt is re-run up to `retries` more times.
+    ///
+    /// The template need not contain `{model}`: the path is also in `SOUP_MODEL`.
+    /// It must not put `{model}` in quotes of its own (`'{model}'`, `"{model}"`),
+    /// since the substituted path is already quoted.
+    pub fn new(
+        template: &str,
+        run_dir: &Path,
+        timeout: Option<Duration>,
+        retries: u32,
+    ) -> Result<Self, EvalError> {
+        check_template(template)?;
+        let run_dir = std::path::absolute(run_dir).map_err(EvalError::io("resolve", run_dir))?;
+        let logs_dir = run_dir.join("logs");
+        fs::create_dir_all(&logs_dir).map_err(EvalError::io("create", &logs_dir))?;
+        Ok(Evaluator { template: template.to_owned(), run_dir, logs_dir, timeout, retries })
+    }
+
+    /// The absolute run directory (`SOUP_RUN_DIR`).
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The directory holding every evaluation's logs.
+    pub fn logs_dir(&self) -> &Path {
+        &self.logs_dir
+    }
+
+    /// The shell command run for `model_dir`: the template with every `{model}`
+    /// replaced by the absolute path, shell-quoted.
+    pub fn command_line(&self, model_dir: &Path) -> OsString {
+        let quoted = quote_bytes(model_dir.as_os_str().as_bytes());
+        let parts: Vec<&[u8]> = self.template.split(PLACEHOLDER).map(str::as_bytes).collect();
+        OsString::from_vec(parts.join(quoted.as_slice()))
+    }
+
+    /// Evaluates the soup in `model_dir` as candidate `candidate` (a file-name stem
+    /// unique within the run, e.g. `c0007`), retrying failures. Blocks until done;
+    /// raising `cancel` kills the running command at once (within about 20 ms) and
+    /// gives [`Outcome::Cancelled`].
+    pub fn evaluate(
+        &self,
+        candidate: &str,
+        model_dir: &Path,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Evaluation, EvalError> {
+        check_candidate(candidate)?;
+        let model_dir =
+            std::path::absolute(model_dir).map_err(EvalError::io("resolve", model_dir))?;
+        let command = self.command_line(&model_dir);
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        loop {
+            attempts = attempts.saturating_add(1);
+            let (stdout_log, stderr_log) = self.log_paths(candidate, attempts);
+            let attempt = Attempt {
+                candidate,
+                number: attempts,
+                model_dir: &model_dir,
+                command: &command,
+                stdout_log,
+                stderr_log,
+            };
+            let outcome = self.run(&attempt, cancel)?;
+            if !matches!(outcome, Outcome::Failed { .. }) || attempts > self.retries {
+                let seconds = started.elapsed().as_secs_f64();
+                let Attempt { stdout_log, stderr_log, .. } = attempt;
+                return Ok(Evaluation { outcome, seconds, attempts, stdout_log, stderr_log });
+            }
+        }
+    }
+
+    /// `logs/ID.stdout` for the first attempt, `logs/ID.N.stdout` for attempt N ≥ 2.
+    fn log_paths(&self, candidate: &str, attempt: u32) -> (PathBuf, PathBuf) {
+        let stem = match attempt {
+            1 => candidate.to_owned(),
+            n => format!("{candidate}.{n}"),
+        };
+        (self.logs_dir.join(format!("{stem}.stdout")), self.logs_dir.join(format!("{stem}.stderr")))
+    }
+
+    /// One run of the command, from spawn to score.
+    fn run(&self, attempt: &Attempt, cancel: Option<&AtomicBool>) -> Result<Outcome, EvalError> {
+        if is_raised(cancel) {
+            return Ok(Outcome::Cancelled);
+        }
+        let (stdout_log, stderr_log) = (&attempt.stdout_log, &attempt.stderr_log);
+        let stdout = File::create(stdout_log).map_err(EvalError::io("create", stdout_log))?;
+        let stderr = File::create(stderr_log).map_err(EvalError::io("create", stderr_log))?;
+        let mut shell = Command::new(SHELL);
+        shell
+            .arg("-c")
+            .arg(attempt.command)
+            .env("SOUP_MODEL", attempt.model_dir)
+            .env("SOUP_CANDIDATE", attempt.candidate)
+            .env("SOUP_RUN_DIR", &self.run_dir)
+            .env("SOUP_ATTEMPT", attempt.number.to_string())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+        let mut child = match shell.spawn() {
+            Ok(child) => child,
+            Err(e) => return Ok(failed(Failure::Spawn(e.to_string()))),
+        };
+        let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+        let status = match supervise(&mut child, deadline, cancel) {
+            Ok(Ended::Exited(status)) => status,
+            Ok(Ended::TimedOut) => {
+                return Ok(failed(Failure::Timeout(self.timeout.unwrap_or_default())))
+            }
+            Ok(Ended::Cancelled) => return Ok(Outcome::Cancelled),
+            Err(source) => {
+                return Err(EvalError::Wait { candidate: attempt.candidate.to_owned(), source })
+            }
+        };
+        if let Some(failure) = exit_failure(status) {
+            return Ok(failed(failure));
+        }
+        let tail = read_tail(stdout_log).map_err(EvalError::io("read", stdout_log))?;
+        Ok(match parse_score(&tail) {
+            Ok((score, metrics)) => Outcome::Score { score, metrics },
+            Err(reason) => failed(reason),
+        })
+    }
+}
+
+/// One run of the command: who and what it evaluates, and where its output goes.
+struct Attempt<'a> {
+    candidate: &'a str,
+    /// 1 for the first run, 2 for the first retry, ...
+    number: u32,
+    model_dir: &'a Path,
+    command: &'a OsStr,
+    stdout_log: PathBuf,
+    stderr_log: PathBuf,
+}
+
+fn failed(reason: Failure) -> Outcome {
+    Outcome::Failed { reason }
+}
+
+fn is_raised(flag: Option<&AtomicBool>) -> bool {
+    flag.is_some_and(|f| f.load(Ordering::Relaxed))
+}
+
+fn check_template(template: &str) -> Result<(), EvalError> {
+    let reason = if template.trim().is_empty() {
+        "is empty"
+    } else if template.contains('\0') {
+        "contains a NUL byte"
+    } else if ["'{model}'", "\"{model}\""].iter().any(|q| template.contains(q)) {
+        "{model} must not be quoted: soup quotes the path itself (write {model} bare, \
+         or use \"$SOUP_MODEL\" inside quotes)"
+    } else {
+        return Ok(());
+    };
+    Err(EvalError::Template { template: template.to_owned(), reason })
+}
+
+fn check_candidate(id: &str) -> Result<(), EvalError> {
+    let safe = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+    if id.is_empty() || id.len() > MAX_CANDIDATE_LEN || !id.bytes().all(safe) {
+        return Err(EvalError::CandidateId { id: id.to_owned() });
+    }
+    Ok(())
+}
+
+/// Quotes `s` for a POSIX shell: one word that the shell turns back into exactly
+/// `s`, whatever it contains (spaces, quotes, `$`, backticks, `;`, newlines).
+pub fn shell_quote(s: &str) -> String {
+    // The input is UTF-8 and quoting only adds ASCII, so nothing is lossy here.
+    String::from_utf8_lossy(&quote_bytes(s.as_bytes())).into_owned()
+}
+
+/// `'…'`, with every embedded `'` written `'\''` (close, escaped quote, reopen).
+fn quote_bytes(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    out.push(b'\'');
+    for &b in s {
+        if b == b'\'' {
+            out.extend_from_slice(b"'\\''");
+        } else {
+            out.push(b);
+        }
+    }
+    out.push(b'\'');
+    out
+}
+
+/// How a supervised command ended.
+enum Ended {
+    Exited(ExitStatus),
+    TimedOut,
+    Cancelled,
+}
+
+/// Waits for `child` to exit, the deadline to pass or the cancel flag to be raised;
+/// then kills the child's whole process group and reaps the child. The group is
+/// killed in every case (stragglers started in the background die too), and always
+/// before the reap, while the group id cannot have been reused.
+fn supervise(
+    child: &mut Child,
+    deadline: Option<Instant>,
+    cancel: Option<&AtomicBool>,
+) -> io::Result<Ended> {
+    let pgid = Pid::from_child(child);
+    let watched = watch(pgid, deadline, cancel);
+    // The error is ignored: ESRCH only means the group is empty already, and
+    // EPERM cannot happen for our own descendants.
+    let _ = kill_process_group(pgid, Signal::KILL);
+    let status = child.wait();
+    match (watched?, status?) {
+        (Some(end), _) => Ok(end),
+        (None, status) => Ok(Ended::Exited(status)),
+    }
+}
+
+/// Polls until the child exits (`None`) or the deadline or cancel flag ends the wait.
+fn watch(
+    pid: Pid,
+    deadline: Option<Instant>,
+    cancel: Option<&AtomicBool>,
+) -> io::Result<Option<Ended>> {
+    let mut pause = POLL_MIN;
+    loop {
+        if has_exited(pid)? {
+            return Ok(None);
+        }
+        if is_raised(cancel) {
+            return Ok(Some(Ended::Cancelled));
+        }
+        let now = Instant::now();
+        let left = deadline.map(|d| d.saturating_duration_since(now));
+        if left == Some(Duration::ZERO) {
+            return Ok(Some(Ended::TimedOut));
+        }
+        thread::sleep(left.map_or(pause, |left| left.min(pause)));
+        pause = (pause * 2).min(POLL_MAX);
+    }
+}
+
+/// Whether the child has exited, without reaping it (`waitid` with `WNOWAIT`).
+fn has_exited(pid: Pid) -> io::Result<bool> {
+    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    loop {
+        match waitid(WaitId::Pid(pid), options) {
+            Ok(status) => return Ok(status.is_some()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn exit_failure(status: ExitStatus) -> Option<Failure> {
+    if status.success() {
+        return None;
+    }
+    Some(match (status.code(), status.signal()) {
+        (Some(code), _) => Failure::Exit(code),
+        (None, Some(sig)) => Failure::Signal(sig),
+        (None, None) => Failure::Exit(-1),
+    })
+}
+
+/// The last [`STDOUT_TAIL`] bytes of a log, invalid UTF-8 replaced.
+fn read_tail(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(STDOUT_TAIL)))?;
+    let mut bytes = Vec::new();
+    file.take(STDOUT_TAIL).read_to_end(&mut bytes)?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Finds the score in the tail of an evaluator's stdout: the last non-empty line
+/// (lines end at `\n` or `\r`; surrounding whitespace is ignored) must be a number
+/// or a JSON object with a numeric `"score"`, whose other keys are returned as
+/// metrics. The score must be finite.
+pub fn parse_score(stdout_tail: &str) -> Result<(f64, Metrics), Failure> {
+    let last = stdout_tail.split(['\n', '\r']).map(str::trim).rev().find(|l| !l.is_empty());
+    let Some(line) = last else {
+        return Err(no_score("", "stdout is empty"));
+    };
+    let (score, metrics) = if line.starts_with('{') {
+        parse_json(line)?
+    } else {
+        (parse_number(line)?, Metrics::new())
+    };
+    if !score.is_finite() {
+        return Err(Failure::NotFinite { line: excerpt(line) });
+    }
+    Ok((score, metrics))
+}
+
+fn parse_number(line: &str) -> Result<f64, Failure> {
+    line.parse::<f64>().map_err(|_| {
+        no_score(line, "the last non-empty line of stdout is neither a number nor a JSON object")
+    })
+}
+
+fn parse_json(line: &str) -> Result<(f64, Metrics), Failure> {
+    let mut metrics: Metrics = serde_json::from_str(line).map_err(|e| {
+        let hint = if line.contains("NaN") || line.contains("Infinity") {
+            " (NaN and Infinity are not JSON)"
+        } else {
+            ""
+        };
+        no_score(line, &format!("the last non-empty line of stdout is not valid JSON{hint}: {e}"))
+    })?;
+    match metrics.remove("score") {
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(score) => Ok((score, metrics)),
+            None => Err(no_score(line, "\"score\" is not representable as a float")),
+        },
+        Some(_) => Err(no_score(line, "\"score\" is not a number")),
+        None => Err(no_score(line, "the JSON object has no \"score\"")),
+    }
+}
+
+fn no_score(line: &str, problem: &str) -> Failure {
+    Failure::NoScore { line: excerpt(line), problem: problem.to_owned() }
+}
+
+/// At most [`QUOTED_CHARS`] characters of `line`, control characters escaped, with
+/// `…` when cut.
+fn excerpt(line: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in line.chars().enumerate() {
+        if i == QUOTED_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tempfile::TempDir;
+
+    /// A run directory, a model directory inside it, and an evaluator for `template`.
+    fn setup(template: &str, timeout: Option<Duration>, retries: u32) -> (TempDir, Evaluator) {
+        let tmp = TempDir::new().expect("tempdir");
+        let eval =
+            Evaluator::new(template, &tmp.path().join("run"), timeout, retries).expect("evaluator");
+        (tmp, eval)
+    }
+
+    fn model_dir(tmp: &TempDir) -> PathBuf {
+        let dir = tmp.path().join("model");
+        fs::create_dir_all(&dir).expect("model dir");
+        dir
+    }
+
+    /// Evaluates `template` once; the directory (logs included) lives as long as
+    /// the returned `TempDir`.
+    fn eval_once(template: &str) -> (TempDir, Evaluation) {
+        let (tmp, eval) = setup(template, Some(Duration::from_secs(10)), 0);
+        let evaluation = eval.evaluate("c0001", &model_dir(&tmp), None).expect("evaluate");
+        (tmp, evaluation)
+    }
+
+    fn failure(evaluation: &Evaluation) -> &Failure {
+        match &evaluation.outcome {
+            Outcome::Failed { reason } => reason,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    /// Whether `pid` is dead (gone, or a zombie waiting for init), waiting up to 2 s
+    /// for the kernel to finish killing it.
+    #[cfg(target_os = "linux")]
+    fn dies(pid: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => return true,
+                Ok(stat) => {
+                    let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+                    if state.starts_with(['Z', 'X']) {
+                        return true;
+                    }
+                }
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    fn read_pid(path: &Path) -> String {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let pid = fs::read_to_string(path).unwrap_or_default().trim().to_owned();
+            if !pid.is_empty() || Instant::now() > deadline {
+                return pid;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn evaluator_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Evaluator>();
+        check::<Evaluation>();
+    }
+
+    #[test]
+    fn number_score() {
+        let (_tmp, e) = eval_once("echo 0.75");
+        assert_eq!(e.outcome, Outcome::Score { score: 0.75, metrics: Metrics::new() });
+        assert_eq!(e.attempts, 1);
+        assert_eq!(fs::read_to_string(&e.stdout_log).unwrap(), "0.75\n");
+    }
+
+    #[test]
+    fn json_score_with_metrics() {
+        let (_tmp, e) = eval_once(r#"echo '{"loss": 1.5, "score": 0.8, "task": "qa"}'"#);
+        let Outcome::Score { score, metrics } = e.outcome else { panic!("{e:?}") };
+        assert_eq!(score, 0.8);
+        assert_eq!(metrics.len(), 2);
+        assert_eq!(metrics["loss"], 1.5);
+        assert_eq!(metrics["task"], "qa");
+    }
+
+    #[test]
+    fn last_non_empty_line_wins() {
+        let (_tmp, e) = eval_once(r#"echo 0.1; echo '{"score": 0.2}'; echo 0.3; echo; echo '   '"#);
+        assert_eq!(e.outcome.score(), Some(0.3));
+        // stderr does not count, and a huge stdout is fine: only its tail is read.
+        let (_tmp, e) =
+            eval_once("echo 0.4 >&2; yes progress | head -c 3000000; echo; printf '0.5\\r\\n'");
+        assert_eq!(e.outcome.score(), Some(0.5));
+    }
+
+    #[test]
+    fn garbage_is_a_failure_quoting_the_line() {
+        let (_tmp, e) = eval_once("echo 0.9; echo 'accuracy: 0.9'");
+        let reason = failure(&e);
+        assert!(matches!(reason, Failure::NoScore { line, .. } if line == "accuracy: 0.9"));
+        assert!(reason.to_string().contains("`accuracy: 0.9`"), "{reason}");
+
+        let (_tmp, e) = eval_once("printf 'x%.0s' $(seq 1 500); echo");
+        let Failure::NoScore { line, .. } = failure(&e) else { panic!("{e:?}") };
+        assert_eq!(line.chars().count(), QUOTED_CHARS + 1);
+        assert!(line.ends_with('…'));
+
+        let (_tmp, e) = eval_once("true");
+        assert_eq!(failure(&e).to_string(), "no score: stdout is empty");
+    }
+
+    #[test]
+    fn non_finite_scores_fail() {
+        for output in ["nan", "NaN", "inf", "-inf", "infinity"] {
+            let (_tmp, e) = eval_once(&format!("echo {output}"));
+            assert_eq!(failure(&e), &Failure::NotFinite { line: output.to_owned() });
+        }
+    }
+
+    #[test]
+    fn parse_score_cases() {
+        assert_eq!(parse_score("1e-3\n").unwrap().0, 1e-3);
+        assert_eq!(parse_score("-2\r\n\n").unwrap().0, -2.0);
+        assert_eq!(parse_score("10%\r 50%\r0.25").unwrap().0, 0.25);
+        assert_eq!(parse_score(r#"{"score": 7}"#).unwrap().0, 7.0);
+        let problem = |tail: &str| match parse_score(tail) {
+            Err(Failure::NoScore { problem, .. }) => problem,
+            other => panic!("{other:?}"),
+        };
+        assert!(problem(r#"{"acc": 0.5}"#).contains("no \"score\""));
+        assert!(problem(r#"{"score": "0.5"}"#).contains("not a number"));
+        assert!(problem(r#"{"score": NaN}"#).contains("NaN and Infinity are not JSON"));
+        assert!(problem("{oops").contains("not valid JSON"));
+        assert!(problem("[0.5]").contains("neither a number"));
+        assert!(
+            matches!(parse_score("a\u{1b}[0mb"), Err(Failure::NoScore { line, .. }) if line == "a\\u{1b}[0mb")
+        );
+    }
+
+    #[test]
+    fn non_zero_exit_fails_with_the_code() {
+        let (_tmp, e) = eval_once("echo 0.5; exit 3");
+        assert_eq!(failure(&e), &Failure::Exit(3));
+        assert_eq!(failure(&e).to_string(), "exited with code 3");
+        let (_tmp, e) = eval_once("no-such-evaluator-command-xyz");
+        assert_eq!(failure(&e), &Failure::Exit(127));
+        assert!(fs::read_to_string(&e.stderr_log).unwrap().contains("no-such-evaluator"));
+        let (_tmp, e) = eval_once("kill -9 $$");
+        assert_eq!(failure(&e), &Failure::Signal(9));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn timeout_kills_the_whole_group() {
+        let timeout = Duration::from_millis(300);
+        let (tmp, eval) = setup(
+            r#"sleep 30 & echo $! > "$SOUP_RUN_DIR/grandchild.pid"; sleep 30; echo 1"#,
+            Some(timeout),
+            0,
+        );
+        let started = Instant::now();
+        let e = eval.evaluate("c0001", &model_dir(&tmp), None).unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(failure(&e), &Failure::Timeout(timeout));
+        assert!(
+            elapsed >= timeout && elapsed < timeout + Duration::from_millis(500),
+            "{elapsed:?}"
+        );
+        let pid = read_pid(&eval.run_dir().join("grandchild.pid"));
+        assert!(!pid.is_empty());
+        assert!(dies(&pid), "grandchild {pid} survived the timeout");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn background_processes_die_with_a_finished_evaluation() {
+        let (tmp, eval) =
+            setup(r#"sleep 30 & echo $! > "$SOUP_RUN_DIR/bg.pid"; echo 0.5"#, None, 0);
+        let e = eval.evaluate("c0001", &model_dir(&tmp), None).unwrap();
+        assert_eq!(e.outcome.score(), Some(0.5));
+        assert!(dies(&read_pid(&eval.run_dir().join("bg.pid"))));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn cancel_kills_promptly() {
+        let (tmp, eval) = setup(
+            r#"sleep 30 & echo $! > "$SOUP_RUN_DIR/grandchild.pid"; sleep 30"#,
+            Some(Duration::from_secs(20)),
+            3,
+        );
+        let cancel = Arc::new(AtomicBool::new(false));
+        let raiser = {
+            let cancel = Arc::clone(&cancel);
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(200));
+                cancel.store(true, Ordering::Relaxed);
+            })
+        };
+        let started = Instant::now();
+        let e = eval.evaluate("c0001", &model_dir(&tmp), Some(&cancel)).unwrap();
+        let elapsed = started.elapsed();
+        raiser.join().unwrap();
+        assert_eq!((&e.outcome, e.attempts), (&Outcome::Cancelled, 1), "not retried");
+        assert!(elapsed < Duration::from_millis(700), "{elapsed:?}");
+        assert!(dies(&read_pid(&eval.run_dir().join("grandchild.pid"))));
+        // A raised flag stops the next evaluation before it starts.
+        let e = eval.evaluate("c0002", &model_dir(&tmp), Some(&cancel)).unwrap();
+        assert_eq!(e.outcome, Outcome::Cancelled);
+        assert!(!eval.logs_dir().join("c0002.stdout").exists());
+    }
+
+    #[test]
+    fn retries_rerun_failures_and_keep_each_attempts_logs() {
+        let counter = r#"n=$(cat "$SOUP_RUN_DIR/count" 2>/dev/null || echo 0); n=$((n+1));
+            echo $n > "$SOUP_RUN_DIR/count"; echo "attempt $SOUP_ATTEMPT";
+            if [ $n -ge 3 ]; then echo 0.9; else exit 1; fi"#;
+        let (tmp, eval) = setup(counter, None, 5);
+        let e = eval.evaluate("c0001", &model_dir(&tmp), None).unwrap();
+        assert_eq!((e.outcome.score(), e.attempts), (Some(0.9), 3));
+        assert_eq!(e.stdout_log, eval.logs_dir().join("c0001.3.stdout"));
+        let log = |name: &str| fs::read_to_string(eval.logs_dir().join(name)).unwrap();
+        assert_eq!(log("c0001.stdout"), "attempt 1\n");
+        assert_eq!(log("c0001.2.stdout"), "attempt 2\n");
+        assert_eq!(log("c0001.3.stdout"), "attempt 3\n0.9\n");
+
+        let (tmp, eval) = setup(counter, None, 1);
+        let e = eval.evaluate("c0001", &model_dir(&tmp), None).unwrap();
+        assert_eq!((failure(&e), e.attempts), (&Failure::Exit(1), 2));
+        assert_eq!(fs::read_to_string(eval.run_dir().join("count")).unwrap(), "2\n");
+    }
+
+    #[test]
+    fn hostile_paths_arrive_intact_and_inject_nothing() {
+        let tmp = TempDir::new().unwrap();
+        let run = tmp.path().join("run");
+        let name = "a b'c\"d $HOME ;x; `touch \"$SOUP_RUN_DIR/tick\"` \
+                    $(touch \"$SOUP_RUN_DIR/dollar\") '; touch \"$SOUP_RUN_DIR/semi\"; '\nz";
+        let model = tmp.path().join(name).join("x'; touch \"$SOUP_RUN_DIR/nested\"; echo '");
+        fs::create_dir_all(&model).unwrap();
+        let template = r#"printf '[%s]' {model} > "$SOUP_RUN_DIR/argv";
+            printf '[%s]' "$SOUP_MODEL" > "$SOUP_RUN_DIR/env"; cd {model} && echo 1"#;
+        let eval = Evaluator::new(template, &run, None, 0).unwrap();
+        let e = eval.evaluate("c0001", &model, None).unwrap();
+        assert_eq!(e.outcome.score(), Some(1.0), "{e:?}");
+        let expected = format!("[{}]", model.to_str().unwrap());
+        assert_eq!(fs::read_to_string(run.join("argv")).unwrap(), expected);
+        assert_eq!(fs::read_to_string(run.join("env")).unwrap(), expected);
+        for injected in ["tick", "dollar", "semi", "nested"] {
+            assert!(!run.join(injected).exists(), "{injected} was created");
+        }
+    }
+
+    #[test]
+    fn shell_quote_round_trips() {
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        let tricky = "x'\"$HOME`id`;\\\n'";
+        let out = Command::new(SHELL)
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote(tricky)))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), tricky);
+    }
+
+    #[test]
+    fn environment_and_stdin() {
+        let tmp = TempDir::new().unwrap();
+        let run = tmp.path().join("run");
+        let template = r#"read line; echo "read=$?"; printf '%s\n' "$SOUP_CANDIDATE" "$SOUP_RUN_DIR" "$SOUP_ATTEMPT"; echo 2"#;
+        let eval = Evaluator::new(template, &run, Some(Duration::from_secs(5)), 0).unwrap();
+        assert!(!template.contains(PLACEHOLDER));
+        let e = eval.evaluate("cand_7-b", &model_dir(&tmp), None).unwrap();
+        assert_eq!(e.outcome.score(), Some(2.0));
+        let expected = format!("read=1\ncand_7-b\n{}\n1\n2\n", run.display());
+        assert_eq!(fs::read_to_string(run.join("logs/cand_7-b.stdout")).unwrap(), expected);
+    }
+
+    #[test]
+    fn concurrent_evaluations_keep_their_logs_apart() {
+        let template = r#"i=0; while [ $i -lt 300 ]; do echo "$SOUP_CANDIDATE $i"; echo "$SOUP_CANDIDATE err" >&2; i=$((i+1)); done; cat {model}/score"#;
+        let (tmp, eval) = setup(template, Some(Duration::from_secs(10)), 0);
+        let results: Vec<Evaluation> = thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|i| {
+                    let dir = tmp.path().join(format!("m{i}"));
+                    fs::create_dir_all(&dir).unwrap();
+                    fs::write(dir.join("score"), format!("{i}.5\n")).unwrap();
+                    let eval = &eval;
+                    scope.spawn(move || eval.evaluate(&format!("c{i}"), &dir, None).unwrap())
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, e) in results.iter().enumerate() {
+            assert_eq!(e.outcome.score(), Some(i as f64 + 0.5));
+            let out = fs::read_to_string(&e.stdout_log).unwrap();
+            let err = fs::read_to_string(&e.stderr_log).unwrap();
+            assert_eq!(out.lines().count(), 301);
+            assert!(out.lines().take(300).all(|l| l.starts_with(&format!("c{i} "))));
+            assert!(err.lines().all(|l| l == format!("c{i} err")) && err.lines().count() == 300);
+        }
+    }
+
+    #[test]
+    fn setup_problems_are_errors() {
+        let tmp = TempDir::new().unwrap();
+        let file = tmp.path().join("file");
+        fs::write(&file, "").unwrap();
+        let err = Evaluator::new("echo 1", &file, None, 0).unwrap_err();
+        assert!(matches!(err, EvalError::Io { action: "create", .. }), "{err}");
+        for bad in ["", "  ", "eval '{model}'", "eval \"{model}\"", "a\0b"] {
+            let err = Evaluator::new(bad, tmp.path(), None, 0).unwrap_err();
+            assert!(matches!(err, EvalError::Template { .. }), "{bad:?}");
+        }
+        let eval = Evaluator::new("echo 1", tmp.path(), None, 0).unwrap();
+        for bad in ["", "../x", "a.b", "a/b", "c 1", &"x".repeat(101)] {
+            let err = eval.evaluate(bad, tmp.path(), None).unwrap_err();
+            assert!(matches!(err, EvalError::CandidateId { .. }), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn command_line_quotes_every_placeholder() {
+        let (_tmp, eval) = setup("run {model} --also {model}/x", None, 0);
+        let line = eval.command_line(Path::new("/m o'd"));
+        assert_eq!(line, OsString::from(r"run '/m o'\''d' --also '/m o'\''d'/x"));
+    }
+}

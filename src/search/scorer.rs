@@ -1,0 +1,131 @@
+//! The real [`Scorer`]: a candidate is looked up in the journal, or materialised in
+//! the scratch directory, scored by the user's evaluator, journaled and deleted.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use crate::error::Result;
+use crate::evaluate::{self, Evaluator};
+use crate::journal::{self, Journal, Record};
+use crate::merge::Destination;
+use crate::recipe::Recipe;
+use crate::search::candidate::{Change, Kitchen, Soup};
+use crate::search::sequential::{Scored, Scorer};
+
+/// Scores candidates with an external evaluator, journaling every evaluation.
+pub struct EvalScorer<'a> {
+    /// Writes the candidates.
+    pub kitchen: &'a Kitchen,
+    /// Runs the user's command.
+    pub evaluator: &'a Evaluator,
+    /// Records and recalls evaluations.
+    pub journal: &'a Journal,
+    /// The evaluator command template (the journal's key).
+    pub template: String,
+    /// The ingredients as given on the command line.
+    pub labels: Vec<String>,
+    /// `greedy` or `pruned`: names candidates and goes into their recipe.
+    pub method: String,
+    /// Keep candidate directories after scoring.
+    pub keep_candidates: bool,
+    next_id: AtomicUsize,
+}
+
+impl<'a> EvalScorer<'a> {
+    /// A scorer whose candidate ids continue after the journal's records.
+    pub fn new(
+        kitchen: &'a Kitchen,
+        evaluator: &'a Evaluator,
+        journal: &'a Journal,
+        template: &str,
+        labels: Vec<String>,
+        method: &str,
+    ) -> Self {
+        EvalScorer {
+            kitchen,
+            evaluator,
+            journal,
+            template: template.to_owned(),
+            labels,
+            method: method.to_owned(),
+            keep_candidates: false,
+            next_id: AtomicUsize::new(journal.len() + 1),
+        }
+    }
+
+    fn recipe(&self, members: &[String], weights: &[f64]) -> BTreeMap<String, String> {
+        Recipe::new(&self.method, members.to_vec(), weights.to_vec(), None).to_metadata()
+    }
+}
+
+impl Scorer for EvalScorer<'_> {
+    fn score(&self, soup: &Soup, change: Change, cancel: &AtomicBool) -> Result<Scored> {
+        let members: Vec<String> =
+            soup.members_after(change).iter().map(|&i| self.labels[i].clone()).collect();
+        let weights = vec![1.0 / members.len() as f64; members.len()];
+        if let Some(record) = self.journal.find(&members, &weights, &self.template) {
+            return Ok(Scored {
+                candidate: record.candidate,
+                score: record.outcome.score().ok_or_else(|| failure_reason(&record.outcome)),
+                reused: true,
+                cancelled: false,
+            });
+        }
+        let id = format!("{}-{:04}", self.method, self.next_id.fetch_add(1, Ordering::SeqCst));
+        let dir = self.kitchen.scratch().join(&id);
+        let started = Instant::now();
+        let dest =
+            Destination { path: &dir, force: true, support_files_from: None, durable: false };
+        self.kitchen.materialise(soup, change, &dest, self.recipe(&members, &weights))?;
+        let materialise_seconds = started.elapsed().as_secs_f64();
+        let evaluation = self.evaluator.evaluate(&id, &dir, Some(cancel));
+        if !self.keep_candidates {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        let evaluation = evaluation?;
+        let (outcome, metrics) = match evaluation.outcome {
+            evaluate::Outcome::Score { score, metrics } => {
+                (journal::Outcome::Score(score), metrics)
+            }
+            evaluate::Outcome::Failed { reason } => {
+                (journal::Outcome::Failure(reason.to_string()), Default::default())
+            }
+            evaluate::Outcome::Cancelled => {
+                return Ok(Scored {
+                    candidate: id,
+                    score: Err("cancelled".into()),
+                    reused: false,
+                    cancelled: true,
+                });
+            }
+        };
+        let record = Record {
+            candidate: id.clone(),
+            members,
+            weights,
+            evaluator: self.template.clone(),
+            outcome: outcome.clone(),
+            metrics,
+            materialise_seconds,
+            evaluate_seconds: evaluation.seconds,
+            attempts: evaluation.attempts,
+            timestamp: journal::utc_timestamp(),
+        };
+        self.journal.append(record)?;
+        Ok(Scored {
+            candidate: id,
+            score: outcome.score().ok_or_else(|| failure_reason(&outcome)),
+            reused: false,
+            cancelled: false,
+        })
+    }
+}
+
+fn failure_reason(outcome: &journal::Outcome) -> String {
+    match outcome {
+        journal::Outcome::Failure(reason) => reason.clone(),
+        journal::Outcome::Score(_) => String::new(),
+    }
+}
