@@ -14,7 +14,11 @@ fn main() -> ExitCode {
         Ok(code) => code.into(),
         Err(err) => {
             let code = cli::Exit::for_error(&err);
-            eprintln!("error: {err:#}");
+            if code == cli::Exit::Interrupted {
+                eprintln!("error: interrupted; nothing partial was left at the output");
+            } else {
+                eprintln!("error: {err:#}");
+            }
             code.into()
         }
     }

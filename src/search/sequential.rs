@@ -299,7 +299,8 @@ pub fn score_individuals(
                 let Some(&i) = todo.get(next.fetch_add(1, Ordering::SeqCst)) else { break };
                 let result = scorer.score(&kitchen.single(i), Change::Alone(i), interrupt);
                 match &result {
-                    Ok(scored) => on_done(i, scored),
+                    Ok(scored) if !scored.cancelled => on_done(i, scored),
+                    Ok(_) => {}
                     Err(_) => failed.store(true, Ordering::SeqCst),
                 }
                 results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(result);
