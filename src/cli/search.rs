@@ -89,9 +89,17 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         score_individuals(&kitchen, &scorer, policy.jobs, &known, interrupted, &report_individual)?;
     let order = proposal_order(&individual, args.order, args.seed, &policy, method);
 
+    // Greedy proposes every other ingredient once; pruned makes up to `passes`
+    // passes over a shrinking soup, so only greedy knows its total up front.
+    // Greedy starts at the first ingredient (in proposal order) that has a score.
+    let greedy_start = order.iter().position(|&i| individual[i].score.is_ok());
+    let total = match (method, greedy_start) {
+        (Method::Greedy, Some(start)) => format!("/{}", order.len() - start - 1),
+        _ => String::new(),
+    };
     let on_step = |step: &Step, finish: &Finish| {
         say(format!(
-            "[step {}] {} {}: {} -> {} (soup of {}, score {})",
+            "[step {}{total}] {} {}: {} -> {} (soup of {}, score {})",
             finish.steps.len(),
             match step.change {
                 Change::Add(_) => "add",
@@ -117,7 +125,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     };
     let (finish, uniform) = match method {
         Method::Greedy => {
-            let Some(start) = order.iter().position(|&i| individual[i].score.is_ok()) else {
+            let Some(start) = greedy_start else {
                 eprintln!(
                     "error: no ingredient could be scored on its own; see the logs in {}",
                     run_dir.display()
