@@ -1,13 +1,14 @@
 //! Kernel throughput against a plain memory copy, measured side by side.
 //!
-//! For k = 2, 4, 8 bf16 inputs of `SOUP_BENCH_MIB` MiB each (default 64, far
-//! beyond the caches) the kernel computes `Σ wᵢ·xᵢ → bf16` over the whole buffer in
-//! engine-sized chunks, on 1 thread and on all threads. Two floors run beside it on
-//! the same threads: `memcpy` (one buffer copied to another: the machine's raw
-//! bandwidth) and `gather` (the kernel's exact data movement, k input chunks read
-//! and one output chunk written, with no arithmetic). Throughput counts bytes read +
-//! bytes written; rounds interleave the variants so that machine noise hits them
-//! alike, and medians are reported.
+//! For k = 2, 4, 8 inputs of `SOUP_BENCH_MIB` MiB each (default 64, far beyond the
+//! caches) in format `SOUP_BENCH_DTYPE` (default bf16; f16, f32 and f64 too), the
+//! kernel computes `Σ wᵢ·xᵢ` into that format over the whole buffer in engine-sized
+//! chunks, on 1 thread and on all threads. Two floors run beside it on the same
+//! threads: `memcpy` (one buffer copied to another: the machine's raw bandwidth) and
+//! `gather` (the kernel's exact data movement, k input chunks read and one output
+//! chunk written, with no arithmetic). Throughput counts bytes read + bytes written;
+//! rounds interleave the variants so that machine noise hits them alike, and medians
+//! are reported.
 //!
 //! Run: `cargo bench --bench kernel` (add `RUSTFLAGS="-C target-cpu=native"` for
 //! the native build).
@@ -23,11 +24,16 @@ const ROUNDS: usize = 11;
 fn main() {
     let mib: usize =
         std::env::var("SOUP_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
-    let elements = mib << 19; // bf16 elements in `mib` MiB
-    let inputs: Vec<Vec<u8>> = (0..8).map(|i| random_bf16(elements, i as u64 + 1)).collect();
-    let mut out = vec![0u8; elements * 2];
+    let dtype: FloatDtype = std::env::var("SOUP_BENCH_DTYPE")
+        .map(|v| v.parse().expect("SOUP_BENCH_DTYPE: f64, f32, f16 or bf16"))
+        .unwrap_or(FloatDtype::BF16);
+    let elements = (mib << 20) / dtype.size();
+    let inputs: Vec<Vec<u8>> = (0..8).map(|i| random(dtype, elements, i as u64 + 1)).collect();
+    let mut out = vec![0u8; elements * dtype.size()];
     let threads = rayon::current_num_threads();
-    println!("# {mib} MiB per input, bf16 → bf16, chunks of {DEFAULT_CHUNK_ELEMENTS} elements");
+    println!(
+        "# {mib} MiB per input, {dtype} → {dtype}, chunks of {DEFAULT_CHUNK_ELEMENTS} elements"
+    );
     println!("# GB/s count bytes read + written; medians of {ROUNDS} interleaved rounds");
     println!(
         "| threads | k | memcpy GB/s | gather GB/s | kernel GB/s | kernel/memcpy | kernel/gather |"
@@ -36,13 +42,14 @@ fn main() {
     for t in [1, threads] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool");
         for k in [2usize, 4, 8] {
-            let bytes = (k + 1) * elements * 2;
+            let bytes = (k + 1) * elements * dtype.size();
             let (mut memcpy, mut gathered, mut kernel) = (Vec::new(), Vec::new(), Vec::new());
+            let chunk = DEFAULT_CHUNK_ELEMENTS * dtype.size();
             for _ in 0..ROUNDS {
                 pool.install(|| {
-                    memcpy.push(time_gbps(2 * elements * 2, || copy(&inputs[0], &mut out)));
-                    gathered.push(time_gbps(bytes, || gather(&inputs[..k], &mut out)));
-                    kernel.push(time_gbps(bytes, || soup(&inputs[..k], &mut out)));
+                    memcpy.push(time_gbps(2 * out.len(), || copy(&inputs[0], &mut out, chunk)));
+                    gathered.push(time_gbps(bytes, || gather(&inputs[..k], &mut out, chunk)));
+                    kernel.push(time_gbps(bytes, || soup(&inputs[..k], &mut out, dtype)));
                 });
             }
             let (m, g, s) = (median(&mut memcpy), median(&mut gathered), median(&mut kernel));
@@ -52,15 +59,13 @@ fn main() {
     std::hint::black_box(&out);
 }
 
-fn copy(src: &[u8], dst: &mut [u8]) {
-    let chunk = DEFAULT_CHUNK_ELEMENTS * 2;
+fn copy(src: &[u8], dst: &mut [u8], chunk: usize) {
     dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 /// The same data movement as the kernel without the arithmetic: each input's chunk
 /// is copied into a cache-resident buffer, which is then copied to the output.
-fn gather(inputs: &[Vec<u8>], out: &mut [u8]) {
-    let chunk = DEFAULT_CHUNK_ELEMENTS * 2;
+fn gather(inputs: &[Vec<u8>], out: &mut [u8], chunk: usize) {
     out.par_chunks_mut(chunk).enumerate().for_each_init(Vec::new, |buf, (i, dst)| {
         buf.resize(dst.len(), 0);
         for input in inputs {
@@ -70,8 +75,8 @@ fn gather(inputs: &[Vec<u8>], out: &mut [u8]) {
     });
 }
 
-fn soup(inputs: &[Vec<u8>], out: &mut [u8]) {
-    let chunk = DEFAULT_CHUNK_ELEMENTS * 2;
+fn soup(inputs: &[Vec<u8>], out: &mut [u8], dtype: FloatDtype) {
+    let chunk = DEFAULT_CHUNK_ELEMENTS * dtype.size();
     let w = 1.0 / inputs.len() as f64;
     out.par_chunks_mut(chunk).enumerate().for_each_init(
         || (Accumulator::default(), Vec::new()),
@@ -79,9 +84,9 @@ fn soup(inputs: &[Vec<u8>], out: &mut [u8]) {
             let range = i * chunk..i * chunk + dst.len();
             let mixed: Vec<Input> = inputs
                 .iter()
-                .map(|x| Input { dtype: FloatDtype::BF16, bytes: &x[range.clone()], weight: w })
+                .map(|x| Input { dtype, bytes: &x[range.clone()], weight: w })
                 .collect();
-            acc.mix(dst.len() / 2, &mixed, FloatDtype::BF16, bytes);
+            acc.mix(dst.len() / dtype.size(), &mixed, dtype, bytes);
             dst.copy_from_slice(bytes);
         },
     );
@@ -98,16 +103,23 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Deterministic bf16 values of moderate magnitude (xorshift; no NaN or inf).
-fn random_bf16(n: usize, seed: u64) -> Vec<u8> {
+/// Deterministic values of moderate magnitude in `dtype` (xorshift; no NaN or inf).
+fn random(dtype: FloatDtype, n: usize, seed: u64) -> Vec<u8> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(n * 2);
+    let mut out = Vec::with_capacity(n * dtype.size());
     for _ in 0..n {
         s ^= s << 13;
         s ^= s >> 7;
         s ^= s << 17;
-        let x = (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
-        out.extend_from_slice(&modelsoup::kernel::bf16_bits(x * 0.02).to_le_bytes());
+        let x = ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * 0.02;
+        match dtype {
+            FloatDtype::F64 => out.extend_from_slice(&x.to_le_bytes()),
+            FloatDtype::F32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
+            FloatDtype::F16 => out.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
+            FloatDtype::BF16 => {
+                out.extend_from_slice(&modelsoup::kernel::bf16_bits(x).to_le_bytes())
+            }
+        }
     }
     out
 }

@@ -3,29 +3,49 @@
 //!
 //! Every merge method that is linear in the weights (uniform, weighted, greedy and
 //! pruned candidates, learned coefficients) is a call of [`Accumulator::mix`]. The
-//! loops are plain zipped slice iterators so that the compiler vectorises them; the
-//! only per-format branching is one `match` per input and tile in `add` and one per
-//! tile in `narrow`. `mix` is compiled several times (AVX-512, AVX2, SSE4.1 and the
-//! baseline) and the best version for the running CPU is picked once at run time,
-//! so a portable binary runs the wide-vector code.
+//! loops are plain slice iterators so that the compiler vectorises them, and `mix`
+//! is compiled several times (AVX-512, AVX2, SSE4.1 and the baseline): the best
+//! version for the running CPU is picked once at run time, so a portable binary runs
+//! the wide-vector code.
 //!
-//! Accumulation is in f64. Inputs are widened losslessly (bf16 by a 16-bit shift, f16
-//! through `half`'s bulk conversion, which uses F16C where the CPU has it), products
-//! and sums carry 53 bits, and the only rounding that matters is the final one to
-//! the output format (to nearest, ties to even). An f32 accumulator would be about
-//! 1.5× faster where the kernel is bound by arithmetic, but drifts by several output
-//! ulps wherever ingredients cancel (and would truncate F64 inputs); see
-//! `docs/ARCHITECTURE.md`. No fused multiply-add is used, so every CPU computes the
-//! same bits.
+//! Accumulation is in f64. Inputs are widened exactly, from unaligned little-endian
+//! bytes, by integer operations and conversions (which take subnormals at full
+//! speed, where arithmetic on them would cost a microcode assist); products and sums
+//! carry 53 bits, and the only rounding that matters is the final one to the output
+//! format (to nearest, ties to even), done in one step so that there is no double
+//! rounding. An f32
+//! accumulator would be about 1.5× faster where the kernel is bound by arithmetic,
+//! but drifts by several output ulps wherever ingredients cancel (and would truncate
+//! F64 inputs); see `docs/ARCHITECTURE.md`. No fused multiply-add is used, so every
+//! CPU computes the same bits.
+//!
+//! The sums run over a tile of `TILE` elements at a time, in an f64 accumulator
+//! that stays in the L1 cache. Consecutive inputs of one format are added in groups
+//! of up to `GROUP` per pass over the tile with the partial sum in a register:
+//! `((acc + w₀x₀) + w₁x₁) + …` is the same sequence of roundings as one pass per
+//! input, with fewer loads and stores of the accumulator. The first group adds to
+//! `+0.0` instead of loading a zeroed accumulator. When the inputs and the output are
+//! all 16-bit formats the tile is held as its even elements then its odd ones
+//! (`Pairs`), so that a 32-bit word of input splits into its two elements with
+//! shifts and masks, and two rounded results pack into one word the same way,
+//! instead of shuffling vectors.
 
-use half::f16;
-use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 use crate::dtype::FloatDtype;
 
-/// Elements per tile: the tile's f64 accumulator and f32 scratch stay in the L1
-/// data cache while every input streams through it.
+/// Elements per tile: the tile's f64 accumulator (16 KiB) stays in the L1 data
+/// cache while the inputs stream through it.
 const TILE: usize = 2048;
+
+/// Inputs added per pass over a tile. Measured (Zen 5): 4 beats 1 and 2, by 10–20%
+/// with 8 inputs streaming from memory; 8 was no better and doubles the code.
+const GROUP: usize = 4;
+
+/// The most input bytes per tile (all inputs together) for which the tile after
+/// next is prefetched: 2 tiles ahead must fit in L1 next to the accumulator, or the
+/// prefetches evict each other. Beyond it the hardware prefetchers do better alone.
+const PREFETCH_MAX: usize = 16 << 10;
 
 /// One weighted input of a chunk: `len × dtype.size()` little-endian bytes.
 #[derive(Debug, Clone, Copy)]
@@ -38,14 +58,11 @@ pub struct Input<'a> {
     pub weight: f64,
 }
 
-/// Reusable buffers for the kernel: the f64 accumulator of one tile plus the
-/// scratch space that widening and narrowing need. One per worker thread, a few
-/// tens of KiB, whatever the model.
+/// The reusable f64 accumulator of one tile. One per worker thread, 16 KiB,
+/// whatever the model.
 #[derive(Debug, Default)]
 pub struct Accumulator {
     acc: Vec<f64>,
-    widened: Vec<f32>,
-    aligned: Vec<u64>,
 }
 
 impl Accumulator {
@@ -66,7 +83,7 @@ impl Accumulator {
         }
         out.resize(len * dtype.size(), 0);
         self.acc.resize(TILE, 0.0);
-        mix_tiles(self, len, inputs, dtype, out);
+        mix_tiles(&mut self.acc, len, inputs, dtype, out);
     }
 }
 
@@ -76,135 +93,378 @@ impl Accumulator {
     "x86_64+avx2+fma+f16c+bmi1+bmi2+lzcnt+popcnt+sse4.2",
     "x86_64+sse4.2+popcnt",
 ))]
-fn mix_tiles(a: &mut Accumulator, len: usize, inputs: &[Input], dtype: FloatDtype, out: &mut [u8]) {
-    let size = dtype.size();
-    for start in (0..len).step_by(TILE) {
-        let n = TILE.min(len - start);
-        let acc = &mut a.acc[..n];
-        acc.fill(0.0);
-        for input in inputs {
-            let w = input.dtype.size();
-            // Ask for the tile after next now, so it arrives while this one is summed:
-            // the hardware prefetcher does not follow k streams well on its own.
-            prefetch(input.bytes.get((start + 2 * TILE) * w..).unwrap_or_default(), TILE * w);
-            let bytes = &input.bytes[start * w..(start + n) * w];
-            add(acc, &mut a.widened, &mut a.aligned, input.dtype, bytes, input.weight);
+fn mix_tiles(acc: &mut [f64], len: usize, inputs: &[Input], dtype: FloatDtype, out: &mut [u8]) {
+    tiles(acc, len, inputs, dtype, out);
+}
+
+/// The body of [`mix_tiles`] (which the tests also call directly, to check that
+/// the baseline build computes the same bits): every tile in [`Pairs`] when every
+/// format is 16-bit (all but an odd last element), in [`Linear`] otherwise.
+#[inline(always)]
+fn tiles(acc: &mut [f64], len: usize, inputs: &[Input], dtype: FloatDtype, out: &mut [u8]) {
+    let halves = dtype.size() == 2 && inputs.iter().all(|input| input.dtype.size() == 2);
+    let paired = if halves { len & !1 } else { 0 };
+    let tile_bytes: usize = inputs.iter().map(|input| TILE * input.dtype.size()).sum();
+    let tile = |start: usize, end: usize| {
+        if tile_bytes <= PREFETCH_MAX {
+            prefetch_tile(inputs, start + 2 * TILE);
         }
-        narrow(
-            acc,
-            &mut a.widened,
-            &mut a.aligned,
-            dtype,
-            &mut out[start * size..(start + n) * size],
-        );
+        Tile { inputs, start, end }
+    };
+    for start in (0..paired).step_by(TILE) {
+        tile(start, paired.min(start + TILE)).run::<Pairs>(acc, dtype, out);
+    }
+    for start in (paired..len).step_by(TILE) {
+        tile(start, len.min(start + TILE)).run::<Linear>(acc, dtype, out);
     }
 }
 
-/// `acc += w · widen(bytes)`; the one `match` on the input format.
+/// Asks for tile `start..start + TILE` of every input now, so that it arrives while
+/// the tiles before it are summed: the hardware prefetcher restarts at every 4 KiB
+/// page, and a bf16 tile is one page of each input.
 #[inline(always)]
-fn add(
-    acc: &mut [f64],
-    widened: &mut Vec<f32>,
-    aligned: &mut Vec<u64>,
-    dtype: FloatDtype,
-    bytes: &[u8],
-    w: f64,
-) {
-    match dtype {
-        FloatDtype::F64 => axpy(acc, view::<f64>(bytes, aligned), w, |x| x),
-        FloatDtype::F32 => axpy(acc, view::<f32>(bytes, aligned), w, f64::from),
-        FloatDtype::BF16 => axpy(acc, view::<u16>(bytes, aligned), w, |b| {
-            f64::from(f32::from_bits(u32::from(b) << 16))
-        }),
-        FloatDtype::F16 => {
-            let src = view::<f16>(bytes, aligned);
-            widened.resize(src.len(), 0.0);
-            src.convert_to_f32_slice(widened);
-            axpy(acc, widened, w, f64::from);
+fn prefetch_tile(inputs: &[Input], start: usize) {
+    for input in inputs {
+        let size = input.dtype.size();
+        prefetch(input.bytes.get(start * size..).unwrap_or_default(), TILE * size);
+    }
+}
+
+/// Elements `start..end` of every input, at most [`TILE`] of them.
+struct Tile<'a, 'b> {
+    inputs: &'a [Input<'b>],
+    start: usize,
+    end: usize,
+}
+
+impl Tile<'_, '_> {
+    /// Sums the tile into `acc` in layout `L`, by groups of consecutive inputs of
+    /// one format, then rounds it to `dtype` into the tile's part of `out`.
+    #[inline(always)]
+    fn run<L: Layout>(self, acc: &mut [f64], dtype: FloatDtype, out: &mut [u8]) {
+        let acc = &mut acc[..self.end - self.start];
+        if self.inputs.is_empty() {
+            acc.fill(0.0);
+        }
+        let mut rest = self.inputs;
+        let mut first = true;
+        while let Some(head) = rest.first() {
+            let n = rest.iter().take(GROUP).take_while(|i| i.dtype == head.dtype).count();
+            let (group, tail) = rest.split_at(n);
+            let pass = Pass { acc: &mut *acc, group, start: self.start };
+            L::add_group(pass, head.dtype, first);
+            (rest, first) = (tail, false);
+        }
+        let size = dtype.size();
+        L::narrow_to(dtype, acc, &mut out[self.start * size..self.end * size]);
+    }
+}
+
+/// One pass over a tile: a group of 1 to [`GROUP`] inputs of one format.
+struct Pass<'a, 'b> {
+    acc: &'a mut [f64],
+    group: &'a [Input<'b>],
+    start: usize,
+}
+
+impl Pass<'_, '_> {
+    /// Adds the group's inputs, of format `E`, to the accumulator (to zero for the
+    /// `first` group), with the group size and `first` known to the compiler.
+    #[inline(always)]
+    fn add<L: Layout, E: Format>(self, first: bool) {
+        match (self.group.len(), first) {
+            (1, true) => self.add_n::<L, E, 1, true>(),
+            (2, true) => self.add_n::<L, E, 2, true>(),
+            (3, true) => self.add_n::<L, E, 3, true>(),
+            (_, true) => self.add_n::<L, E, 4, true>(),
+            (1, false) => self.add_n::<L, E, 1, false>(),
+            (2, false) => self.add_n::<L, E, 2, false>(),
+            (3, false) => self.add_n::<L, E, 3, false>(),
+            (_, false) => self.add_n::<L, E, 4, false>(),
+        }
+    }
+
+    /// [`Layout::add`] over this tile of the group's `N` inputs.
+    #[inline(always)]
+    fn add_n<L: Layout, E: Format, const N: usize, const FIRST: bool>(self) {
+        let size = std::mem::size_of::<E::Bytes>();
+        let range = self.start * size..(self.start + self.acc.len()) * size;
+        let xs: [&[u8]; N] = std::array::from_fn(|i| &self.group[i].bytes[range.clone()]);
+        let ws: [f64; N] = std::array::from_fn(|i| self.group[i].weight);
+        L::add::<E, N, FIRST>(self.acc, xs, ws);
+    }
+}
+
+/// How a tile's sums are arranged in the accumulator.
+trait Layout {
+    /// `acc = (((acc + w₀·x₀) + w₁·x₁) + …)` elementwise over `N` inputs of format
+    /// `E` (`acc.len()` elements each), in one pass that vectorises; `acc` counts as
+    /// `+0.0` when `FIRST` (adding `w₀·x₀` to `+0.0` rather than taking it keeps the
+    /// sign of zero sums).
+    fn add<E: Format, const N: usize, const FIRST: bool>(
+        acc: &mut [f64],
+        xs: [&[u8]; N],
+        ws: [f64; N],
+    );
+
+    /// Rounds the sums in `acc` to `O` into `out` (`acc.len()` elements).
+    fn narrow<O: Format>(acc: &[f64], out: &mut [u8]);
+
+    /// [`Pass::add`] for inputs of `dtype`: the `match` on the input format.
+    fn add_group(pass: Pass, dtype: FloatDtype, first: bool);
+
+    /// [`Layout::narrow`] to `dtype`: the `match` on the output format.
+    fn narrow_to(dtype: FloatDtype, acc: &[f64], out: &mut [u8]);
+}
+
+/// `acc[j]` is element `j` of the tile.
+struct Linear;
+
+impl Layout for Linear {
+    #[inline(always)]
+    fn add<E: Format, const N: usize, const FIRST: bool>(
+        acc: &mut [f64],
+        xs: [&[u8]; N],
+        ws: [f64; N],
+    ) {
+        let xs: [&[E::Bytes]; N] = xs.map(bytemuck::cast_slice);
+        for (j, a) in acc.iter_mut().enumerate() {
+            let mut s = if FIRST { 0.0 } else { *a };
+            for i in 0..N {
+                s += ws[i] * E::widen(xs[i][j]);
+            }
+            *a = s;
+        }
+    }
+
+    #[inline(always)]
+    fn narrow<O: Format>(acc: &[f64], out: &mut [u8]) {
+        let out: &mut [O::Bytes] = bytemuck::cast_slice_mut(out);
+        for (o, &x) in out.iter_mut().zip(acc) {
+            *o = O::narrow(x);
+        }
+    }
+
+    #[inline(always)]
+    fn add_group(pass: Pass, dtype: FloatDtype, first: bool) {
+        match dtype {
+            FloatDtype::F64 => pass.add::<Self, f64>(first),
+            FloatDtype::F32 => pass.add::<Self, f32>(first),
+            FloatDtype::F16 => pass.add::<Self, f16>(first),
+            FloatDtype::BF16 => pass.add::<Self, bf16>(first),
+        }
+    }
+
+    #[inline(always)]
+    fn narrow_to(dtype: FloatDtype, acc: &[f64], out: &mut [u8]) {
+        match dtype {
+            FloatDtype::F64 => Self::narrow::<f64>(acc, out),
+            FloatDtype::F32 => Self::narrow::<f32>(acc, out),
+            FloatDtype::F16 => Self::narrow::<f16>(acc, out),
+            FloatDtype::BF16 => Self::narrow::<bf16>(acc, out),
         }
     }
 }
 
-/// Rounds `acc` to `dtype` into `out` (exactly `acc.len() × size` bytes); the one
-/// `match` on the output format.
-#[inline(always)]
-fn narrow(
-    acc: &[f64],
-    widened: &mut Vec<f32>,
-    aligned: &mut Vec<u64>,
-    dtype: FloatDtype,
-    out: &mut [u8],
-) {
-    match dtype {
-        FloatDtype::F64 => fill_le(out, acc.iter().map(|&x| x.to_le_bytes())),
-        FloatDtype::F32 => fill_le(out, acc.iter().map(|&x| (x as f32).to_le_bytes())),
-        FloatDtype::BF16 => fill_le(out, acc.iter().map(|&x| bf16_bits(x).to_le_bytes())),
-        FloatDtype::F16 => {
-            widened.clear();
-            widened.extend(acc.iter().map(|&x| f16_ready(x)));
-            let halves = zeroed_view::<f16>(aligned, acc.len());
-            halves.convert_from_f32_slice(widened);
-            out.copy_from_slice(bytemuck::cast_slice(halves));
+/// For an even number of elements of 16-bit formats only: `acc[i]` is element
+/// `2i` of the tile and `acc[m + i]` element `2i + 1`, `m` being half the tile.
+struct Pairs;
+
+impl Layout for Pairs {
+    #[inline(always)]
+    fn add<E: Format, const N: usize, const FIRST: bool>(
+        acc: &mut [f64],
+        xs: [&[u8]; N],
+        ws: [f64; N],
+    ) {
+        let xs: [&[[E::Bytes; 2]]; N] = xs.map(bytemuck::cast_slice);
+        let (even, odd) = acc.split_at_mut(acc.len() / 2);
+        for (i, (e, o)) in even.iter_mut().zip(odd).enumerate() {
+            let (mut se, mut so) = if FIRST { (0.0, 0.0) } else { (*e, *o) };
+            for k in 0..N {
+                se += ws[k] * E::widen(xs[k][i][0]);
+                so += ws[k] * E::widen(xs[k][i][1]);
+            }
+            (*e, *o) = (se, so);
+        }
+    }
+
+    #[inline(always)]
+    fn narrow<O: Format>(acc: &[f64], out: &mut [u8]) {
+        let out: &mut [[O::Bytes; 2]] = bytemuck::cast_slice_mut(out);
+        let (even, odd) = acc.split_at(acc.len() / 2);
+        for ((o, &e), &d) in out.iter_mut().zip(even).zip(odd) {
+            *o = O::narrow_pair(e, d);
+        }
+    }
+
+    #[inline(always)]
+    fn add_group(pass: Pass, dtype: FloatDtype, first: bool) {
+        match dtype {
+            FloatDtype::F16 => pass.add::<Self, f16>(first),
+            FloatDtype::BF16 => pass.add::<Self, bf16>(first),
+            FloatDtype::F32 | FloatDtype::F64 => unreachable!("pairs hold 16-bit formats only"),
+        }
+    }
+
+    #[inline(always)]
+    fn narrow_to(dtype: FloatDtype, acc: &[f64], out: &mut [u8]) {
+        match dtype {
+            FloatDtype::F16 => Self::narrow::<f16>(acc, out),
+            FloatDtype::BF16 => Self::narrow::<bf16>(acc, out),
+            FloatDtype::F32 | FloatDtype::F64 => unreachable!("pairs hold 16-bit formats only"),
         }
     }
 }
 
-/// `acc[j] += w · widen(src[j])`, written so that it vectorises.
-#[inline(always)]
-fn axpy<T: Copy>(acc: &mut [f64], src: &[T], w: f64, widen: impl Fn(T) -> f64) {
-    for (a, &x) in acc.iter_mut().zip(src) {
-        *a += w * widen(x);
+/// An element format: its little-endian bytes, their exact value, and the
+/// correctly rounded bytes of an f64.
+trait Format {
+    /// One element's bytes (alignment 1, so any byte slice can be viewed as them).
+    type Bytes: bytemuck::Pod;
+
+    /// The exact value of one element.
+    fn widen(bytes: Self::Bytes) -> f64;
+
+    /// `x` rounded to nearest, ties to even.
+    fn narrow(x: f64) -> Self::Bytes;
+
+    /// [`Format::narrow`] of two consecutive elements.
+    #[inline(always)]
+    fn narrow_pair(x: f64, y: f64) -> [Self::Bytes; 2] {
+        [Self::narrow(x), Self::narrow(y)]
     }
 }
 
-/// Writes fixed-size little-endian encodings into consecutive slots of `out`.
-#[inline(always)]
-fn fill_le<const N: usize>(out: &mut [u8], values: impl Iterator<Item = [u8; N]>) {
-    for (dst, v) in out.chunks_exact_mut(N).zip(values) {
-        dst.copy_from_slice(&v);
+impl Format for f64 {
+    type Bytes = [u8; 8];
+
+    #[inline(always)]
+    fn widen(bytes: [u8; 8]) -> f64 {
+        f64::from_le_bytes(bytes)
+    }
+
+    #[inline(always)]
+    fn narrow(x: f64) -> [u8; 8] {
+        x.to_le_bytes()
     }
 }
 
-/// f64 → f32 for a later f32 → narrower rounding, without double rounding: the f32
-/// is rounded toward zero and its last bit set when anything was cut off ("round
-/// to odd"). With 13+ spare bits, the second rounding then gives exactly the
-/// correctly rounded result.
+impl Format for f32 {
+    type Bytes = [u8; 4];
+
+    #[inline(always)]
+    fn widen(bytes: [u8; 4]) -> f64 {
+        f64::from(f32::from_le_bytes(bytes))
+    }
+
+    #[inline(always)]
+    fn narrow(x: f64) -> [u8; 4] {
+        (x as f32).to_le_bytes()
+    }
+}
+
+impl Format for bf16 {
+    type Bytes = [u8; 2];
+
+    /// bf16 is the upper half of an f32.
+    #[inline(always)]
+    fn widen(bytes: [u8; 2]) -> f64 {
+        f64::from(f32::from_bits(u32::from(u16::from_le_bytes(bytes)) << 16))
+    }
+
+    #[inline(always)]
+    fn narrow(x: f64) -> [u8; 2] {
+        bf16_bits(x).to_le_bytes()
+    }
+
+    /// The upper halves of two f32 bit patterns, packed with a shift and a mask
+    /// (the generic version shuffles vectors instead).
+    #[inline(always)]
+    fn narrow_pair(x: f64, y: f64) -> [[u8; 2]; 2] {
+        let (x, y) = (bf16_f32(x).to_bits(), bf16_f32(y).to_bits());
+        bytemuck::cast((x >> 16 | y & 0xffff_0000).to_le_bytes())
+    }
+}
+
+impl Format for f16 {
+    type Bytes = [u8; 2];
+
+    /// The f16 bits moved into an f32 without re-biasing the exponent, which gives
+    /// an f32 `2^112` times smaller (f16 subnormals become f32 subnormals, which
+    /// convert to f64 at full speed, unlike arithmetic on them); infinities and NaNs
+    /// get the all-ones exponent instead. The f64 is then scaled back up, exactly.
+    #[inline(always)]
+    fn widen(bytes: [u8; 2]) -> f64 {
+        // Sign-extended, so that the sign lands in bit 31 (and copies in 28..=30).
+        let h = i32::from(i16::from_le_bytes(bytes)) as u32;
+        let bits = (h << 13) & 0x8fff_ffff;
+        let bits = if bits & 0x0f80_0000 == 0x0f80_0000 { bits | 0x7000_0000 } else { bits };
+        f64::from(f32::from_bits(bits)) * f64::from_bits((1023 + 112) << 52)
+    }
+
+    #[inline(always)]
+    fn narrow(x: f64) -> [u8; 2] {
+        f16_bits(x).to_le_bytes()
+    }
+
+    /// Packed in 32-bit lanes (the generic version shuffles vectors instead).
+    #[inline(always)]
+    fn narrow_pair(x: f64, y: f64) -> [[u8; 2]; 2] {
+        bytemuck::cast((u32::from(f16_bits(x)) | u32::from(f16_bits(y)) << 16).to_le_bytes())
+    }
+}
+
+/// `x` rounded to nearest, ties to even, onto the numbers of a binary format with
+/// `MAN` fraction bits and normal exponents `EMIN..=EMAX`, still as an f64 (which
+/// then converts to f32 exactly); `2^(EMAX+1)` or more where the format overflows.
+/// NaN stays NaN (with its payload) and the sign of zero is kept.
+///
+/// The classic magic-number rounding: for `x` in the binade `[2^e, 2^(e+1))` the
+/// format's spacing is `u = 2^(e-MAN)` (`2^(EMIN-MAN)` among its subnormals), and
+/// `c = 1.5·2^52·u` is a number whose own spacing is `u`, so `x + c` rounds `x` to a
+/// multiple of `u`, to nearest, ties to the even multiple (`c/u` is even), and
+/// `- c` is exact. Clamping `e` to `EMAX + 1` keeps `c` finite: anything that big
+/// overflows the format anyway.
 #[inline(always)]
-fn to_odd_f32(x: f64) -> f32 {
-    let y = x as f32; // nearest
-    let back = f64::from(y);
-    // Step toward zero when rounding went away from zero (same sign, larger).
-    let away = back.abs() > x.abs();
-    let bits = y.to_bits();
-    let truncated = if away && y.is_finite() && bits & 0x7fff_ffff != 0 { bits - 1 } else { bits };
-    let inexact = back != x && y.is_finite();
-    f32::from_bits(truncated | u32::from(inexact))
+fn round_to_grid<const MAN: u32, const EMIN: i32, const EMAX: i32>(x: f64) -> f64 {
+    const SIGN: u64 = 1 << 63;
+    const EXPONENT: u64 = 0x7ff << 52;
+    let low = ((EMIN + 1023) as u64) << 52;
+    let high = ((EMAX + 1 + 1023) as u64) << 52;
+    let bits = x.to_bits();
+    // 2^e, then c = 2^(e + 52 - MAN) · 1.5.
+    let e = (bits & EXPONENT).clamp(low, high);
+    let c = f64::from_bits(e + ((52 - u64::from(MAN)) << 52) + (1 << 51));
+    let r = (x + c) - c;
+    // A negative x that rounds to zero gives +0 above; the sign goes back on.
+    f64::from_bits(r.to_bits() | bits & SIGN)
 }
 
 /// f64 → bf16 bit pattern, correctly rounded to nearest even; NaN stays NaN.
 #[inline(always)]
 pub fn bf16_bits(x: f64) -> u16 {
-    bf16_bits_from_f32(to_odd_f32(x))
+    (bf16_f32(x).to_bits() >> 16) as u16
 }
 
-/// The f32 to hand `half`'s f16 conversion so that it rounds `x` correctly.
+/// `x` rounded to bf16, as the f32 whose upper half is the bf16: exact (or ∞). A
+/// NaN converts to a quiet NaN, whose quiet bit is in that half.
 #[inline(always)]
-fn f16_ready(x: f64) -> f32 {
-    to_odd_f32(x)
+fn bf16_f32(x: f64) -> f32 {
+    round_to_grid::<7, -126, 127>(x) as f32
 }
 
-/// f32 → bf16 bits with round-to-nearest-even, branch-free so it vectorises.
-/// NaN stays NaN (quiet bit forced) instead of rounding into infinity.
+/// f64 → f16 bit pattern, correctly rounded to nearest even; NaN stays NaN (quiet,
+/// with the top of its payload).
 #[inline(always)]
-fn bf16_bits_from_f32(x: f32) -> u16 {
-    let bits = x.to_bits();
-    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
-    let nan = (bits >> 16) | 0x0040;
-    if x.is_nan() {
-        nan as u16
-    } else {
-        rounded as u16
-    }
+fn f16_bits(x: f64) -> u16 {
+    // Exact (or 2^16 and up, clamped to 2^16) as an f64; `2^112` times smaller it
+    // is an f32 (subnormal for f16 subnormals) whose bits are those of the f16 moved
+    // 13 places up, with the exponent field widened: 2^16 and ∞ become 0x7c00 and a
+    // NaN keeps its quiet bit and the top of its payload.
+    let r = round_to_grid::<10, -14, 15>(x).clamp(-65536.0, 65536.0);
+    let bits = ((r * f64::from_bits((1023 - 112) << 52)) as f32).to_bits();
+    ((bits >> 16) & 0x8000 | (bits >> 13) & 0x7fff) as u16
 }
 
 /// Hints the CPU to fetch `len` bytes from the front of `bytes` into cache.
@@ -224,28 +484,6 @@ fn prefetch(bytes: &[u8], len: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (bytes, len);
-}
-
-/// Views `bytes` as `T`s without copying when they are aligned, or copies them into
-/// `aligned` (8-byte aligned storage) when the tensor sits at an odd file offset.
-#[inline(always)]
-fn view<'a, T: bytemuck::Pod>(bytes: &'a [u8], aligned: &'a mut Vec<u64>) -> &'a [T] {
-    match bytemuck::try_cast_slice(bytes) {
-        Ok(values) => values,
-        Err(_) => {
-            let dst = zeroed_view::<u8>(aligned, bytes.len());
-            dst.copy_from_slice(bytes);
-            bytemuck::cast_slice(dst)
-        }
-    }
-}
-
-/// `len` zeroed `T`s carved from the 8-byte aligned scratch storage.
-fn zeroed_view<T: bytemuck::Pod>(aligned: &mut Vec<u64>, len: usize) -> &mut [T] {
-    let bytes = len * std::mem::size_of::<T>();
-    aligned.clear();
-    aligned.resize(bytes.div_ceil(8), 0);
-    bytemuck::cast_slice_mut(&mut bytemuck::cast_slice_mut::<u64, u8>(aligned)[..bytes])
 }
 
 #[cfg(test)]
@@ -660,6 +898,50 @@ mod tests {
                     case.check(&case.run());
                 }
             }
+        }
+    }
+
+    /// Inputs and output all 16-bit (the paired layout, with a linear last element
+    /// at odd lengths), at every length and number of inputs.
+    #[test]
+    fn sixteen_bit_formats_every_length() {
+        for out in [F16, BF16] {
+            for len in LENS {
+                for k in 1..=9 {
+                    let mut case = case(len as u64 * 37 + k as u64, len, k, out, 2);
+                    for (i, input) in case.inputs.iter_mut().enumerate() {
+                        let dtype = [F16, BF16][(i + len) % 2];
+                        input.buffer = respell(input, len, dtype);
+                        input.dtype = dtype;
+                    }
+                    case.check(&case.run());
+                }
+            }
+        }
+    }
+
+    /// The baseline build (SSE2, compiled here without the runtime dispatch) gives
+    /// the same bytes as the dispatched one (AVX-512 or AVX2 on most test machines).
+    #[test]
+    fn baseline_build_gives_the_same_bits() {
+        for seed in 0..64 {
+            let len = LENS[seed as usize % LENS.len()];
+            let k = seed as usize % 10;
+            let case = case(seed, len, k, DTYPES[seed as usize / 16], seed as usize % 4);
+            let mut acc = vec![0.0; TILE];
+            let mut baseline = vec![0; len * case.out.size()];
+            super::tiles(&mut acc, len, &case.inputs(0..len), case.out, &mut baseline);
+            assert_eq!(baseline, case.run(), "seed {seed}");
+        }
+    }
+
+    /// Every bf16 and f16 bit pattern widens to its exact value (NaN to a NaN).
+    #[test]
+    fn every_half_precision_value_widens_exactly() {
+        let bits: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        for dtype in [F16, BF16] {
+            let case = Case { len: 1 << 16, out: F64, inputs: vec![ingredient(dtype, &bits, 1.0)] };
+            case.check(&case.run());
         }
     }
 
