@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::execute::RunOptions;
 use crate::merge::{write_soup, Destination, MergeReport};
 use crate::plan::{NonFloatPolicy, OutputDtype, Plan, PlanOptions, Weights};
+use crate::search::groups::Grouping;
 
 /// The ingredients of a search and how its candidates are written.
 #[derive(Debug)]
@@ -55,6 +56,16 @@ pub enum Change {
     Remove(usize),
     /// The current soup itself.
     Same,
+}
+
+/// Mixing coefficients of a learned soup: for each layer group, one weight per
+/// ingredient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mix {
+    /// Which group each tensor belongs to.
+    pub grouping: Arc<Grouping>,
+    /// `weights[g][i]`: ingredient `i`'s weight in group `g`.
+    pub weights: Vec<Vec<f64>>,
 }
 
 /// The members of a soup and the running sum its candidates are computed from.
@@ -229,14 +240,48 @@ impl Kitchen {
         for &(i, w) in inputs {
             add(&self.ingredients[i], w);
         }
+        self.write(&checkpoints, Weights::Global(weights), dest, metadata, dtype)
+    }
+
+    /// Writes the soup of every ingredient mixed by `mix` (one weight vector per
+    /// layer group) to `dest`: a learned soup. Reads every ingredient with a
+    /// non-zero weight.
+    pub fn materialise_mix(
+        &self,
+        mix: &Mix,
+        dest: &Destination,
+        metadata: std::collections::BTreeMap<String, String>,
+    ) -> Result<MergeReport> {
+        let (grouping, weights) = (Arc::clone(&mix.grouping), mix.weights.clone());
+        let per_tensor = move |name: &str| weights[grouping.group(name)].clone();
+        let dtype = self.dtype.map_or(OutputDtype::Like(0), OutputDtype::Force);
+        self.write(
+            &self.ingredients,
+            Weights::PerTensor(Box::new(per_tensor)),
+            dest,
+            metadata,
+            dtype,
+        )
+    }
+
+    /// Plans and writes one merge of `checkpoints` into `dest`, with the kitchen's
+    /// support files, shard size and engine settings.
+    fn write(
+        &self,
+        checkpoints: &[Checkpoint],
+        weights: Weights,
+        dest: &Destination,
+        metadata: std::collections::BTreeMap<String, String>,
+        dtype: OutputDtype,
+    ) -> Result<MergeReport> {
         let options = PlanOptions {
-            weights: Weights::Global(weights),
+            weights,
             dtype,
             max_shard_size: self.max_shard_size,
             non_float: self.non_float,
             metadata,
         };
-        let plan = Plan::new(&checkpoints, &options)?;
+        let plan = Plan::new(checkpoints, &options)?;
         let support =
             self.support_files_from.as_deref().or_else(|| self.ingredients[0].directory());
         let destination = Destination { support_files_from: support, ..dest.clone() };
@@ -245,6 +290,6 @@ impl Kitchen {
             chunk_elements: self.chunk_elements,
             ..RunOptions::default()
         };
-        write_soup(&checkpoints, &plan, &destination, &run)
+        write_soup(checkpoints, &plan, &destination, &run)
     }
 }

@@ -11,7 +11,7 @@ use crate::evaluate::{self, Evaluator};
 use crate::journal::{self, Journal, Record};
 use crate::merge::Destination;
 use crate::recipe::Recipe;
-use crate::search::candidate::{Change, Kitchen, Soup};
+use crate::search::candidate::{Change, Kitchen, Mix, Soup};
 use crate::search::sequential::{Scored, Scorer};
 
 /// Scores candidates with an external evaluator, journaling every evaluation.
@@ -60,11 +60,43 @@ impl<'a> EvalScorer<'a> {
     }
 }
 
-impl Scorer for EvalScorer<'_> {
-    fn score(&self, soup: &Soup, change: Change, cancel: &AtomicBool) -> Result<Scored> {
-        let members: Vec<String> =
-            soup.members_after(change).iter().map(|&i| self.labels[i].clone()).collect();
-        let weights = vec![1.0 / members.len() as f64; members.len()];
+impl EvalScorer<'_> {
+    /// Scores the learned soup `mix`. Its journal key lists every ingredient with
+    /// its weight; with several layer groups, each member is `GROUP|INGREDIENT`.
+    pub fn score_mix(&self, mix: &Mix, cancel: &AtomicBool) -> Result<Scored> {
+        let (members, weights) = self.mix_key(mix);
+        self.evaluate(members, weights, cancel, |dest, metadata| {
+            self.kitchen.materialise_mix(mix, dest, metadata).map(|_| ())
+        })
+    }
+
+    /// The journal's members and weights for a mix.
+    pub fn mix_key(&self, mix: &Mix) -> (Vec<String>, Vec<f64>) {
+        let mut members = Vec::new();
+        let mut weights = Vec::new();
+        for (group, row) in mix.grouping.names.iter().zip(&mix.weights) {
+            for (label, &w) in self.labels.iter().zip(row) {
+                members.push(if mix.grouping.names.len() == 1 {
+                    label.clone()
+                } else {
+                    format!("{group}|{label}")
+                });
+                weights.push(w);
+            }
+        }
+        (members, weights)
+    }
+
+    /// The result journaled for these members, weights and command, or else a new
+    /// evaluation: `write` materialises the candidate into scratch, the evaluator
+    /// scores it, the journal records it, and the candidate is deleted.
+    fn evaluate(
+        &self,
+        members: Vec<String>,
+        weights: Vec<f64>,
+        cancel: &AtomicBool,
+        write: impl FnOnce(&Destination, BTreeMap<String, String>) -> Result<()>,
+    ) -> Result<Scored> {
         if let Some(record) = self.journal.find(&members, &weights, &self.template) {
             return Ok(Scored {
                 candidate: record.candidate,
@@ -78,7 +110,7 @@ impl Scorer for EvalScorer<'_> {
         let started = Instant::now();
         let dest =
             Destination { path: &dir, force: true, support_files_from: None, durable: false };
-        self.kitchen.materialise(soup, change, &dest, self.recipe(&members, &weights))?;
+        write(&dest, self.recipe(&members, &weights))?;
         let materialise_seconds = started.elapsed().as_secs_f64();
         let evaluation = self.evaluator.evaluate(&id, &dir, Some(cancel));
         if !self.keep_candidates {
@@ -119,6 +151,17 @@ impl Scorer for EvalScorer<'_> {
             score: outcome.score().ok_or_else(|| failure_reason(&outcome)),
             reused: false,
             cancelled: false,
+        })
+    }
+}
+
+impl Scorer for EvalScorer<'_> {
+    fn score(&self, soup: &Soup, change: Change, cancel: &AtomicBool) -> Result<Scored> {
+        let members: Vec<String> =
+            soup.members_after(change).iter().map(|&i| self.labels[i].clone()).collect();
+        let weights = vec![1.0 / members.len() as f64; members.len()];
+        self.evaluate(members, weights, cancel, |dest, metadata| {
+            self.kitchen.materialise(soup, change, dest, metadata).map(|_| ())
         })
     }
 }
