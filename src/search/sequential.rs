@@ -284,20 +284,39 @@ pub fn score_individuals(
 ) -> Result<Vec<Scored>> {
     let n = kitchen.ingredients().len();
     let todo: Vec<usize> = (0..n).filter(|&i| known.get(i).is_none_or(Option::is_none)).collect();
+    let score = |&i: &usize| scorer.score(&kitchen.single(i), Change::Alone(i), interrupt);
+    let fresh = score_in_parallel(&todo, jobs, interrupt, score, &|j, s| on_done(todo[j], s))?;
+    let mut all: Vec<Option<Scored>> = (0..n).map(|i| known.get(i).cloned().flatten()).collect();
+    for (&i, scored) in todo.iter().zip(fresh) {
+        all[i] = Some(scored);
+    }
+    all.into_iter().collect::<Option<Vec<_>>>().ok_or(Error::Cancelled)
+}
+
+/// Scores `items` up to `jobs` at a time and returns the results in order;
+/// `on_done(index, result)` is called as each finishes. A scorer error (not a
+/// failed evaluation: a broken scratch disk, say) stops new work and is returned;
+/// an interrupt gives [`Error::Cancelled`].
+pub fn score_in_parallel<T: Sync>(
+    items: &[T],
+    jobs: usize,
+    interrupt: &AtomicBool,
+    score: impl Fn(&T) -> Result<Scored> + Sync,
+    on_done: &(dyn Fn(usize, &Scored) + Sync),
+) -> Result<Vec<Scored>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
-    // A scorer error (not a failed evaluation: a broken scratch disk, say) stops
-    // new work; evaluations already running finish.
     let failed = AtomicBool::new(false);
     let results: std::sync::Mutex<Vec<Option<Result<Scored>>>> =
-        std::sync::Mutex::new((0..n).map(|i| known.get(i).cloned().flatten().map(Ok)).collect());
+        std::sync::Mutex::new((0..items.len()).map(|_| None).collect());
     thread::scope(|scope| {
-        for _ in 0..jobs.max(1).min(todo.len().max(1)) {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
             scope.spawn(|| loop {
                 if failed.load(Ordering::SeqCst) || interrupt.load(Ordering::SeqCst) {
                     break;
                 }
-                let Some(&i) = todo.get(next.fetch_add(1, Ordering::SeqCst)) else { break };
-                let result = scorer.score(&kitchen.single(i), Change::Alone(i), interrupt);
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(item) = items.get(i) else { break };
+                let result = score(item);
                 match &result {
                     Ok(scored) if !scored.cancelled => on_done(i, scored),
                     Ok(_) => {}
@@ -307,7 +326,7 @@ pub fn score_individuals(
             });
         }
     });
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(items.len());
     let mut complete = true;
     for result in results.into_inner().unwrap_or_else(|p| p.into_inner()) {
         match result {
