@@ -2,21 +2,22 @@
 //! every tensor produced by the kernel and written at its final offset, by a fixed
 //! number of worker threads.
 //!
-//! Workers take chunks in output order from a shared counter, so the ingredients are
-//! read front to back as one stream (good for readahead) however many threads run.
+//! Workers (`stream`) take chunks in output order from a shared counter, so
+//! the ingredients are read front to back as one stream (good for readahead) however
+//! many threads run.
 //! Each chunk's bytes depend only on the inputs and weights, never on which thread
 //! computed it, so the output is byte-identical at any thread count.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 
 use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::error::{Error, Result};
 use crate::kernel::{Accumulator, Input};
 use crate::plan::{Plan, PlannedTensor, Produce};
+use crate::stream;
 
 /// Default chunk length in elements: 64 Ki elements keeps a worker's buffers
 /// (f64 accumulator, f32 scratch, output bytes) around 1 MiB, inside L2.
@@ -90,88 +91,23 @@ pub fn write_shards(
     }
 
     let chunks = chunk_plan(plan, run.chunk_elements.max(1));
-    let threads = if run.threads == 0 { rayon::current_num_threads() } else { run.threads };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    // The error of the earliest failing chunk, so the report is the same at any
-    // thread count.
-    let first_error: Mutex<Option<(usize, Error)>> = Mutex::new(None);
     let out = Output { plan, ingredients, files: &files, paths: &paths };
-    let finished = Mutex::new(Finished { done: vec![false; chunks.len()], prefix: 0, released: 0 });
-    pool.scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|_| {
-                let mut acc = Accumulator::default();
-                let mut bytes = Vec::new();
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= chunks.len() || failed.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let cancelled = run.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
-                    let result = if cancelled {
-                        Err(Error::Cancelled)
-                    } else {
-                        out.produce(chunks[i], &mut acc, &mut bytes)
-                    };
-                    match result {
-                        Ok(written) => {
-                            if let Some(progress) = run.progress {
-                                progress(written);
-                            }
-                            let done = finished.lock().unwrap_or_else(|p| p.into_inner()).finish(i);
-                            if let Some(range) = done {
-                                out.release(range, &chunks);
-                            }
-                        }
-                        Err(e) => {
-                            failed.store(true, Ordering::Relaxed);
-                            let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
-                            if slot.as_ref().is_none_or(|(j, _)| i < *j) {
-                                *slot = Some((i, e));
-                            }
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some((_, e)) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
-    }
+    stream::run(
+        run.threads,
+        chunks.len(),
+        run.cancel,
+        || (Accumulator::default(), Vec::new()),
+        |i, (acc, bytes)| {
+            let written = out.produce(chunks[i], acc, bytes)?;
+            if let Some(progress) = run.progress {
+                progress(written);
+            }
+            Ok(())
+        },
+        |_, ()| {},
+        |range| out.release(range, &chunks),
+    )?;
     Ok(paths)
-}
-
-/// Chunks whose input pages are unmapped together: enough to make the system call
-/// (and the TLB shootdown it costs every thread) rare, few enough that the mapped
-/// inputs stay at a few MiB.
-const RELEASE_BATCH: usize = 32;
-
-/// Which chunks are done, and up to where their input pages have been released.
-struct Finished {
-    done: Vec<bool>,
-    /// Every chunk before this one is done.
-    prefix: usize,
-    /// Input pages of every chunk before this one have been released.
-    released: usize,
-}
-
-impl Finished {
-    /// Marks chunk `i` done; returns the chunks whose pages are now due for release.
-    fn finish(&mut self, i: usize) -> Option<std::ops::Range<usize>> {
-        self.done[i] = true;
-        while self.done.get(self.prefix).copied().unwrap_or(false) {
-            self.prefix += 1;
-        }
-        let due = self.prefix - self.released >= RELEASE_BATCH || self.prefix == self.done.len();
-        (due && self.prefix > self.released).then(|| {
-            let range = self.released..self.prefix;
-            self.released = self.prefix;
-            range
-        })
-    }
 }
 
 /// Cuts every tensor into chunks, in output order (shard by shard, offset by offset).
@@ -261,28 +197,18 @@ impl Output<'_> {
         })
     }
 
-    /// Unmaps the input pages of chunks `range`, merging ranges that touch so that
-    /// each contiguous stretch of a shard costs one system call.
+    /// Unmaps the input pages of chunks `range`.
     fn release(&self, range: std::ops::Range<usize>, chunks: &[Chunk]) {
-        let mut pending: Vec<Option<(usize, usize, usize)>> = vec![None; self.ingredients.len()];
-        for &chunk in &chunks[range] {
-            for (i, ck, entry, start, len) in self.reads(chunk) {
-                let (from, to) = (entry.offset + start, entry.offset + start + len);
-                match &mut pending[i] {
-                    Some((shard, _, end)) if *shard == entry.shard && *end == from => *end = to,
-                    slot => {
-                        if let Some((shard, a, b)) = slot.replace((entry.shard, from, to)) {
-                            ck.release(shard, a, b);
-                        }
-                    }
-                }
-            }
-        }
-        for (ck, slot) in self.ingredients.iter().zip(pending) {
-            if let Some((shard, a, b)) = slot {
-                ck.release(shard, a, b);
-            }
-        }
+        let reads = chunks[range].iter().flat_map(|&chunk| {
+            self.reads(chunk).map(|(input, checkpoint, entry, start, len)| stream::Read {
+                input,
+                checkpoint,
+                shard: entry.shard,
+                start: entry.offset + start,
+                end: entry.offset + start + len,
+            })
+        });
+        stream::release(self.ingredients.len(), reads);
     }
 
     fn write(&self, t: &PlannedTensor, byte_start: usize, data: &[u8]) -> Result<u64> {

@@ -317,6 +317,31 @@ impl Layout for Pairs {
     }
 }
 
+/// Widens `out.len()` elements of `dtype` from the little-endian `bytes` into
+/// `out`, exactly and with the same conversions as [`Accumulator::mix`], for the
+/// passes that reduce chunks instead of writing them (see `crate::gram`).
+///
+/// # Panics
+/// If `bytes` is not `out.len()` elements long.
+#[inline(always)]
+pub(crate) fn widen_into(dtype: FloatDtype, bytes: &[u8], out: &mut [f64]) {
+    assert_eq!(bytes.len(), out.len() * dtype.size(), "input length differs from the tile");
+    match dtype {
+        FloatDtype::F64 => widen_as::<f64>(bytes, out),
+        FloatDtype::F32 => widen_as::<f32>(bytes, out),
+        FloatDtype::F16 => widen_as::<f16>(bytes, out),
+        FloatDtype::BF16 => widen_as::<bf16>(bytes, out),
+    }
+}
+
+#[inline(always)]
+fn widen_as<E: Format>(bytes: &[u8], out: &mut [f64]) {
+    let xs: &[E::Bytes] = bytemuck::cast_slice(bytes);
+    for (o, &x) in out.iter_mut().zip(xs) {
+        *o = E::widen(x);
+    }
+}
+
 /// An element format: its little-endian bytes, their exact value, and the
 /// correctly rounded bytes of an f64.
 trait Format {

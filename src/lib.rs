@@ -16,6 +16,10 @@
 //!    directory, computes every chunk `Σ wᵢ·xᵢ` in parallel, writes it at its final
 //!    offset, and renames the finished directory into place.
 //!
+//! Before souping, [`angles::angles`] measures in one streaming pass the angles
+//! between the ingredients' deltas from their base (Wortsman et al.'s φ), per
+//! layer group if asked.
+//!
 //! ```no_run
 //! use modelsoup::{Checkpoint, Destination, Plan, PlanOptions, RunOptions, Weights, write_soup};
 //!
@@ -44,18 +48,22 @@
 #[cfg(target_endian = "big")]
 compile_error!("safetensors data is little-endian; modelsoup supports little-endian targets only");
 
+pub mod angles;
 pub mod checkpoint;
 pub mod dtype;
 pub mod error;
 pub mod evaluate;
 pub mod execute;
+pub mod gram;
 pub mod journal;
 pub mod kernel;
+pub mod layers;
 mod mapped;
 pub mod merge;
 pub mod output;
 pub mod plan;
 pub mod recipe;
+mod stream;
 
 pub use checkpoint::{Checkpoint, TensorEntry};
 pub use dtype::FloatDtype;

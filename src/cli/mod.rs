@@ -1,11 +1,13 @@
 //! Dispatch from parsed arguments to commands, and the process exit codes.
 
+mod angles;
 pub mod args;
 mod duration;
 mod merge;
 mod progress;
 mod search;
 mod size;
+mod svg;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,5 +57,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Pruned(args) => {
             search::run(&args.search, search::Method::Pruned { passes: args.passes }, &INTERRUPTED)
         }
+        Command::Angles(args) => angles::run(&args, &INTERRUPTED),
     }
 }

@@ -1,0 +1,155 @@
+//! Throughput of the statistics pass behind `soup angles` (one streaming pass over
+//! a base and k ingredients accumulating k(k+1)/2 dot products of deltas in f64),
+//! against memory-copy floors measured side by side.
+//!
+//! For k = 2, 4, 8 ingredients plus a base, each `SOUP_BENCH_MIB` MiB (default 64)
+//! of `SOUP_BENCH_DTYPE` (default bf16) in a safetensors file in a temporary
+//! directory (so in the page cache, as after a first read), the pass runs on 1
+//! thread and on all threads. Beside it, on the same threads: `memcpy` (one buffer
+//! copied to another in memory: the machine's raw bandwidth) and `read` (the same
+//! files mapped afresh and every byte read in engine-sized chunks: the pass's data
+//! movement, page faults included, with no arithmetic; the pass drops its pages as
+//! it goes, so it faults them back each round as well). Throughput counts bytes
+//! read (memcpy: read + written); rounds interleave the variants and medians are
+//! reported.
+//!
+//! Run: `cargo bench --bench angles`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use modelsoup::angles::angles;
+use modelsoup::{Checkpoint, FloatDtype, RunOptions, DEFAULT_CHUNK_ELEMENTS};
+use rayon::prelude::*;
+
+const ROUNDS: usize = 7;
+
+fn main() {
+    let mib: usize =
+        std::env::var("SOUP_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let dtype: FloatDtype = std::env::var("SOUP_BENCH_DTYPE")
+        .map(|v| v.parse().expect("SOUP_BENCH_DTYPE: f64, f32, f16 or bf16"))
+        .unwrap_or(FloatDtype::BF16);
+    let elements = (mib << 20) / dtype.size();
+    let dir = tempfile::Builder::new().prefix("soup-bench-").tempdir().expect("temp dir");
+    let paths: Vec<PathBuf> = (0..9)
+        .map(|i| {
+            let path = dir.path().join(format!("m{i}.safetensors"));
+            write_file(&path, dtype, elements, i as u64 + 1);
+            path
+        })
+        .collect();
+    let checkpoints: Vec<Checkpoint> =
+        paths.iter().map(|p| Checkpoint::open(p).expect("open")).collect();
+    let src = vec![1u8; elements * dtype.size()];
+    let mut dst = vec![0u8; src.len()];
+    let threads = rayon::current_num_threads();
+    println!("# {mib} MiB per input ({dtype}), base + k ingredients, chunks of {DEFAULT_CHUNK_ELEMENTS} elements");
+    println!(
+        "# GB/s count bytes read (memcpy: read + written); medians of {ROUNDS} interleaved rounds"
+    );
+    println!(
+        "| threads | k | memcpy GB/s | read GB/s | angles GB/s | angles/memcpy | angles/read |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for t in [1, threads] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool");
+        for k in [2usize, 4, 8] {
+            let bytes = (k + 1) * src.len();
+            let (mut memcpy, mut read, mut pass) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                pool.install(|| {
+                    memcpy.push(time_gbps(2 * src.len(), || copy(&src, &mut dst)));
+                    read.push(time_gbps(bytes, || read_files(&paths[..=k])));
+                });
+                let run = RunOptions { threads: t, ..RunOptions::default() };
+                pass.push(time_gbps(bytes, || {
+                    let result = angles(Some(&checkpoints[0]), &checkpoints[1..=k], false, &run);
+                    std::hint::black_box(result.expect("angles"));
+                }));
+            }
+            let (m, r, a) = (median(&mut memcpy), median(&mut read), median(&mut pass));
+            println!("| {t} | {k} | {m:.1} | {r:.1} | {a:.1} | {:.2} | {:.2} |", a / m, a / r);
+        }
+    }
+    std::hint::black_box(&dst);
+}
+
+fn copy(src: &[u8], dst: &mut [u8]) {
+    let chunk = DEFAULT_CHUNK_ELEMENTS * 2;
+    dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+/// Maps every file afresh and reads all its bytes, chunk by chunk, in parallel.
+fn read_files(paths: &[PathBuf]) {
+    let maps: Vec<memmap2::Mmap> = paths
+        .iter()
+        .map(|p| {
+            let file = std::fs::File::open(p).expect("open");
+            // SAFETY: a private temporary file nothing else writes while mapped.
+            unsafe { memmap2::Mmap::map(&file) }.expect("map")
+        })
+        .collect();
+    let chunk = DEFAULT_CHUNK_ELEMENTS * 2;
+    let total: u64 = maps
+        .par_iter()
+        .flat_map(|m| m.par_chunks(chunk))
+        .map(|c| {
+            c.chunks_exact(8)
+                .fold(0u64, |s, w| s ^ u64::from_le_bytes(w.try_into().unwrap_or_default()))
+        })
+        .reduce(|| 0, |a, b| a ^ b);
+    std::hint::black_box(total);
+}
+
+fn time_gbps(bytes: usize, f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    bytes as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A safetensors file with one tensor `w` of `n` values: a shared base pattern
+/// plus a per-file perturbation (as fine-tunes of one model look).
+fn write_file(path: &Path, dtype: FloatDtype, n: usize, seed: u64) {
+    let header = format!(
+        "{{\"w\":{{\"dtype\":\"{}\",\"shape\":[{n}],\"data_offsets\":[0,{}]}}}}",
+        match dtype {
+            FloatDtype::F64 => "F64",
+            FloatDtype::F32 => "F32",
+            FloatDtype::F16 => "F16",
+            FloatDtype::BF16 => "BF16",
+        },
+        n * dtype.size()
+    );
+    let mut header = header.into_bytes();
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&header);
+    let (mut base, mut own) =
+        (0x2545_F491_4F6C_DD1Du64, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let next = |s: &mut u64| {
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        (*s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    for _ in 0..n {
+        let x = 0.02 * next(&mut base) + if seed == 1 { 0.0 } else { 0.001 * next(&mut own) };
+        match dtype {
+            FloatDtype::F64 => bytes.extend_from_slice(&x.to_le_bytes()),
+            FloatDtype::F32 => bytes.extend_from_slice(&(x as f32).to_le_bytes()),
+            FloatDtype::F16 => bytes.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
+            FloatDtype::BF16 => {
+                bytes.extend_from_slice(&modelsoup::kernel::bf16_bits(x).to_le_bytes())
+            }
+        }
+    }
+    std::fs::write(path, bytes).expect("write bench file");
+}
