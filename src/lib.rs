@@ -55,6 +55,7 @@ pub mod error;
 pub mod evaluate;
 pub mod execute;
 pub mod gram;
+pub mod init_check;
 pub mod journal;
 pub mod kernel;
 pub mod layers;

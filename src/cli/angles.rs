@@ -6,11 +6,12 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use modelsoup::angles::{angles, AngleMatrix, Angles};
+use modelsoup::init_check::check_shared_init;
 use modelsoup::{Checkpoint, FloatDtype, RunOptions};
 
 use super::args::{AnglesArgs, Format};
 use super::merge::open_all;
-use super::{progress, svg, Exit};
+use super::{init_check, progress, svg, Exit};
 
 /// Runs `soup angles`.
 pub fn run(args: &AnglesArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
@@ -33,11 +34,34 @@ pub fn run(args: &AnglesArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> 
     bar.finish_and_clear();
     let result = result?;
     let base_name = args.base.as_deref().map(|p| p.display().to_string());
+    // The base takes part in the shared-init check: an ingredient fine-tuned from
+    // another model shows against it too.
+    let checked: Vec<Checkpoint> = base.iter().chain(&ingredients).cloned().collect();
+    let checked_names: Vec<String> = base_name.iter().chain(&names).cloned().collect();
+    let check = check_shared_init(&checked);
 
     let text = match args.format {
-        Format::Table => table(&result, &names, base_name.as_deref()),
-        Format::Csv => csv(&result, &names),
-        Format::Json => format!("{}\n", json(&result, &names, base_name.as_deref())),
+        Format::Table => {
+            let summary = init_check::summary(&check, &checked_names);
+            format!("{}\n{summary}\n", table(&result, &names, base_name.as_deref()))
+        }
+        Format::Csv => {
+            if check.looks_independent() {
+                eprintln!("{}", init_check::warning(&check, &checked_names));
+            }
+            csv(&result, &names)
+        }
+        Format::Json => {
+            let mut doc = json(&result, &names, base_name.as_deref());
+            if let Some(map) = doc.as_object_mut() {
+                let mut value = serde_json::to_value(&check)?;
+                if let Some(v) = value.as_object_mut() {
+                    v.insert("names".to_owned(), serde_json::json!(checked_names));
+                }
+                map.insert("init_check".to_owned(), value);
+            }
+            format!("{doc}\n")
+        }
     };
     print!("{text}");
     if let Some(file) = &args.svg {

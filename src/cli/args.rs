@@ -248,6 +248,10 @@ pub struct SearchArgs {
     /// No progress lines or summary (errors are still printed).
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// Skip the check that the ingredients share one pretrained initialisation.
+    #[arg(long)]
+    pub no_init_check: bool,
 }
 
 /// The order in which ingredients are proposed.
@@ -342,6 +346,10 @@ pub struct MergeArgs {
     /// No progress bar and no summary line (errors are still printed).
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// Skip the check that the ingredients share one pretrained initialisation.
+    #[arg(long)]
+    pub no_init_check: bool,
 
     /// Elements per work chunk (tuning; the default suits most CPUs).
     #[arg(long, value_name = "N", default_value_t = modelsoup::DEFAULT_CHUNK_ELEMENTS, hide = true)]

@@ -11,13 +11,15 @@ use modelsoup::{
 };
 
 use super::args::{MergeArgs, NonFloat};
-use super::progress;
 use super::Exit;
+use super::{init_check, progress};
 
 /// Runs `soup merge`.
 pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let weights = normalised_weights(args.weights.as_deref(), args.ingredients.len())?;
     let ingredients = open_all(&args.ingredients)?;
+    let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
+    init_check::warn_if_independent(&ingredients, &labels, args.no_init_check);
     let method = if args.weights.is_some() { "weighted" } else { "uniform" };
     let recipe = Recipe::new(
         method,

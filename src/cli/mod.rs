@@ -3,6 +3,7 @@
 mod angles;
 pub mod args;
 mod duration;
+mod init_check;
 mod merge;
 mod progress;
 mod search;

@@ -43,6 +43,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
     let ingredients = super::merge::open_all(&args.ingredients)?;
     plan::check_compatible(&ingredients)?;
+    super::init_check::warn_if_independent(&ingredients, &labels, args.no_init_check);
     let run_dir = args.run_dir.clone().unwrap_or_else(|| sibling_with_suffix(&args.output, ".run"));
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
