@@ -40,6 +40,10 @@ pub enum Command {
     /// shared-init check: look before you soup.
     #[command(after_long_help = ANGLES_EXAMPLES)]
     Angles(AnglesArgs),
+    /// Tensors, dtypes, shapes, sizes, shards and metadata of checkpoints; with
+    /// several, whether they can be souped together.
+    #[command(after_long_help = INSPECT_EXAMPLES)]
+    Inspect(InspectArgs),
 }
 
 const ANGLES_EXAMPLES: &str = "\
@@ -56,6 +60,43 @@ cosine similarity and angle, which says whether they share an initialisation but
 not how differently they were fine-tuned. One streaming pass reads every input
 once. The shared-init check (median per-matrix cosine of raw weights, sampled)
 is reported too.";
+
+const INSPECT_EXAMPLES: &str = "\
+Examples:
+  soup inspect ckpt/                     tensor table, totals by dtype, shards, metadata
+  soup inspect ckpt/ --check-values      also count NaN and inf in every float tensor
+  soup inspect a/ b/ c/                  plus: can they be souped? what differs?
+  soup inspect a/ b/ --json              everything as one JSON object on stdout
+
+With several checkpoints, the report ends with every difference that stops a
+merge (missing or extra tensors, shapes, dtypes) and the shared-init check.
+
+Exit status: 0 nothing wrong, 1 the checkpoints cannot be souped together or
+--check-values found NaN or inf, 2 error (a checkpoint cannot be read).";
+
+/// Arguments of `soup inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Checkpoints: .safetensors files or checkpoint directories.
+    #[arg(required = true, value_name = "CHECKPOINT")]
+    pub checkpoints: Vec<PathBuf>,
+
+    /// Read every float tensor and count NaN and infinite values.
+    #[arg(long)]
+    pub check_values: bool,
+
+    /// Print everything as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Worker threads for --check-values [default: one per core].
+    #[arg(short = 'j', long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
 
 /// Output format of `soup angles`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -4,6 +4,7 @@ mod angles;
 pub mod args;
 mod duration;
 mod init_check;
+mod inspect;
 mod merge;
 mod progress;
 mod search;
@@ -23,7 +24,8 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 pub enum Exit {
     /// The command did what was asked.
     Success = 0,
-    /// A search finished without a soup to keep (nothing could be scored).
+    /// A search finished without a soup to keep (nothing could be scored), or
+    /// `inspect` found checkpoints that cannot be souped or hold NaN/inf.
     NoSoup = 1,
     /// Bad input, bad arguments or an I/O failure.
     Error = 2,
@@ -59,5 +61,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
             search::run(&args.search, search::Method::Pruned { passes: args.passes }, &INTERRUPTED)
         }
         Command::Angles(args) => angles::run(&args, &INTERRUPTED),
+        Command::Inspect(args) => inspect::run(&args, &INTERRUPTED),
     }
 }
