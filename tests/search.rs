@@ -77,6 +77,7 @@ impl Scorer for FakeScorer {
             score: self.value(&members),
             reused: false,
             cancelled: false,
+            metrics: Default::default(),
         })
     }
 }

@@ -36,6 +36,10 @@ pub enum Command {
     /// does not lower your evaluator's score.
     #[command(after_long_help = PRUNED_EXAMPLES)]
     Pruned(PrunedArgs),
+    /// Learned soup: search mixing coefficients (per model or per layer group)
+    /// with CMA-ES against your evaluator.
+    #[command(after_long_help = LEARNED_EXAMPLES)]
+    Learned(LearnedArgs),
     /// Angles between fine-tuned deltas (θᵢ − θ₀), their sizes, and the
     /// shared-init check: look before you soup.
     #[command(after_long_help = ANGLES_EXAMPLES)]
@@ -173,6 +177,58 @@ journal and resume work as for `soup greedy`.
 Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130
 interrupted.";
 
+const LEARNED_EXAMPLES: &str = "\
+Examples:
+  soup learned runs/*/ -o soup/ --eval 'python eval.py {model}' --budget 100
+  soup learned runs/*/ -o soup/ --eval '...' --budget 300 --by-layer --groups 4 --jobs 8
+  soup learned runs/*/ -o soup/ --eval '...' --init greedy
+
+Coefficients stay on the simplex (a softmax of free parameters) and are searched
+with CMA-ES, a generation evaluated --jobs at a time. --budget counts every
+evaluation: the ingredients on their own (unless --scores gives them), the
+starting soup (uniform, or with --init greedy the greedy search and the uniform
+soup), then CMA-ES. The best candidate seen is written to OUTPUT; report.json
+adds the coefficients per layer group and the score of every evaluation. With
+--by-layer the groups (embeddings, --groups ranges of transformer blocks, head)
+are printed at the start. Evaluation, journal and resume work as for `soup
+greedy`; the same --seed gives the same search.
+
+Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130
+interrupted.";
+
+/// Arguments of `soup learned`.
+#[derive(Debug, Args)]
+pub struct LearnedArgs {
+    /// Shared search options (--order and --tie apply to --init greedy).
+    #[command(flatten)]
+    pub search: SearchArgs,
+
+    /// Evaluations in all, baselines included.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub budget: usize,
+
+    /// One coefficient vector per layer group instead of one per model.
+    #[arg(long)]
+    pub by_layer: bool,
+
+    /// With --by-layer: ranges the transformer blocks are split into.
+    #[arg(long, value_name = "N", default_value_t = 4, requires = "by_layer")]
+    pub groups: usize,
+
+    /// Where the search starts.
+    #[arg(long, value_enum, default_value_t = Init::Uniform)]
+    pub init: Init,
+}
+
+/// The starting point of a learned search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Init {
+    /// Equal weights.
+    Uniform,
+    /// The greedy soup (run first, journaled like `soup greedy`).
+    Greedy,
+}
+
 /// Arguments of `soup greedy`.
 #[derive(Debug, Args)]
 pub struct GreedyArgs {
@@ -231,7 +287,7 @@ pub struct SearchArgs {
     #[arg(long, value_enum, default_value_t = Order::Sorted)]
     pub order: Order,
 
-    /// Seed for --order random.
+    /// Seed for --order random and for learned soups' search.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
 

@@ -5,6 +5,7 @@ pub mod args;
 mod duration;
 mod init_check;
 mod inspect;
+mod learned;
 mod merge;
 mod progress;
 mod search;
@@ -62,5 +63,16 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Angles(args) => angles::run(&args, &INTERRUPTED),
         Command::Inspect(args) => inspect::run(&args, &INTERRUPTED),
+        Command::Learned(args) => {
+            let settings = learned::Settings {
+                budget: args.budget,
+                by_layer: args.by_layer,
+                groups: args.groups,
+                init_greedy: args.init == args::Init::Greedy,
+                seed: args.search.seed,
+                given: 0,
+            };
+            search::run(&args.search, search::Method::Learned(settings), &INTERRUPTED)
+        }
     }
 }

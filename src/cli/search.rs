@@ -16,7 +16,7 @@ use modelsoup::search::sequential::{
 use modelsoup::{plan, Checkpoint, Destination, NonFloatPolicy, Recipe};
 
 use super::args::{NonFloat, Order, SearchArgs, TieArg};
-use super::Exit;
+use super::{learned, Exit};
 
 /// Which search to run.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +25,8 @@ pub enum Method {
     Greedy,
     /// Remove ingredients from the uniform soup, for up to this many passes.
     Pruned { passes: usize },
+    /// Search mixing coefficients with CMA-ES.
+    Learned(learned::Settings),
 }
 
 impl Method {
@@ -32,6 +34,7 @@ impl Method {
         match self {
             Method::Greedy => "greedy",
             Method::Pruned { .. } => "pruned",
+            Method::Learned(_) => "learned",
         }
     }
 }
@@ -68,6 +71,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     let mut scorer =
         EvalScorer::new(&kitchen, &evaluator, &journal, &args.eval, labels.clone(), method.name());
     scorer.keep_candidates = args.keep_candidates;
+    scorer.retry_failures = args.retries > 0;
     let policy = Policy {
         minimize: args.minimize,
         tie: match args.tie {
@@ -95,7 +99,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     // Greedy starts at the first ingredient (in proposal order) that has a score.
     let greedy_start = order.iter().position(|&i| individual[i].score.is_ok());
     let total = match (method, greedy_start) {
-        (Method::Greedy, Some(start)) => format!("/{}", order.len() - start - 1),
+        (Method::Greedy, Some(_)) => format!("/{}", order.len() - 1),
         _ => String::new(),
     };
     let on_step = |step: &Step, finish: &Finish| {
@@ -124,58 +128,76 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         interrupt: interrupted,
         on_step: Some(&on_step),
     };
-    let (finish, uniform) = match method {
-        Method::Greedy => {
-            let Some(start) = greedy_start else {
-                eprintln!(
-                    "error: no ingredient could be scored on its own; see the logs in {}",
-                    run_dir.display()
-                );
-                return Ok(Exit::NoSoup);
-            };
-            let first = order[start];
-            let first_score = individual[first].score.clone().unwrap_or(f64::NAN);
-            (search.greedy(&order[start..], first_score)?, None)
-        }
-        Method::Pruned { passes } => {
-            let all: Vec<usize> = (0..labels.len()).collect();
-            let soup = kitchen.soup_of(&all)?;
-            let scored = scorer.score(&soup, Change::Same, interrupted)?;
-            say(format!("  uniform soup of {}: {}", all.len(), describe(&scored)));
-            let Ok(score) = scored.score else {
-                eprintln!(
-                    "error: the uniform soup could not be scored; see the logs in {}",
-                    run_dir.display()
-                );
-                return Ok(Exit::NoSoup);
-            };
-            (search.pruned(soup, score, &order, passes)?, Some(score))
-        }
-    };
-
-    let report = Report::new(
-        method.name(),
-        &args.eval,
-        args.minimize,
-        &labels,
-        &individual,
-        uniform,
-        &finish,
-    );
-    let (soup, change) = &finish.winner;
-    let recipe = Recipe::new(
-        method.name(),
-        report.members.clone(),
-        report.weights.clone(),
-        args.dtype.map(|d| d.name().to_owned()),
-    );
     let dest = Destination {
         path: &args.output,
         force: args.force,
         support_files_from: None,
         durable: true,
     };
-    kitchen.materialise(soup, *change, &dest, recipe.to_metadata())?;
+    let dtype = args.dtype.map(|d| d.name().to_owned());
+    let report = match method {
+        Method::Greedy | Method::Pruned { .. } => {
+            let (finish, uniform) = match method {
+                Method::Pruned { passes } => {
+                    let all: Vec<usize> = (0..labels.len()).collect();
+                    let soup = kitchen.soup_of(&all)?;
+                    let scored = scorer.score(&soup, Change::Same, interrupted)?;
+                    say(format!("  uniform soup of {}: {}", all.len(), describe(&scored)));
+                    let Ok(score) = scored.score else {
+                        return no_soup("the uniform soup could not be scored", &run_dir);
+                    };
+                    (search.pruned(soup, score, &order, passes)?, Some(scored))
+                }
+                _ => {
+                    let Some(start) = greedy_start else {
+                        return no_soup("no ingredient could be scored on its own", &run_dir);
+                    };
+                    let first_score = individual[order[start]].score.clone().unwrap_or(f64::NAN);
+                    (search.greedy(&greedy_order(&order, start), first_score)?, None)
+                }
+            };
+            let report = Report::new(
+                method.name(),
+                &args.eval,
+                args.minimize,
+                &labels,
+                &individual,
+                uniform.as_ref(),
+                &finish,
+            );
+            let recipe =
+                Recipe::new(method.name(), report.members.clone(), report.weights.clone(), dtype);
+            let (soup, change) = &finish.winner;
+            kitchen.materialise(soup, *change, &dest, recipe.to_metadata())?;
+            report
+        }
+        Method::Learned(mut settings) => {
+            settings.given = known.iter().flatten().count();
+            let Some(learned) =
+                learned::run(&settings, &search, &scorer, &individual, &order, greedy_start, &say)?
+            else {
+                return no_soup("no learned candidate could be scored", &run_dir);
+            };
+            let report = Report::learned(
+                &args.eval,
+                args.minimize,
+                &labels,
+                &individual,
+                learned.uniform,
+                &learned.before,
+                &learned.result,
+            );
+            let recipe =
+                Recipe::new("learned", report.members.clone(), report.weights.clone(), dtype);
+            let mut metadata = recipe.to_metadata();
+            metadata.insert(
+                "modelsoup.coefficients".to_owned(),
+                serde_json::to_string(&report.coefficients)?,
+            );
+            kitchen.materialise_mix(&learned.best, &dest, metadata)?;
+            report
+        }
+    };
     report.write(&run_dir)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -190,6 +212,18 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         run_dir.join("report.md").display()
     ));
     Ok(Exit::Success)
+}
+
+/// Greedy starts at `order[start]`, the first ingredient with a score of its own;
+/// those before it (whose evaluation failed) are still proposed, at the end.
+pub fn greedy_order(order: &[usize], start: usize) -> Vec<usize> {
+    order[start..].iter().chain(&order[..start]).copied().collect()
+}
+
+/// Exit status 1 with a message pointing at the logs.
+fn no_soup(what: &str, run_dir: &Path) -> anyhow::Result<Exit> {
+    eprintln!("error: {what}; see the logs in {}", run_dir.join("logs").display());
+    Ok(Exit::NoSoup)
 }
 
 fn kitchen(
@@ -247,6 +281,7 @@ fn read_scores(
                     score: Ok(score),
                     reused: true,
                     cancelled: false,
+                    metrics: Default::default(),
                 })
             }
             None => say(format!(

@@ -85,6 +85,29 @@ enum Sum {
     File { checkpoint: Checkpoint, dir: PathBuf },
 }
 
+impl Drop for Kitchen {
+    /// Removes this process's scratch directory if nothing was kept in it.
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.scratch);
+    }
+}
+
+/// Removes `scratch/PID/` directories whose process is gone. Only where `/proc`
+/// tells which processes exist; elsewhere they stay for the user to delete.
+fn remove_dead_processes_scratch(scratch: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(scratch) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl Drop for Sum {
     fn drop(&mut self) {
         if let Sum::File { dir, .. } = self {
@@ -114,16 +137,20 @@ impl Soup {
 }
 
 impl Kitchen {
-    /// A kitchen for `ingredients` writing its scratch files under `scratch`
-    /// (created if missing).
+    /// A kitchen for `ingredients` writing its scratch files under
+    /// `scratch/PID/` (created if missing). Directories left there by processes
+    /// that no longer exist (a search killed with SIGKILL) are removed first.
     pub fn new(ingredients: Vec<Checkpoint>, scratch: &Path) -> Result<Self> {
         if ingredients.is_empty() {
             return Err(Error::NoIngredients);
         }
         fs::create_dir_all(scratch).map_err(Error::io("create", scratch))?;
+        remove_dead_processes_scratch(scratch);
+        let own = scratch.join(std::process::id().to_string());
+        fs::create_dir_all(&own).map_err(Error::io("create", &own))?;
         Ok(Kitchen {
             ingredients,
-            scratch: scratch.to_path_buf(),
+            scratch: own,
             dtype: None,
             max_shard_size: crate::plan::DEFAULT_MAX_SHARD_SIZE,
             non_float: NonFloatPolicy::RequireEqual,
@@ -139,7 +166,7 @@ impl Kitchen {
         &self.ingredients
     }
 
-    /// The scratch directory.
+    /// This process's scratch directory (`SCRATCH/PID`).
     pub fn scratch(&self) -> &Path {
         &self.scratch
     }
@@ -203,7 +230,7 @@ impl Kitchen {
         members: Vec<usize>,
     ) -> Result<Soup> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let dir = self.scratch.join(format!("sum-{}-{n}", std::process::id()));
+        let dir = self.scratch.join(format!("sum-{n}"));
         let base = base.map(|soup| (soup, 1.0));
         let dest =
             Destination { path: &dir, force: true, support_files_from: None, durable: false };

@@ -4,9 +4,12 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::search::learned::Learned;
 use crate::search::sequential::{Finish, Scored};
 
 /// A search's outcome in the form written to `report.json`.
@@ -35,6 +38,24 @@ pub struct Report {
     /// Evaluations run in this invocation, taken from the journal or a scores
     /// file, and failed.
     pub evaluations: Counts,
+    /// Learned soups: the best coefficients, layer group → one weight per
+    /// ingredient.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coefficients: Option<BTreeMap<String, Vec<f64>>>,
+    /// Learned soups: the score of every evaluation and the best so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub curve: Option<Vec<CurvePoint>>,
+}
+
+/// One evaluation of a learned search.
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct CurvePoint {
+    /// 1-based evaluation number.
+    pub evaluation: usize,
+    /// Its score (`null` when it failed).
+    pub score: Option<f64>,
+    /// The best score up to here.
+    pub best: Option<f64>,
 }
 
 /// One row of the summary table.
@@ -65,6 +86,9 @@ pub struct StepReport {
     pub accepted: bool,
     /// Whether the score came from the journal instead of a new evaluation.
     pub reused: bool,
+    /// Further metrics the evaluator reported.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub metrics: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How many evaluations a search ran, reused and saw fail.
@@ -86,7 +110,7 @@ impl Report {
         minimize: bool,
         labels: &[String],
         individual: &[Scored],
-        uniform: Option<f64>,
+        uniform: Option<&Scored>,
         finish: &Finish,
     ) -> Report {
         let names =
@@ -116,18 +140,12 @@ impl Report {
                 error: s.scored.score.as_ref().err().cloned(),
                 accepted: s.accepted,
                 reused: s.scored.reused,
+                metrics: s.scored.metrics.clone(),
             })
             .collect();
-        let all = individual.iter().chain(finish.steps.iter().map(|s| &s.scored));
-        let mut evaluations = Counts::default();
-        for s in all {
-            if s.reused {
-                evaluations.reused += 1;
-            } else {
-                evaluations.run += 1;
-            }
-            evaluations.failed += usize::from(s.score.is_err());
-        }
+        let evaluations = Counts::of(
+            individual.iter().chain(uniform).chain(finish.steps.iter().map(|s| &s.scored)),
+        );
         let members = names(finish.soup.members());
         let weights = vec![1.0 / members.len() as f64; members.len()];
         Report {
@@ -139,9 +157,78 @@ impl Report {
             score: finish.score,
             individual_scores,
             best_individual,
-            uniform: uniform.map(|score| Summary { members: labels.to_vec(), score }),
+            uniform: uniform
+                .and_then(|u| u.score.as_ref().ok())
+                .map(|&score| Summary { members: labels.to_vec(), score }),
             steps,
             evaluations,
+            coefficients: None,
+            curve: None,
+        }
+    }
+
+    /// Builds the report of a learned search. `before` are the evaluations made
+    /// before CMA-ES started (a greedy start, the uniform soup). `weights` is the
+    /// per-ingredient mean of the best coefficients over the layer groups (the
+    /// coefficients themselves when there is one group).
+    pub fn learned(
+        evaluator: &str,
+        minimize: bool,
+        labels: &[String],
+        individual: &[Scored],
+        uniform: Option<f64>,
+        before: &[Scored],
+        learned: &Learned,
+    ) -> Report {
+        let best_individual = best_individual(minimize, labels, individual);
+        let best = learned.best.map(|b| &learned.evaluations[b]);
+        let coefficients = best.map(|e| {
+            e.mix.grouping.names.iter().cloned().zip(e.mix.weights.iter().cloned()).collect()
+        });
+        let weights = best.map_or_else(Vec::new, |e| {
+            let groups = e.mix.weights.len() as f64;
+            (0..labels.len())
+                .map(|i| e.mix.weights.iter().map(|row| row[i]).sum::<f64>() / groups)
+                .collect()
+        });
+        let mut best_so_far: Option<f64> = None;
+        let mut curve = Vec::with_capacity(learned.evaluations.len());
+        let mut steps = Vec::with_capacity(learned.evaluations.len());
+        for (i, e) in learned.evaluations.iter().enumerate() {
+            let score = e.scored.score.as_ref().ok().copied();
+            let improved =
+                score.is_some_and(|s| best_so_far.is_none_or(|b| better(minimize, s, b)));
+            if improved {
+                best_so_far = score;
+            }
+            curve.push(CurvePoint { evaluation: i + 1, score, best: best_so_far });
+            steps.push(StepReport {
+                candidate: e.scored.candidate.clone(),
+                proposal: format!("generation {}", e.generation + 1),
+                members: labels.to_vec(),
+                score,
+                error: e.scored.score.as_ref().err().cloned(),
+                accepted: improved,
+                reused: e.scored.reused,
+                metrics: e.scored.metrics.clone(),
+            });
+        }
+        let all =
+            individual.iter().chain(before).chain(learned.evaluations.iter().map(|e| &e.scored));
+        Report {
+            method: "learned".to_owned(),
+            evaluator: evaluator.to_owned(),
+            minimize,
+            members: labels.to_vec(),
+            weights,
+            score: best_so_far.unwrap_or(f64::NAN),
+            individual_scores: individual_scores(labels, individual),
+            best_individual,
+            uniform: uniform.map(|score| Summary { members: labels.to_vec(), score }),
+            steps,
+            evaluations: Counts::of(all),
+            coefficients,
+            curve: Some(curve),
         }
     }
 
@@ -175,6 +262,15 @@ impl Report {
             self.evaluations.reused,
             self.evaluations.failed
         );
+        if let Some(coefficients) = &self.coefficients {
+            md += "Learned coefficients (one column per ingredient, in the order given):\n\n";
+            md += "| group | weights |\n|---|---|\n";
+            for (group, row) in coefficients {
+                let cells: Vec<String> = row.iter().map(|w| format!("{w:.4}")).collect();
+                let _ = writeln!(md, "| {group} | {} |", cells.join(", "));
+            }
+            md += "\n";
+        }
         md += "| step | candidate | proposal | score | accepted | size |\n|---|---|---|---|---|---|\n";
         for (i, s) in self.steps.iter().enumerate() {
             let score = match (&s.score, &s.error) {
@@ -195,6 +291,42 @@ impl Report {
         }
         md
     }
+}
+
+impl Counts {
+    fn of<'a>(scored: impl Iterator<Item = &'a Scored>) -> Counts {
+        let mut counts = Counts::default();
+        for s in scored {
+            if s.reused {
+                counts.reused += 1;
+            } else {
+                counts.run += 1;
+            }
+            counts.failed += usize::from(s.score.is_err());
+        }
+        counts
+    }
+}
+
+fn individual_scores(
+    labels: &[String],
+    individual: &[Scored],
+) -> serde_json::Map<String, serde_json::Value> {
+    labels
+        .iter()
+        .zip(individual)
+        .map(|(l, s)| (l.clone(), s.score.as_ref().map_or(serde_json::Value::Null, |&v| v.into())))
+        .collect()
+}
+
+fn best_individual(minimize: bool, labels: &[String], individual: &[Scored]) -> Summary {
+    individual
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.score.as_ref().ok().map(|&v| (i, v)))
+        .reduce(|a, b| if better(minimize, b.1, a.1) { b } else { a })
+        .map(|(i, score)| Summary { members: vec![labels[i].clone()], score })
+        .unwrap_or(Summary { members: Vec::new(), score: f64::NAN })
 }
 
 fn better(minimize: bool, a: f64, b: f64) -> bool {

@@ -30,11 +30,15 @@ pub struct EvalScorer<'a> {
     pub method: String,
     /// Keep candidate directories after scoring.
     pub keep_candidates: bool,
+    /// Evaluate again candidates whose journaled evaluation failed (the search
+    /// was given retries), instead of reusing the failure.
+    pub retry_failures: bool,
     next_id: AtomicUsize,
 }
 
 impl<'a> EvalScorer<'a> {
-    /// A scorer whose candidate ids continue after the journal's records.
+    /// A scorer whose candidate ids continue after the highest one in the journal
+    /// (cancelled speculative evaluations leave gaps, so the count would not do).
     pub fn new(
         kitchen: &'a Kitchen,
         evaluator: &'a Evaluator,
@@ -51,7 +55,8 @@ impl<'a> EvalScorer<'a> {
             labels,
             method: method.to_owned(),
             keep_candidates: false,
-            next_id: AtomicUsize::new(journal.len() + 1),
+            retry_failures: false,
+            next_id: AtomicUsize::new(next_free_id(journal, method)),
         }
     }
 
@@ -97,12 +102,17 @@ impl EvalScorer<'_> {
         cancel: &AtomicBool,
         write: impl FnOnce(&Destination, BTreeMap<String, String>) -> Result<()>,
     ) -> Result<Scored> {
-        if let Some(record) = self.journal.find(&members, &weights, &self.template) {
+        let journaled = self.journal.find(&members, &weights, &self.template);
+        // A journaled failure is run again only when retries were asked for.
+        if let Some(record) =
+            journaled.filter(|r| r.outcome.score().is_some() || !self.retry_failures)
+        {
             return Ok(Scored {
                 candidate: record.candidate,
                 score: record.outcome.score().ok_or_else(|| failure_reason(&record.outcome)),
                 reused: true,
                 cancelled: false,
+                metrics: record.metrics,
             });
         }
         let id = format!("{}-{:04}", self.method, self.next_id.fetch_add(1, Ordering::SeqCst));
@@ -130,6 +140,7 @@ impl EvalScorer<'_> {
                     score: Err("cancelled".into()),
                     reused: false,
                     cancelled: true,
+                    metrics: Default::default(),
                 });
             }
         };
@@ -139,7 +150,7 @@ impl EvalScorer<'_> {
             weights,
             evaluator: self.template.clone(),
             outcome: outcome.clone(),
-            metrics,
+            metrics: metrics.clone(),
             materialise_seconds,
             evaluate_seconds: evaluation.seconds,
             attempts: evaluation.attempts,
@@ -151,6 +162,7 @@ impl EvalScorer<'_> {
             score: outcome.score().ok_or_else(|| failure_reason(&outcome)),
             reused: false,
             cancelled: false,
+            metrics,
         })
     }
 }
@@ -164,6 +176,17 @@ impl Scorer for EvalScorer<'_> {
             self.kitchen.materialise(soup, change, dest, metadata).map(|_| ())
         })
     }
+}
+
+/// One more than the highest `METHOD-NNNN` id in the journal.
+fn next_free_id(journal: &Journal, method: &str) -> usize {
+    let prefix = format!("{method}-");
+    journal
+        .records()
+        .iter()
+        .filter_map(|r| r.candidate.strip_prefix(&prefix)?.parse::<usize>().ok())
+        .max()
+        .map_or(1, |highest| highest + 1)
 }
 
 fn failure_reason(outcome: &journal::Outcome) -> String {

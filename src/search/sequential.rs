@@ -41,6 +41,8 @@ pub struct Scored {
     pub reused: bool,
     /// True when the evaluation was cancelled before it finished.
     pub cancelled: bool,
+    /// Further metrics the evaluator reported besides the score.
+    pub metrics: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Whether an equal score keeps a proposal.
