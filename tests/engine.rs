@@ -100,6 +100,21 @@ fn check_against_reference(
     assert!(exact as f64 >= 0.999 * total as f64, "only {exact} of {total} elements exact");
 }
 
+/// Writes each ingredient as `dir/inN.safetensors`, header padded when `pad(N)`.
+fn write_inputs(
+    dir: &Path,
+    inputs: &[Vec<RawTensor>],
+    pad: impl Fn(usize) -> bool,
+) -> Vec<PathBuf> {
+    let mut paths = Vec::with_capacity(inputs.len());
+    for (i, tensors) in inputs.iter().enumerate() {
+        let p = dir.join(format!("in{i}.safetensors"));
+        write_file(&p, tensors, pad(i));
+        paths.push(p);
+    }
+    paths
+}
+
 fn fmt_of(dtype: &str) -> Option<Fmt> {
     FORMATS.into_iter().find(|f| f.name() == dtype)
 }
@@ -116,15 +131,7 @@ fn every_dtype_pair_matches_the_f64_reference() {
             let dir = common::tempdir();
             let inputs: Vec<Vec<RawTensor>> =
                 (0..3).map(|_| ingredient(&mut rng, &[in_fmt])).collect();
-            let paths: Vec<PathBuf> = inputs
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    let p = dir.path().join(format!("in{i}.safetensors"));
-                    write_file(&p, t, true);
-                    p
-                })
-                .collect();
+            let paths = write_inputs(dir.path(), &inputs, |_| true);
             let weights = vec![0.2, 0.45, 0.35];
             let out = dir.path().join("out");
             let opts = options(Weights::Global(weights.clone()), Some(to_dtype(out_fmt)), u64::MAX);
@@ -141,15 +148,7 @@ fn uniform_soup_of_mixed_dtypes_keeps_the_first_ingredients_dtypes() {
     let fmts =
         [[Fmt::F32, Fmt::BF16], [Fmt::BF16, Fmt::F16], [Fmt::F16, Fmt::F64], [Fmt::F64, Fmt::F32]];
     let inputs: Vec<Vec<RawTensor>> = fmts.iter().map(|f| ingredient(&mut rng, f)).collect();
-    let paths: Vec<PathBuf> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let p = dir.path().join(format!("in{i}.safetensors"));
-            write_file(&p, t, true);
-            p
-        })
-        .collect();
+    let paths = write_inputs(dir.path(), &inputs, |_| true);
     let out = dir.path().join("out");
     merge(&paths, &options(Weights::uniform(4), None, u64::MAX), &out, 2, 777);
     check_against_reference(&out, &inputs, &[0.25; 4], None);
@@ -222,15 +221,7 @@ fn output_is_byte_identical_at_any_thread_count_and_chunk_size() {
     let dir = common::tempdir();
     let inputs: Vec<Vec<RawTensor>> =
         (0..5).map(|_| ingredient(&mut rng, &[Fmt::BF16, Fmt::F32])).collect();
-    let paths: Vec<PathBuf> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let p = dir.path().join(format!("in{i}.safetensors"));
-            write_file(&p, t, i % 2 == 0);
-            p
-        })
-        .collect();
+    let paths = write_inputs(dir.path(), &inputs, |i| i % 2 == 0);
     let opts = options(Weights::Global(vec![0.1, 0.2, 0.3, 0.15, 0.25]), None, 20_000);
     let mut outputs = Vec::new();
     for (threads, chunk) in [(1, 1 << 16), (2, 1000), (3, 1), (2, 4097)] {
@@ -254,15 +245,7 @@ fn weights_can_depend_on_the_tensor() {
     let mut rng = Rng::new(6);
     let dir = common::tempdir();
     let inputs: Vec<Vec<RawTensor>> = (0..2).map(|_| ingredient(&mut rng, &[Fmt::F32])).collect();
-    let paths: Vec<PathBuf> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let p = dir.path().join(format!("in{i}.safetensors"));
-            write_file(&p, t, true);
-            p
-        })
-        .collect();
+    let paths = write_inputs(dir.path(), &inputs, |_| true);
     let per_tensor =
         |name: &str| if name.starts_with("layers.") { vec![1.0, 0.0] } else { vec![0.0, 1.0] };
     let out = dir.path().join("out");
