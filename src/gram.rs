@@ -22,9 +22,6 @@ use crate::stream::{self, Read};
 /// the L1 cache for k up to about 8, and in L2 beyond.
 const TILE: usize = 512;
 
-/// Dot products computed together in one pass over a tile (see [`dots`]).
-const BLOCK: usize = 4;
-
 /// Independent partial sums per dot product: enough for the compiler to fill the
 /// vector registers without reassociating (which it never does for floats).
 const LANES: usize = 8;
@@ -263,51 +260,12 @@ fn sums(
         };
         let mut p = 0;
         for i in 0..vectors.len() {
-            let mut j = i;
-            while j < vectors.len() {
-                let block = (vectors.len() - j).min(BLOCK);
-                let out = &mut pairs[p..p + block];
-                match block {
-                    1 => add_dots::<1>(vectors, n, i, j, out),
-                    2 => add_dots::<2>(vectors, n, i, j, out),
-                    3 => add_dots::<3>(vectors, n, i, j, out),
-                    _ => add_dots::<4>(vectors, n, i, j, out),
-                }
-                (p, j) = (p + block, j + block);
+            for j in i..vectors.len() {
+                pairs[p] += dot(&vectors[i][..n], &vectors[j][..n]);
+                p += 1;
             }
         }
     }
-}
-
-/// Adds `⟨vᵢ, vⱼ₊ₘ⟩` over the first `n` elements to `out[m]` for `m < N`.
-#[inline(always)]
-fn add_dots<const N: usize>(vectors: &[Vec<f64>], n: usize, i: usize, j: usize, out: &mut [f64]) {
-    let sums = dots::<N>(&vectors[i][..n], std::array::from_fn(|m| &vectors[j + m][..n]));
-    for (o, s) in out.iter_mut().zip(sums) {
-        *o += s;
-    }
-}
-
-/// Dot products of `a` with `N` vectors in one pass, so each element of `a` is
-/// loaded once for `N` products; every sum is computed exactly as [`dot`] would.
-#[inline(always)]
-fn dots<const N: usize>(a: &[f64], bs: [&[f64]; N]) -> [f64; N] {
-    let whole = a.len() / LANES * LANES;
-    let xa: &[[f64; LANES]] = bytemuck::cast_slice(&a[..whole]);
-    let xb: [&[[f64; LANES]]; N] = bs.map(|b| bytemuck::cast_slice(&b[..whole]));
-    let mut lanes = [[0.0; LANES]; N];
-    for (c, x) in xa.iter().enumerate() {
-        for m in 0..N {
-            let y = &xb[m][c];
-            for l in 0..LANES {
-                lanes[m][l] += x[l] * y[l];
-            }
-        }
-    }
-    std::array::from_fn(|m| {
-        let tail: f64 = a[whole..].iter().zip(&bs[m][whole..]).map(|(x, y)| x * y).sum();
-        lanes[m].iter().sum::<f64>() + tail
-    })
 }
 
 /// `Σ aᵢ·bᵢ` in f64 with [`LANES`] running sums, added up in a fixed order.
@@ -346,7 +304,5 @@ mod tests {
         let b: Vec<f64> = (0..37).map(|i| 3.0 - i as f64).collect();
         let plain: f64 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         assert_eq!(dot(&a, &b), plain); // integers and halves: exact either way
-        let c: Vec<f64> = a.iter().map(|x| x * 1.1 + 0.3).collect();
-        assert_eq!(dots::<2>(&a, [&b, &c]), [dot(&a, &b), dot(&a, &c)]);
     }
 }
