@@ -1,15 +1,15 @@
-//! Layer groups for layer-wise soups: which coefficient vector applies to which
-//! tensor, decided from tensor names alone.
+//! Coefficient groups for layer-wise soups: which weight vector applies to which
+//! tensor.
 //!
-//! Transformer checkpoints name their blocks `….layers.N.…` (Llama, Mistral),
-//! `….layer.N.…` (BERT, ViT), `….h.N.…` (GPT-2), `….blocks.N.…` or `….block.N.…`
-//! (T5, CLIP). Tensors are grouped into `embeddings` (everything before the first
-//! block that names an embedding), the blocks split by number into contiguous
-//! ranges, and `head` (everything else: final norms, poolers, classifiers, LM
-//! heads). Names that match no pattern all go to `head`, so a model of unknown
-//! layout still gets a valid, if coarse, grouping.
+//! Tensors are classified by [`crate::layers::LayerGroup`] (embeddings, numbered
+//! transformer blocks, the rest); the blocks, in order, are then split into a few
+//! contiguous ranges, since a coefficient vector per block would give CMA-ES more
+//! dimensions than an evaluation budget can search. A model of unknown layout
+//! (no numbered blocks) gets a valid, if coarse, grouping.
 
 use std::collections::BTreeMap;
+
+use crate::layers::{group_names, LayerGroup};
 
 /// A partition of a checkpoint's tensors into named groups.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,47 +27,44 @@ impl Grouping {
         Grouping { names: vec!["all".to_owned()], of_tensor }
     }
 
-    /// Embeddings, the blocks in `ranges` contiguous ranges of block numbers (as
-    /// even as possible; fewer when there are fewer blocks), and the head. Empty
-    /// groups are left out.
+    /// Embeddings, the blocks split into `ranges` contiguous ranges (as even as
+    /// possible; fewer when there are fewer blocks), and the rest. Empty groups
+    /// are left out.
     pub fn by_layer<'a>(tensors: impl IntoIterator<Item = &'a str>, ranges: usize) -> Grouping {
-        let tensors: Vec<&str> = tensors.into_iter().collect();
-        let blocks: Vec<Option<usize>> = tensors.iter().map(|t| block_number(t)).collect();
-        let count = blocks.iter().flatten().max().map_or(0, |&m| m + 1);
-        let ranges = ranges.clamp(1, count.max(1));
-        let range_of = |b: usize| b * ranges / count.max(1);
-        let mut keys: Vec<(u8, usize)> = Vec::with_capacity(tensors.len());
-        for (t, b) in tensors.iter().zip(&blocks) {
-            keys.push(match b {
-                Some(b) => (1, range_of(*b)),
-                None if t.contains("embed") || t.contains("wte") || t.contains("wpe") => (0, 0),
-                None => (2, 0),
-            });
+        let (layers, index) = group_names(tensors);
+        let blocks: Vec<usize> =
+            (0..layers.len()).filter(|&g| matches!(layers[g], LayerGroup::Block { .. })).collect();
+        let ranges = ranges.clamp(1, blocks.len().max(1));
+        // Each layer group's coefficient group: embeddings, block ranges, rest.
+        let mut target = vec![0; layers.len()];
+        let mut names = Vec::new();
+        let mut push = |name: String| {
+            names.push(name);
+            names.len() - 1
+        };
+        if let Some(g) = layers.iter().position(|l| *l == LayerGroup::Embeddings) {
+            target[g] = push("embeddings".to_owned());
         }
-        let mut present: Vec<(u8, usize)> = keys.clone();
-        present.sort_unstable();
-        present.dedup();
-        let names: Vec<String> = present
-            .iter()
-            .map(|&(kind, r)| match kind {
-                0 => "embeddings".to_owned(),
-                1 => {
-                    let first = (0..count).find(|&b| range_of(b) == r).unwrap_or(0);
-                    let last = (0..count).rev().find(|&b| range_of(b) == r).unwrap_or(first);
-                    if first == last {
-                        format!("block {first}")
-                    } else {
-                        format!("blocks {first}-{last}")
-                    }
-                }
-                _ => "head".to_owned(),
-            })
-            .collect();
-        let of_tensor = tensors
-            .iter()
-            .zip(&keys)
-            .map(|(t, key)| ((*t).to_owned(), present.binary_search(key).unwrap_or(0)))
-            .collect();
+        for r in 0..ranges {
+            let members = &blocks[r * blocks.len() / ranges..(r + 1) * blocks.len() / ranges];
+            let (Some(&first), Some(&last)) = (members.first(), members.last()) else { continue };
+            let label = match (&layers[first], &layers[last]) {
+                _ if first == last => layers[first].label(),
+                (
+                    LayerGroup::Block { prefix: p, number: a },
+                    LayerGroup::Block { prefix: q, number: b },
+                ) if p == q => format!("{p}.{a}-{b}"),
+                (a, b) => format!("{} to {}", a.label(), b.label()),
+            };
+            let id = push(label);
+            for &g in members {
+                target[g] = id;
+            }
+        }
+        if let Some(g) = layers.iter().position(|l| *l == LayerGroup::Rest) {
+            target[g] = push("head".to_owned());
+        }
+        let of_tensor = index.into_iter().map(|(t, g)| (t.to_owned(), target[g])).collect();
         Grouping { names, of_tensor }
     }
 
@@ -84,16 +81,6 @@ impl Grouping {
         }
         sizes
     }
-}
-
-/// The block number in names like `model.layers.12.mlp.up_proj.weight`.
-fn block_number(name: &str) -> Option<usize> {
-    let parts: Vec<&str> = name.split('.').collect();
-    parts.windows(2).find_map(|w| {
-        matches!(w[0], "layers" | "layer" | "h" | "blocks" | "block")
-            .then(|| w[1].parse().ok())
-            .flatten()
-    })
 }
 
 #[cfg(test)]
@@ -114,15 +101,21 @@ mod tests {
     fn llama_blocks_split_into_contiguous_ranges() {
         let names = llama(10);
         let g = Grouping::by_layer(names.iter().map(String::as_str), 4);
-        assert_eq!(
-            g.names,
-            ["embeddings", "blocks 0-2", "blocks 3-4", "blocks 5-7", "blocks 8-9", "head"]
-        );
+        let want = [
+            "embeddings",
+            "model.layers.0-1",
+            "model.layers.2-4",
+            "model.layers.5-6",
+            "model.layers.7-9",
+            "head",
+        ];
+        assert_eq!(g.names, want);
         assert_eq!(g.group("model.embed_tokens.weight"), 0);
+        assert_eq!(g.group("model.layers.1.mlp.up_proj.weight"), 1);
         assert_eq!(g.group("model.layers.4.mlp.up_proj.weight"), 2);
         assert_eq!(g.group("model.layers.9.mlp.up_proj.weight"), 4);
         assert_eq!(g.group("lm_head.weight"), 5);
-        assert_eq!(g.sizes(), [1, 6, 4, 6, 4, 2]);
+        assert_eq!(g.sizes(), [1, 4, 6, 4, 6, 2]);
     }
 
     #[test]
@@ -134,13 +127,13 @@ mod tests {
             "classifier.weight",
         ];
         let g = Grouping::by_layer(bert, 8);
-        assert_eq!(g.names, ["embeddings", "block 0", "block 1", "head"]);
+        assert_eq!(g.names, ["embeddings", "bert.encoder.layer.0", "bert.encoder.layer.1", "head"]);
         let gpt2 = [
             "transformer.wte.weight",
             "transformer.h.0.attn.c_attn.weight",
             "transformer.ln_f.weight",
         ];
-        assert_eq!(Grouping::by_layer(gpt2, 2).names, ["embeddings", "block 0", "head"]);
+        assert_eq!(Grouping::by_layer(gpt2, 2).names, ["embeddings", "transformer.h.0", "head"]);
         let unknown = ["fc1.weight", "fc2.weight"];
         assert_eq!(Grouping::by_layer(unknown, 4).names, ["head"]);
         let single = Grouping::single(unknown);
