@@ -312,31 +312,9 @@ pub struct SearchArgs {
     #[arg(long)]
     pub keep_candidates: bool,
 
-    /// Output dtype of averaged tensors [default: each tensor's dtype in the first
-    /// ingredient].
-    #[arg(long, value_name = "DTYPE", value_parser = parse_dtype)]
-    pub dtype: Option<FloatDtype>,
-
-    /// Split outputs into shards of at most this size (e.g. 2GB, 500MB, 4GiB).
-    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = super::size::parse_size)]
-    pub max_shard_size: u64,
-
-    /// Worker threads for writing each candidate [default: one per core].
-    #[arg(short = 'j', long, value_name = "N")]
-    pub threads: Option<usize>,
-
-    /// Replace the output directory if it exists and is not empty.
-    #[arg(short, long)]
-    pub force: bool,
-
-    /// Copy config.json, tokenizer and other non-weight files from this directory
-    /// instead of the first ingredient's.
-    #[arg(long, value_name = "DIR")]
-    pub copy_files_from: Option<PathBuf>,
-
-    /// What to do when a tensor that is not averaged differs between ingredients.
-    #[arg(long, value_enum, default_value_t = NonFloat::Error, value_name = "POLICY")]
-    pub non_float: NonFloat,
+    /// How the soup is written.
+    #[command(flatten)]
+    pub write: WriteArgs,
 
     /// Print the report as JSON on stdout.
     #[arg(long)]
@@ -345,10 +323,6 @@ pub struct SearchArgs {
     /// No progress lines or summary (errors are still printed).
     #[arg(short, long)]
     pub quiet: bool,
-
-    /// Skip the check that the ingredients share one pretrained initialisation.
-    #[arg(long)]
-    pub no_init_check: bool,
 }
 
 /// The order in which ingredients are proposed.
@@ -409,6 +383,26 @@ pub struct MergeArgs {
     )]
     pub weights: Option<Vec<f64>>,
 
+    /// How the soup is written.
+    #[command(flatten)]
+    pub write: WriteArgs,
+
+    /// Print a JSON summary on stdout instead of the human one on stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress bar and no summary line (errors are still printed).
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// Elements per work chunk (tuning; the default suits most CPUs).
+    #[arg(long, value_name = "N", default_value_t = modelsoup::DEFAULT_CHUNK_ELEMENTS, hide = true)]
+    pub chunk_elements: usize,
+}
+
+/// How a soup is written: options shared by `merge` and the searches.
+#[derive(Debug, Args)]
+pub struct WriteArgs {
     /// Output dtype of averaged tensors [default: each tensor's dtype in the first
     /// ingredient].
     #[arg(long, value_name = "DTYPE", value_parser = parse_dtype)]
@@ -418,7 +412,8 @@ pub struct MergeArgs {
     #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = super::size::parse_size)]
     pub max_shard_size: u64,
 
-    /// Worker threads [default: one per core].
+    /// Worker threads writing the soup (each candidate, in a search) [default: one
+    /// per core].
     #[arg(short = 'j', long, value_name = "N")]
     pub threads: Option<usize>,
 
@@ -436,21 +431,9 @@ pub struct MergeArgs {
     #[arg(long, value_enum, default_value_t = NonFloat::Error, value_name = "POLICY")]
     pub non_float: NonFloat,
 
-    /// Print a JSON summary on stdout instead of the human one on stderr.
-    #[arg(long)]
-    pub json: bool,
-
-    /// No progress bar and no summary line (errors are still printed).
-    #[arg(short, long)]
-    pub quiet: bool,
-
     /// Skip the check that the ingredients share one pretrained initialisation.
     #[arg(long)]
     pub no_init_check: bool,
-
-    /// Elements per work chunk (tuning; the default suits most CPUs).
-    #[arg(long, value_name = "N", default_value_t = modelsoup::DEFAULT_CHUNK_ELEMENTS, hide = true)]
-    pub chunk_elements: usize,
 }
 
 /// Handling of non-averaged tensors that differ.

@@ -19,19 +19,19 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let weights = normalised_weights(args.weights.as_deref(), args.ingredients.len())?;
     let ingredients = open_all(&args.ingredients)?;
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
-    init_check::warn_if_independent(&ingredients, &labels, args.no_init_check);
+    init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
     let method = if args.weights.is_some() { "weighted" } else { "uniform" };
     let recipe = Recipe::new(
         method,
         args.ingredients.iter().map(|p| p.display().to_string()).collect(),
         weights.clone(),
-        args.dtype.map(|d| d.name().to_owned()),
+        args.write.dtype.map(|d| d.name().to_owned()),
     );
     let options = PlanOptions {
         weights: Weights::Global(weights),
-        dtype: args.dtype.map_or(OutputDtype::default(), OutputDtype::Force),
-        max_shard_size: args.max_shard_size,
-        non_float: match args.non_float {
+        dtype: args.write.dtype.map_or(OutputDtype::default(), OutputDtype::Force),
+        max_shard_size: args.write.max_shard_size,
+        non_float: match args.write.non_float {
             NonFloat::Error => NonFloatPolicy::RequireEqual,
             NonFloat::First => NonFloatPolicy::TakeFirst,
         },
@@ -42,15 +42,15 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let bar = progress::bytes_bar(plan.output_bytes(), args.quiet, "merging");
     let on_chunk = |bytes: u64| bar.inc(bytes);
     let run = RunOptions {
-        threads: args.threads.unwrap_or(0),
+        threads: args.write.threads.unwrap_or(0),
         chunk_elements: args.chunk_elements,
         progress: Some(&on_chunk),
         cancel: Some(interrupted),
     };
     let dest = Destination {
         path: &args.output,
-        force: args.force,
-        support_files_from: args.copy_files_from.as_deref(),
+        force: args.write.force,
+        support_files_from: args.write.copy_files_from.as_deref(),
         durable: true,
     };
     // Library errors name the file, tensor and output path themselves.

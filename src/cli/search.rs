@@ -42,11 +42,11 @@ impl Method {
 /// Runs a search end to end: individual scores, the search, the final soup, the
 /// reports.
 pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
-    modelsoup::output::check_destination(&args.output, args.force)?;
+    modelsoup::output::check_destination(&args.output, args.write.force)?;
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
     let ingredients = super::merge::open_all(&args.ingredients)?;
     plan::check_compatible(&ingredients)?;
-    super::init_check::warn_if_independent(&ingredients, &labels, args.no_init_check);
+    super::init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
     let run_dir = args.run_dir.clone().unwrap_or_else(|| sibling_with_suffix(&args.output, ".run"));
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
@@ -130,11 +130,11 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     };
     let dest = Destination {
         path: &args.output,
-        force: args.force,
+        force: args.write.force,
         support_files_from: None,
         durable: true,
     };
-    let dtype = args.dtype.map(|d| d.name().to_owned());
+    let dtype = args.write.dtype.map(|d| d.name().to_owned());
     let report = match method {
         Method::Greedy | Method::Pruned { .. } => {
             let (finish, uniform) = match method {
@@ -233,14 +233,14 @@ fn kitchen(
 ) -> anyhow::Result<Kitchen> {
     let scratch = args.scratch.clone().unwrap_or_else(|| run_dir.join("scratch"));
     let mut kitchen = Kitchen::new(ingredients, &scratch)?;
-    kitchen.dtype = args.dtype;
-    kitchen.max_shard_size = args.max_shard_size;
-    kitchen.non_float = match args.non_float {
+    kitchen.dtype = args.write.dtype;
+    kitchen.max_shard_size = args.write.max_shard_size;
+    kitchen.non_float = match args.write.non_float {
         NonFloat::Error => NonFloatPolicy::RequireEqual,
         NonFloat::First => NonFloatPolicy::TakeFirst,
     };
-    kitchen.support_files_from = args.copy_files_from.clone();
-    kitchen.threads = args.threads.unwrap_or(0);
+    kitchen.support_files_from = args.write.copy_files_from.clone();
+    kitchen.threads = args.write.threads.unwrap_or(0);
     Ok(kitchen)
 }
 
