@@ -745,7 +745,7 @@ fn exact_scores_match_and_random_orders_differ_by_seed() {
     assert_ne!(shuffled(5, 1), shuffled(5, 2), "the seeds give different orders");
 }
 
-/// The report counts every evaluation it ran. Fails today: `soup pruned` leaves the
+/// The report counts every evaluation it ran. Regression: before the fix, `soup pruned` leaves the
 /// uniform soup's evaluation out of `evaluations.run` (and of report.md's
 /// "Evaluations: N run"), since `Report::new` counts only the individual scores and
 /// the steps.
@@ -1264,12 +1264,12 @@ fn minimize_flips_the_comparison() {
 }
 
 // ---------------------------------------------------------------------------
-// Bugs found while writing these tests (each fails today)
+// Regression tests for bugs these tests found (all fixed)
 // ---------------------------------------------------------------------------
 
 /// Every candidate id in a run directory names one candidate: it is the key of
 /// its journal record, its log files and its scratch directory, and what the
-/// report's steps point to. Fails today: `EvalScorer::new` numbers new candidates
+/// report's steps point to. Regression: before the fix, `EvalScorer::new` numbers new candidates
 /// from `journal.len() + 1`, but with `--jobs N` the ids of cancelled speculative
 /// evaluations are never journaled, so the journal has gaps and the next run in
 /// the same run directory (a resume after a kill, or another command) hands out
@@ -1309,7 +1309,7 @@ fn candidate_ids_stay_unique_in_a_reused_run_directory() {
 }
 
 /// docs/EVALUATOR.md: the other keys of a JSON score line "are kept as extra
-/// metrics and shown in the search's report". Fails today: they are journaled, but
+/// metrics and shown in the search's report". Regression: before the fix, they are journaled, but
 /// neither report.json nor report.md has them.
 #[test]
 fn evaluator_metrics_are_shown_in_the_report() {
@@ -1329,7 +1329,7 @@ fn evaluator_metrics_are_shown_in_the_report() {
 
 /// The running sums in the scratch directory (an f64 copy of the model for f32
 /// ingredients: twice the model's size, and two of them at a time) are removed
-/// when a search ends. Fails today: after a SIGKILL they stay behind
+/// when a search ends. Regression: before the fix, after a SIGKILL they stay behind
 /// (`scratch/sum-<pid>-<n>`), and the resumed run, which has another pid, never
 /// removes them, so every kill leaks up to four models' worth of disk.
 #[test]

@@ -85,6 +85,19 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         Some(file) => read_scores(file, &labels, &say)?,
         None => vec![None; labels.len()],
     };
+    if let Method::Learned(settings) = method {
+        // Fail before paying for anything when the baselines alone use the budget.
+        let baselines =
+            known.iter().filter(|k| k.is_none()).count() + usize::from(settings.init_greedy);
+        if settings.budget <= baselines {
+            anyhow::bail!(
+                "--budget {} is used up by the {baselines} evaluations before the search \
+                 (individual scores{}): raise it, or give --scores",
+                settings.budget,
+                if settings.init_greedy { ", greedy soup" } else { "" }
+            );
+        }
+    }
     let report_individual = |i: usize, s: &Scored| say(format!("  {}: {}", labels[i], describe(s)));
     say(format!(
         "scoring {} ingredient(s) on their own",

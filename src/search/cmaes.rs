@@ -590,7 +590,7 @@ impl NormalRng {
 /// is bit-identical on every platform (within 1–2 ulp of the true value).
 /// x = m·2^k with m ∈ [√½, √2), and ln m = 2·atanh(t), t = (m − 1)/(m + 1),
 /// |t| ≤ 0.172, summed as a series to 2⁻⁵⁵.
-fn ln(x: f64) -> f64 {
+pub(crate) fn ln(x: f64) -> f64 {
     debug_assert!(x > 0.0 && x.is_finite());
     let (x, mut k) = if x < f64::MIN_POSITIVE { (x * (1u64 << 54) as f64, -54) } else { (x, 0) };
     let bits = x.to_bits();
@@ -610,7 +610,7 @@ fn ln(x: f64) -> f64 {
 /// eˣ for |x| ≤ 700, from `+ − × ÷` only (see [`ln`]): x = k·ln 2 + r with
 /// |r| ≤ ½ln 2 (Cody–Waite reduction), eʳ by its Taylor series to r¹⁷, times 2ᵏ.
 /// Larger |x| is clamped to ±700.
-fn exp(x: f64) -> f64 {
+pub(crate) fn exp(x: f64) -> f64 {
     // ln 2 split so that k·LN2_HI is exact for |k| < 2¹¹.
     // (fdlibm's constants: LN2_HI has its 21 low bits zero.)
     const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);

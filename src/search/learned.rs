@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::search::candidate::Mix;
-use crate::search::cmaes::CmaEs;
+use crate::search::cmaes::{self, CmaEs};
 use crate::search::groups::Grouping;
 use crate::search::sequential::{score_in_parallel, Scored};
 
@@ -87,7 +87,7 @@ pub fn learn(
     if k == 0 || config.start.len() != grouping.names.len() {
         return Err(Error::NoIngredients);
     }
-    let mean: Vec<f64> = config.start.iter().flatten().map(|w| w.max(FLOOR).ln()).collect();
+    let mean: Vec<f64> = config.start.iter().flatten().map(|w| cmaes::ln(w.max(FLOOR))).collect();
     let mut cma = CmaEs::new(mean, config.sigma, config.seed);
     let mut out = Learned { evaluations: Vec::new(), best: None };
     // Generation 0 is the starting point itself, so the result is never worse
@@ -162,7 +162,9 @@ pub fn to_mix(grouping: &Arc<Grouping>, params: &[f64], k: usize) -> Mix {
 
 fn softmax(x: &[f64]) -> Vec<f64> {
     let max = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = x.iter().map(|v| (v - max).exp()).collect();
+    // The search's own exp, so that every platform computes the same weights (they
+    // are journal keys).
+    let e: Vec<f64> = x.iter().map(|v| cmaes::exp(v - max)).collect();
     let sum: f64 = e.iter().sum();
     e.iter().map(|v| v / sum).collect()
 }

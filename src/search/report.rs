@@ -204,7 +204,7 @@ impl Report {
             curve.push(CurvePoint { evaluation: i + 1, score, best: best_so_far });
             steps.push(StepReport {
                 candidate: e.scored.candidate.clone(),
-                proposal: format!("generation {}", e.generation + 1),
+                proposal: format!("generation {}", e.generation),
                 members: labels.to_vec(),
                 score,
                 error: e.scored.score.as_ref().err().cloned(),
