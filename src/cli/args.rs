@@ -13,8 +13,9 @@ use modelsoup::FloatDtype;
 #[derive(Debug, Parser)]
 #[command(name = "soup", version, propagate_version = true, max_term_width = 100)]
 #[command(
-    after_help = "Exit status: 0 success, 1 a search found no soup to keep, 2 error (message \
-                        on stderr), 130 interrupted."
+    after_help = "Exit status: 0 success, 1 a search found no soup to keep or inspect found \
+                  checkpoints that cannot be souped, 2 error (message on stderr), 130 \
+                  interrupted."
 )]
 pub struct Cli {
     /// The command to run.
