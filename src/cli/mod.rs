@@ -2,6 +2,7 @@
 
 mod angles;
 pub mod args;
+mod demo;
 mod duration;
 mod init_check;
 mod inspect;
@@ -63,6 +64,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         }
         Command::Angles(args) => angles::run(&args, &INTERRUPTED),
         Command::Inspect(args) => inspect::run(&args, &INTERRUPTED),
+        Command::Demo(args) => demo::run(&args, &INTERRUPTED),
+        Command::DemoEval(args) => demo::eval(&args),
         Command::Learned(args) => {
             let settings = learned::Settings {
                 budget: args.budget,
