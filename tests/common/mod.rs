@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test target uses a different part of this module
 
+pub mod cli;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
