@@ -2,12 +2,12 @@
 //! size.
 //!
 //! A search keeps the *running sum* of the current soup's members: nothing for a
-//! one-member soup (the member itself is the sum), else an f32 checkpoint in the
-//! scratch directory written by the engine (f32 for bf16/f16 tensors, f64 for
-//! f32/f64 ones, so that the sum holds the members exactly in practice and a
-//! candidate is within one output ulp of its members' mean). A candidate that adds or removes one
-//! ingredient is then `(sum ± θᵢ) / n'`: the sum and one ingredient are read,
-//! never the whole soup. Accepting a candidate writes the new sum the same way.
+//! one-member soup (the member itself is the sum), else a checkpoint in the scratch
+//! directory written by the engine (f32 for bf16/f16 tensors, f64 for f32/f64 ones,
+//! so that the sum holds the members exactly in practice and a candidate is within
+//! one output ulp of its members' mean). A candidate that adds or removes one
+//! ingredient is then `(sum ± θᵢ) / n'`: the sum and one ingredient are read, never
+//! the whole soup. Accepting a candidate writes the new sum the same way.
 //! Every candidate, and the final soup, is produced by this one formula, so the
 //! soup written at the end has exactly the bytes that were scored.
 
