@@ -111,7 +111,7 @@ pub fn run(
         jobs: search.policy.jobs,
         minimize: search.policy.minimize,
         seed: settings.seed,
-        sigma: 1.0,
+        sigma: 0.5,
         start: rows(&start),
     };
     let total = settings.budget;

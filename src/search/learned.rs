@@ -44,8 +44,9 @@ pub struct Learn {
     pub minimize: bool,
     /// Seed of CMA-ES's sampling.
     pub seed: u64,
-    /// Initial step size in softmax-parameter space (1.0 lets a weight move by a
-    /// factor of about e in the first generation).
+    /// Initial step size in softmax-parameter space. `soup learned` uses 0.5: on
+    /// 12-dimensional synthetic problems (4 groups × 3 ingredients, budget 300, 10
+    /// seeds) it left a median coefficient error of 0.041 against 0.105 for 1.0.
     pub sigma: f64,
     /// The starting coefficients, one row per group (uniform or the greedy soup's).
     pub start: Vec<Vec<f64>>,
