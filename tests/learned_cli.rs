@@ -11,8 +11,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cli::*;
 use common::{read_output, read_safetensors, write_file, Fmt, RawTensor, Rng};
@@ -520,23 +519,8 @@ fn a_killed_learned_search_resumes_without_paying_twice() {
     let budget = 30;
     let args = world.args(&out, &eval, &["--budget", "30", "--seed", "9", "--jobs", "2"]);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_soup"))
-        .args(&args)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Kill it once the individual scores and a generation or so are journaled.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while journal(&run_dir).len() < world.k() + 8 {
-        assert!(Instant::now() < deadline, "the search made no progress");
-        assert!(child.try_wait().unwrap().is_none(), "the search ended before it was killed");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_after_journaled(dir.path(), &args, &run_dir, world.k() + 8);
     // The evaluators running at the kill outlive soup; let them finish first,
     // including one that was spawned but had not logged its start yet.
     loop {

@@ -11,7 +11,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cli::*;
@@ -835,23 +834,8 @@ fn a_killed_search_resumes_without_paying_twice() {
     let run_dir = dir.path().join("soup.run");
     let args = search_args(&world, Method::Greedy, &out, &eval);
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_soup"))
-        .args(&args)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Kill it once the individual scores and a step or two are journaled.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while journal(&run_dir).len() < 8 {
-        assert!(Instant::now() < deadline, "the search made no progress");
-        assert!(child.try_wait().unwrap().is_none(), "the search ended before it was killed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    kill_after_journaled(dir.path(), &args, &run_dir, 8);
     // The evaluator running at the kill outlives soup; let it finish first.
     for call in calls(&log).iter().filter(|c| c.event == "start") {
         assert!(dies(call.pid, Duration::from_secs(20)), "evaluator {} still runs", call.pid);
@@ -1236,23 +1220,8 @@ fn a_resumed_run_leaves_no_stale_scratch() {
     let run_dir = dir.path().join("soup.run");
     let mut args = search_args(&world, Method::Greedy, &out, &eval);
     args.extend(["--order".into(), "given".into()]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_soup"))
-        .args(&args)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // 4 individual scores and 2 accepted steps: two sums are on disk.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while journal(&run_dir).len() < 6 {
-        assert!(Instant::now() < deadline, "the search made no progress");
-        assert!(child.try_wait().unwrap().is_none(), "the search ended before it was killed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after_journaled(dir.path(), &args, &run_dir, 6);
     for call in calls(&log).iter().filter(|c| c.event == "start") {
         assert!(dies(call.pid, Duration::from_secs(20)), "evaluator {} still runs", call.pid);
     }

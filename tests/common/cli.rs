@@ -126,3 +126,25 @@ pub fn dies(pid: u32, patience: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Starts `soup args` in `cwd` and kills it with SIGKILL once `run_dir`'s journal
+/// holds at least `records` good lines (within a minute, and before the search
+/// ends by itself).
+pub fn kill_after_journaled(cwd: &Path, args: &[String], run_dir: &Path, records: usize) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_soup"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while journal(run_dir).len() < records {
+        assert!(Instant::now() < deadline, "the search made no progress");
+        assert!(child.try_wait().unwrap().is_none(), "the search ended before it was killed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
