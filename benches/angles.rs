@@ -15,12 +15,14 @@
 //!
 //! Run: `cargo bench --bench angles`.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use modelsoup::angles::angles;
 use modelsoup::{Checkpoint, FloatDtype, RunOptions, DEFAULT_CHUNK_ELEMENTS};
 use rayon::prelude::*;
+use support::{copy, median, time_gbps};
 
 const ROUNDS: usize = 7;
 
@@ -59,7 +61,9 @@ fn main() {
             let (mut memcpy, mut read, mut pass) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..ROUNDS {
                 pool.install(|| {
-                    memcpy.push(time_gbps(2 * src.len(), || copy(&src, &mut dst)));
+                    memcpy.push(time_gbps(2 * src.len(), || {
+                        copy(&src, &mut dst, DEFAULT_CHUNK_ELEMENTS * 2)
+                    }));
                     read.push(time_gbps(bytes, || read_files(&paths[..=k])));
                 });
                 let run = RunOptions { threads: t, ..RunOptions::default() };
@@ -73,11 +77,6 @@ fn main() {
         }
     }
     std::hint::black_box(&dst);
-}
-
-fn copy(src: &[u8], dst: &mut [u8]) {
-    let chunk = DEFAULT_CHUNK_ELEMENTS * 2;
-    dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
 }
 
 /// Maps every file afresh and reads all its bytes, chunk by chunk, in parallel.
@@ -100,17 +99,6 @@ fn read_files(paths: &[PathBuf]) {
         })
         .reduce(|| 0, |a, b| a ^ b);
     std::hint::black_box(total);
-}
-
-fn time_gbps(bytes: usize, f: impl FnOnce()) -> f64 {
-    let start = Instant::now();
-    f();
-    bytes as f64 / start.elapsed().as_secs_f64() / 1e9
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A safetensors file with one tensor `w` of `n` values: a shared base pattern

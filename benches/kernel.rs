@@ -13,11 +13,12 @@
 //! Run: `cargo bench --bench kernel` (add `RUSTFLAGS="-C target-cpu=native"` for
 //! the native build).
 
-use std::time::Instant;
+mod support;
 
 use modelsoup::kernel::{Accumulator, Input};
 use modelsoup::{FloatDtype, DEFAULT_CHUNK_ELEMENTS};
 use rayon::prelude::*;
+use support::{copy, median, time_gbps};
 
 const ROUNDS: usize = 11;
 
@@ -59,10 +60,6 @@ fn main() {
     std::hint::black_box(&out);
 }
 
-fn copy(src: &[u8], dst: &mut [u8], chunk: usize) {
-    dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
-}
-
 /// The same data movement as the kernel without the arithmetic: each input's chunk
 /// is copied into a cache-resident buffer, which is then copied to the output.
 fn gather(inputs: &[Vec<u8>], out: &mut [u8], chunk: usize) {
@@ -90,17 +87,6 @@ fn soup(inputs: &[Vec<u8>], out: &mut [u8], dtype: FloatDtype) {
             dst.copy_from_slice(bytes);
         },
     );
-}
-
-fn time_gbps(bytes: usize, f: impl FnOnce()) -> f64 {
-    let start = Instant::now();
-    f();
-    bytes as f64 / start.elapsed().as_secs_f64() / 1e9
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Deterministic values of moderate magnitude in `dtype` (xorshift; no NaN or inf).

@@ -193,6 +193,15 @@ impl Checkpoint {
         &self.tensors
     }
 
+    /// Bytes of tensor data in the float tensors (what a streaming pass reads).
+    pub fn float_bytes(&self) -> u64 {
+        self.tensors
+            .iter()
+            .filter(|t| crate::dtype::FloatDtype::from_safetensors(t.dtype).is_some())
+            .map(|t| t.len as u64)
+            .sum()
+    }
+
     /// Looks a tensor up by name.
     pub fn get(&self, name: &str) -> Option<&TensorEntry> {
         self.by_name.get(name).map(|&i| &self.tensors[i])

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::Context;
 use modelsoup::angles::{angles, AngleMatrix, Angles};
 use modelsoup::init_check::check_shared_init;
-use modelsoup::{Checkpoint, FloatDtype, RunOptions};
+use modelsoup::{Checkpoint, RunOptions};
 
 use super::args::{AnglesArgs, Format};
 use super::merge::open_all;
@@ -21,7 +21,7 @@ pub fn run(args: &AnglesArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> 
         Some(path) => Some(Checkpoint::open(path).context("base")?),
         None => None,
     };
-    let total: u64 = base.iter().chain(&ingredients).map(float_bytes).sum();
+    let total: u64 = base.iter().chain(&ingredients).map(Checkpoint::float_bytes).sum();
     let bar = progress::bytes_bar(total, args.quiet, "reading");
     let on_chunk = |bytes: u64| bar.inc(bytes);
     let run = RunOptions {
@@ -73,14 +73,6 @@ pub fn run(args: &AnglesArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> 
 }
 
 /// Bytes of float tensors in a checkpoint: what the pass reads from it.
-fn float_bytes(ck: &Checkpoint) -> u64 {
-    ck.tensors()
-        .iter()
-        .filter(|t| FloatDtype::from_safetensors(t.dtype).is_some())
-        .map(|t| t.len as u64)
-        .sum()
-}
-
 fn title(result: &Angles, base: Option<&str>) -> String {
     match base {
         Some(base) if result.relative_to_base => {

@@ -21,12 +21,7 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
     let checkpoints = open_all(&args.checkpoints)?;
     let mut non_finite: Vec<Option<Vec<NonFinite>>> = vec![None; checkpoints.len()];
     if args.check_values {
-        let total: u64 = checkpoints
-            .iter()
-            .flat_map(|c| c.tensors())
-            .filter(|t| FloatDtype::from_safetensors(t.dtype).is_some())
-            .map(|t| t.len as u64)
-            .sum();
+        let total: u64 = checkpoints.iter().map(Checkpoint::float_bytes).sum();
         let bar = progress::bytes_bar(total, args.quiet || args.json, "checking values");
         let on_chunk = |bytes: u64| bar.inc(bytes);
         let run = RunOptions {
