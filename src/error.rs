@@ -180,6 +180,24 @@ pub enum Error {
     #[error("journal")]
     Journal(#[from] crate::journal::JournalError),
 
+    /// A recipe file (or a soup's recorded recipe) cannot be used.
+    #[error("recipe {}: {reason}", path.display())]
+    Recipe {
+        /// The recipe file, or the soup it was read from.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
+
+    /// A merge method was given parameters it cannot use.
+    #[error("{method}: {reason}")]
+    Method {
+        /// The method's name.
+        method: &'static str,
+        /// What is wrong, naming the parameter (and the tensor, when it varies).
+        reason: String,
+    },
+
     /// The caller asked the merge to stop.
     #[error("cancelled")]
     Cancelled,

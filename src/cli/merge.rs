@@ -20,13 +20,8 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let ingredients = open_all(&args.ingredients)?;
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
     init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
-    let method = if args.weights.is_some() { "weighted" } else { "uniform" };
-    let recipe = Recipe::new(
-        method,
-        args.ingredients.iter().map(|p| p.display().to_string()).collect(),
-        weights.clone(),
-        args.write.dtype.map(|d| d.name().to_owned()),
-    );
+    let mut recipe = Recipe::linear(&labels, &weights);
+    recipe.output.dtype = args.write.dtype.map(|d| d.name().to_owned());
     let options = PlanOptions {
         weights: Weights::Global(weights),
         dtype: args.write.dtype.map_or(OutputDtype::default(), OutputDtype::Force),
@@ -112,7 +107,7 @@ fn summary_json(r: &MergeReport, output: &Path, recipe: &Recipe) -> serde_json::
     let mut extra = BTreeMap::new();
     extra.insert("output", serde_json::json!(output));
     extra.insert("method", serde_json::json!(recipe.method));
-    extra.insert("weights", serde_json::json!(recipe.weights));
+    extra.insert("recipe", serde_json::json!(recipe));
     extra.insert(
         "read_gb_per_s",
         serde_json::json!(r.bytes_read as f64 / 1e9 / r.seconds.max(1e-9)),

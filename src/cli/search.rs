@@ -178,8 +178,9 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
                 uniform.as_ref(),
                 &finish,
             );
-            let recipe =
-                Recipe::new(method.name(), report.members.clone(), report.weights.clone(), dtype);
+            let mut recipe = Recipe::linear(&report.members, &report.weights);
+            recipe.search = Some(method.name().to_owned());
+            recipe.output.dtype = dtype;
             let (soup, change) = &finish.winner;
             kitchen.materialise(soup, *change, &dest, recipe.to_metadata())?;
             report
@@ -200,8 +201,9 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
                 &learned.before,
                 &learned.result,
             );
-            let recipe =
-                Recipe::new("learned", report.members.clone(), report.weights.clone(), dtype);
+            let mut recipe = Recipe::linear(&report.members, &report.weights);
+            recipe.search = Some("learned".to_owned());
+            recipe.output.dtype = dtype;
             let mut metadata = recipe.to_metadata();
             metadata.insert(
                 "modelsoup.coefficients".to_owned(),

@@ -61,7 +61,9 @@ impl<'a> EvalScorer<'a> {
     }
 
     fn recipe(&self, members: &[String], weights: &[f64]) -> BTreeMap<String, String> {
-        Recipe::new(&self.method, members.to_vec(), weights.to_vec(), None).to_metadata()
+        let mut recipe = Recipe::linear(members, weights);
+        recipe.search = Some(self.method.clone());
+        recipe.to_metadata()
     }
 }
 

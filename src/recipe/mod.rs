@@ -1,0 +1,320 @@
+//! Recipes: everything a merge needs besides the weights themselves — method,
+//! ingredients, base, parameters (which may vary by tensor), output format — as
+//! one serialisable record.
+//!
+//! The same record is the recipe file a user writes (YAML, see `docs/METHODS.md`;
+//! JSON is YAML too) and the `modelsoup.recipe` entry in every output file's
+//! `__metadata__`. Replaying a soup's recorded recipe with `soup merge --recipe`
+//! (same build, same working directory for relative paths) writes the same bytes.
+//! [`mergekit`] reads mergekit configurations into the same record.
+
+pub mod mergekit;
+pub mod setting;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use setting::{layer_positions, Rule, Setting, Value};
+
+use crate::error::{Error, Result};
+
+/// The `__metadata__` key under which the recipe's JSON is stored.
+pub const METADATA_KEY: &str = "modelsoup.recipe";
+
+/// Largest recipe file read; real ones are a few KiB.
+const MAX_RECIPE_BYTES: u64 = 4 << 20;
+
+/// A merge method (definitions and citations in `docs/METHODS.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// `Σ wᵢ·θᵢ` (the base, if any, takes part with its own weight): uniform
+    /// and weighted soups, WiSE-FT interpolation.
+    Linear,
+    /// `θ₀ + λ·Σ wᵢ·(θᵢ − θ₀)` (Ilharco et al., 2023).
+    TaskArithmetic,
+    /// Trim each task vector to its largest-magnitude `density`, elect a sign per
+    /// element, average the agreeing entries (Yadav et al., 2023).
+    Ties,
+    /// Drop each task-vector entry with probability `1 − density`, rescale the
+    /// rest by `1/density`, add them up (Yu et al., 2024).
+    DareLinear,
+    /// DARE's drop and rescale, then TIES's sign election and disjoint mean.
+    DareTies,
+    /// Spherical interpolation between two models, per tensor.
+    Slerp,
+    /// Per-tensor interpolation from the average toward the base by the angle
+    /// between the task vectors (Jang et al., 2024).
+    ModelStock,
+}
+
+impl Method {
+    /// The name used on the command line and in recipes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Linear => "linear",
+            Method::TaskArithmetic => "task-arithmetic",
+            Method::Ties => "ties",
+            Method::DareLinear => "dare-linear",
+            Method::DareTies => "dare-ties",
+            Method::Slerp => "slerp",
+            Method::ModelStock => "model-stock",
+        }
+    }
+
+    /// Whether the method works on task vectors and so needs a base model.
+    pub fn needs_base(self) -> bool {
+        !matches!(self, Method::Linear | Method::Slerp)
+    }
+}
+
+/// One model of a recipe, with its own parameters.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ingredient {
+    /// The checkpoint's path as given (relative paths are relative to the working
+    /// directory of the run).
+    pub path: String,
+    /// Its weight, overriding `parameters.weight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Setting>,
+    /// Its density (TIES, DARE), overriding `parameters.density`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub density: Option<Setting>,
+}
+
+/// An ingredient written as a map.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngredientMap {
+    path: String,
+    #[serde(default)]
+    weight: Option<Setting>,
+    #[serde(default)]
+    density: Option<Setting>,
+}
+
+/// A bare path, or a map whose unknown keys are errors that name them.
+impl<'de> Deserialize<'de> for Ingredient {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(path) => Ok(Ingredient::path(path)),
+            other => {
+                let IngredientMap { path, weight, density } =
+                    IngredientMap::deserialize(other).map_err(serde::de::Error::custom)?;
+                Ok(Ingredient { path, weight, density })
+            }
+        }
+    }
+}
+
+impl Ingredient {
+    /// An ingredient with no parameters of its own.
+    pub fn path(path: impl Into<String>) -> Self {
+        Ingredient { path: path.into(), weight: None, density: None }
+    }
+
+    /// An ingredient with a constant weight.
+    pub fn weighted(path: impl Into<String>, weight: f64) -> Self {
+        Ingredient { path: path.into(), weight: Some(weight.into()), density: None }
+    }
+}
+
+/// Method parameters shared by every ingredient (each may vary by tensor).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parameters {
+    /// Default weight of ingredients without their own (1 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<Setting>,
+    /// Default density of ingredients without their own (TIES, DARE; 1 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub density: Option<Setting>,
+    /// Scale of the merged task vector (task arithmetic, TIES, DARE; 1 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<Setting>,
+    /// SLERP's interpolation factor: 0 is the first model, 1 the second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub t: Option<Setting>,
+    /// Seed of DARE's drop masks (0 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Divide by the sum of the weights (linear: default true; TIES: of the
+    /// agreeing weights, default true; task arithmetic and DARE: default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
+    /// Rescale DARE's surviving entries by `1/density` (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescale: Option<bool>,
+}
+
+impl Parameters {
+    fn is_empty(&self) -> bool {
+        *self == Parameters::default()
+    }
+}
+
+/// How a recipe's soup is written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Output dtype of merged tensors (`bf16`, `f16`, `f32`, `f64`); absent: each
+    /// tensor's dtype in the first ingredient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    /// Largest output shard in bytes (5 GB if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_shard_size: Option<u64>,
+    /// Tensors that are not merged (integers, bool) and differ: `error` (the
+    /// default) or `first`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub non_float: Option<String>,
+}
+
+impl Output {
+    fn is_empty(&self) -> bool {
+        *self == Output::default()
+    }
+}
+
+/// How a soup is made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// The tool that wrote it, `modelsoup` and its version (informative).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tool: String,
+    /// The merge method.
+    pub method: Method,
+    /// The search that chose the weights (`greedy`, `pruned`, `learned`), if one did
+    /// (informative: the recipe replays the chosen soup, not the search).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<String>,
+    /// The models merged, in order.
+    pub ingredients: Vec<Ingredient>,
+    /// The pretrained model the task vectors start from (required by the task-vector
+    /// methods; in a linear merge it takes part with its own weight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Ingredient>,
+    /// Parameters shared by all ingredients.
+    #[serde(default, skip_serializing_if = "Parameters::is_empty")]
+    pub parameters: Parameters,
+    /// How the output is written.
+    #[serde(default, skip_serializing_if = "Output::is_empty")]
+    pub output: Output,
+}
+
+impl Recipe {
+    /// A recipe for `method` over `ingredients`, stamped with this build's version.
+    pub fn new(method: Method, ingredients: Vec<Ingredient>) -> Self {
+        Recipe {
+            tool: tool(),
+            method,
+            search: None,
+            ingredients,
+            base: None,
+            parameters: Parameters::default(),
+            output: Output::default(),
+        }
+    }
+
+    /// The linear soup of `paths` with constant `weights` applied as given.
+    pub fn linear(paths: &[String], weights: &[f64]) -> Self {
+        let ingredients =
+            paths.iter().zip(weights).map(|(p, &w)| Ingredient::weighted(p.clone(), w)).collect();
+        let mut recipe = Recipe::new(Method::Linear, ingredients);
+        recipe.parameters.normalize = Some(false);
+        recipe
+    }
+
+    /// The `__metadata__` entries that carry this recipe, stamped with this build.
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let stamped = Recipe { tool: tool(), ..self.clone() };
+        // Serialising strings, finite floats and plain enums cannot fail.
+        let json = serde_json::to_string(&stamped).unwrap_or_default();
+        BTreeMap::from([(METADATA_KEY.to_owned(), json)])
+    }
+
+    /// Reads a recipe back from a file's `__metadata__`, if it has one.
+    pub fn from_metadata(metadata: &BTreeMap<String, String>) -> Option<Self> {
+        serde_json::from_str(metadata.get(METADATA_KEY)?).ok()
+    }
+
+    /// Parses a recipe file's text: our format, or a mergekit configuration
+    /// (recognised by its `merge_method` key). `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let invalid = |reason: String| Error::Recipe { path: path.to_path_buf(), reason };
+        let value: serde_json::Value =
+            serde_saphyr::from_str(text).map_err(|e| invalid(format!("not valid YAML: {e}")))?;
+        if value.get("merge_method").is_some() {
+            return mergekit::translate(&value).map_err(invalid);
+        }
+        serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Reads a recipe from `path`: a recipe file (YAML or JSON, ours or
+    /// mergekit's), or a soup — a `.safetensors` file or a directory — whose
+    /// metadata holds the recipe that made it.
+    pub fn load(path: &Path) -> Result<Self> {
+        let soup = path.is_dir() || path.extension().is_some_and(|e| e == "safetensors");
+        if soup {
+            let checkpoint = crate::Checkpoint::open(path)?;
+            let metadata = checkpoint.shards().first().map(|s| s.metadata().clone());
+            return metadata.as_ref().and_then(Recipe::from_metadata).ok_or_else(|| {
+                Error::Recipe {
+                    path: path.to_path_buf(),
+                    reason: format!("the soup's metadata has no {METADATA_KEY:?} entry"),
+                }
+            });
+        }
+        let text = crate::checkpoint::read_bounded(path, MAX_RECIPE_BYTES)?;
+        Recipe::parse(&text, path)
+    }
+
+    /// Writes the recipe as YAML-compatible JSON, pretty-printed, for a user to
+    /// edit and replay.
+    pub fn to_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// `modelsoup` and this build's version.
+fn tool() -> String {
+    format!("modelsoup {}", env!("CARGO_PKG_VERSION"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_files_accept_bare_paths_and_per_ingredient_parameters() {
+        let text = "method: ties\n\
+                    base: pre/\n\
+                    ingredients:\n  - a/\n  - path: b/\n    weight: 0.5\n    density: [0.1, 0.9]\n\
+                    parameters:\n  density: 0.2\n  lambda: 1.0\n  seed: 7\n";
+        let r = Recipe::parse(text, Path::new("r.yaml")).unwrap();
+        assert_eq!(r.method, Method::Ties);
+        assert_eq!(r.base, Some(Ingredient::path("pre/")));
+        assert_eq!(r.ingredients[0], Ingredient::path("a/"));
+        assert_eq!(r.ingredients[1].weight, Some(Setting::from(0.5)));
+        assert_eq!(r.parameters.seed, Some(7));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let text = "method: linear\ningredients: [a/]\nparameters:\n  lamda: 1\n";
+        let err = Recipe::parse(text, Path::new("r.yaml")).unwrap_err().to_string();
+        assert!(err.contains("lamda") && err.contains("r.yaml"), "{err}");
+    }
+
+    #[test]
+    fn the_metadata_record_round_trips_exactly() {
+        let mut r = Recipe::linear(&["a/".to_owned(), "b/".to_owned()], &[0.1, 0.2]);
+        r.output.dtype = Some("bf16".to_owned());
+        let back = Recipe::from_metadata(&r.to_metadata()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.to_metadata(), r.to_metadata());
+    }
+}
