@@ -16,6 +16,7 @@ use std::sync::atomic::AtomicBool;
 use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::error::{Error, Result};
 use crate::kernel::{Accumulator, Input};
+use crate::method::task_vectors::{self, Scratch};
 use crate::plan::{Plan, PlannedTensor, Produce};
 use crate::stream;
 
@@ -96,9 +97,9 @@ pub fn write_shards(
         run.threads,
         chunks.len(),
         run.cancel,
-        || (Accumulator::default(), Vec::new()),
-        |i, (acc, bytes)| {
-            let written = out.produce(chunks[i], acc, bytes)?;
+        || (Accumulator::default(), Scratch::default(), Vec::new()),
+        |i, (acc, scratch, bytes)| {
+            let written = out.produce(chunks[i], acc, scratch, bytes)?;
             if let Some(progress) = run.progress {
                 progress(written);
             }
@@ -115,7 +116,7 @@ fn chunk_plan(plan: &Plan, chunk_elements: usize) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     for (tensor, t) in plan.tensors.iter().enumerate() {
         let (total, step) = match t.produce {
-            Produce::Average { .. } => (t.numel, chunk_elements),
+            Produce::Average { .. } | Produce::TaskVectors { .. } => (t.numel, chunk_elements),
             // Copied tensors are cut by bytes; their element may be smaller than one.
             Produce::Copy { .. } => (t.len as usize, chunk_elements.saturating_mul(4)),
         };
@@ -140,7 +141,13 @@ struct Output<'a> {
 impl Output<'_> {
     /// Computes one chunk, writes it at its final offset and returns the number of
     /// bytes written.
-    fn produce(&self, chunk: Chunk, acc: &mut Accumulator, bytes: &mut Vec<u8>) -> Result<u64> {
+    fn produce(
+        &self,
+        chunk: Chunk,
+        acc: &mut Accumulator,
+        scratch: &mut Scratch,
+        bytes: &mut Vec<u8>,
+    ) -> Result<u64> {
         let t = &self.plan.tensors[chunk.tensor];
         match &t.produce {
             Produce::Average { dtype, inputs, weights } => {
@@ -153,6 +160,17 @@ impl Output<'_> {
                     })
                     .collect();
                 acc.mix(chunk.len, &mixed, *dtype, bytes);
+                self.write(t, chunk.start * dtype.size(), bytes)
+            }
+            Produce::TaskVectors { dtype, inputs, base, params } => {
+                let mut read = vec![None; inputs.len()];
+                for (i, ck, entry, start, len) in self.reads(chunk) {
+                    read[i] = Some((inputs[i], ck.bytes(entry, start, len)));
+                }
+                let first = chunk.start as u64;
+                task_vectors::combine(
+                    first, chunk.len, &read, *base, params, *dtype, scratch, bytes,
+                );
                 self.write(t, chunk.start * dtype.size(), bytes)
             }
             Produce::Copy { .. } => {
@@ -187,6 +205,10 @@ impl Output<'_> {
             let entry = &ck.tensors()[src];
             match &t.produce {
                 Produce::Average { inputs, weights, .. } => (weights[i] != 0.0).then(|| {
+                    let size = inputs[i].size();
+                    (i, ck, entry, chunk.start * size, chunk.len * size)
+                }),
+                Produce::TaskVectors { inputs, base, params, .. } => params.reads(i, *base).then(|| {
                     let size = inputs[i].size();
                     (i, ck, entry, chunk.start * size, chunk.len * size)
                 }),

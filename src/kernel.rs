@@ -334,6 +334,29 @@ pub(crate) fn widen_into(dtype: FloatDtype, bytes: &[u8], out: &mut [f64]) {
     }
 }
 
+/// Rounds `values` to `dtype` (to nearest, ties to even, as [`Accumulator::mix`]
+/// does) and writes their little-endian bytes into `out`, for the reducers that
+/// compute their own f64 results (see `crate::method::task_vectors`).
+///
+/// # Panics
+/// If `out` is not `values.len()` elements long.
+pub(crate) fn narrow_into(dtype: FloatDtype, values: &[f64], out: &mut [u8]) {
+    assert_eq!(out.len(), values.len() * dtype.size(), "output length differs from the values");
+    match dtype {
+        FloatDtype::F64 => narrow_as::<f64>(values, out),
+        FloatDtype::F32 => narrow_as::<f32>(values, out),
+        FloatDtype::F16 => narrow_as::<f16>(values, out),
+        FloatDtype::BF16 => narrow_as::<bf16>(values, out),
+    }
+}
+
+fn narrow_as<E: Format>(values: &[f64], out: &mut [u8]) {
+    let out: &mut [E::Bytes] = bytemuck::cast_slice_mut(out);
+    for (o, &x) in out.iter_mut().zip(values) {
+        *o = E::narrow(x);
+    }
+}
+
 #[inline(always)]
 fn widen_as<E: Format>(bytes: &[u8], out: &mut [f64]) {
     let xs: &[E::Bytes] = bytemuck::cast_slice(bytes);

@@ -28,7 +28,7 @@
 //!     .map(Checkpoint::open)
 //!     .collect::<Result<Vec<_>, _>>()?;
 //! let options = PlanOptions {
-//!     weights: Weights::uniform(ingredients.len()),
+//!     mixing: Weights::uniform(ingredients.len()).into(),
 //!     dtype: Default::default(),
 //!     max_shard_size: modelsoup::DEFAULT_MAX_SHARD_SIZE,
 //!     non_float: Default::default(),
@@ -61,6 +61,7 @@ pub mod kernel;
 pub mod layers;
 mod mapped;
 pub mod merge;
+pub mod method;
 pub mod output;
 pub mod plan;
 pub mod recipe;
@@ -72,6 +73,8 @@ pub use dtype::FloatDtype;
 pub use error::{Difference, Error, Result};
 pub use execute::{RunOptions, DEFAULT_CHUNK_ELEMENTS};
 pub use merge::{write_soup, Destination, MergeReport};
-pub use plan::{NonFloatPolicy, OutputDtype, Plan, PlanOptions, Weights, DEFAULT_MAX_SHARD_SIZE};
+pub use plan::{
+    Mixing, NonFloatPolicy, OutputDtype, Plan, PlanOptions, Weights, DEFAULT_MAX_SHARD_SIZE,
+};
 pub use recipe::Recipe;
 pub mod search;

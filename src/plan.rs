@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::checkpoint::{Checkpoint, TensorEntry};
 use crate::dtype::FloatDtype;
 use crate::error::{Difference, Error, Result};
+use crate::method::task_vectors::TaskParams;
 
 /// What to do with tensors that are not averaged (integers, bool, 8-bit floats)
 /// when ingredients disagree on their bytes.
@@ -60,6 +61,39 @@ impl std::fmt::Debug for Weights {
     }
 }
 
+/// How the float tensors of the inputs combine into the output's.
+#[derive(Debug)]
+pub enum Mixing {
+    /// `Σ wᵢ·xᵢ`: every soup, task arithmetic, SLERP and Model Stock once their
+    /// per-tensor coefficients are known.
+    Linear(Weights),
+    /// Sparsified task vectors with sign election (TIES, DARE).
+    TaskVectors(TaskVectors),
+}
+
+impl From<Weights> for Mixing {
+    fn from(weights: Weights) -> Self {
+        Mixing::Linear(weights)
+    }
+}
+
+/// Chooses the task-vector parameters of a tensor, given its name.
+pub type TaskParamsFn = Box<dyn Fn(&str) -> TaskParams + Send + Sync>;
+
+/// A merge of task vectors `xᵢ − x_base` (see [`crate::method::task_vectors`]).
+pub struct TaskVectors {
+    /// Index of the base model among the inputs.
+    pub base: usize,
+    /// The parameters of each tensor.
+    pub params: TaskParamsFn,
+}
+
+impl std::fmt::Debug for TaskVectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskVectors").field("base", &self.base).finish_non_exhaustive()
+    }
+}
+
 /// The dtype of averaged tensors in the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputDtype {
@@ -82,8 +116,9 @@ impl Default for OutputDtype {
 /// Everything that decides the output besides the ingredients themselves.
 #[derive(Debug)]
 pub struct PlanOptions {
-    /// The mixing weights, used as given (normalising is the caller's choice).
-    pub weights: Weights,
+    /// How float tensors combine; linear weights are used as given (normalising
+    /// is the caller's choice).
+    pub mixing: Mixing,
     /// Output dtype of averaged tensors.
     pub dtype: OutputDtype,
     /// Largest output shard in bytes before the output is split (a tensor larger
@@ -110,6 +145,17 @@ pub enum Produce {
         inputs: Vec<FloatDtype>,
         /// One weight per ingredient.
         weights: Vec<f64>,
+    },
+    /// `x_base + λ·merge(sparsified task vectors)`, narrowed to `dtype`.
+    TaskVectors {
+        /// Output format.
+        dtype: FloatDtype,
+        /// Each input's format for this tensor.
+        inputs: Vec<FloatDtype>,
+        /// Index of the base among the inputs.
+        base: usize,
+        /// The tensor's parameters.
+        params: TaskParams,
     },
     /// The first ingredient's bytes, verified equal in the others when `verify`.
     Copy {
@@ -193,6 +239,7 @@ impl Plan {
             for (i, (ck, &src)) in ingredients.iter().zip(&t.sources).enumerate() {
                 let read = match &t.produce {
                     Produce::Average { weights, .. } => weights[i] != 0.0,
+                    Produce::TaskVectors { base, params, .. } => params.reads(i, *base),
                     Produce::Copy { verify } => i == 0 || *verify,
                 };
                 if read {
@@ -275,17 +322,6 @@ fn plan_tensor(
     let numel = entry.numel();
     let (dtype, produce, len) = match FloatDtype::from_safetensors(entry.dtype) {
         Some(own) => {
-            let weights = options.weights.for_tensor(&entry.name);
-            if weights.len() != ingredients.len() {
-                return Err(Error::WeightCount { expected: ingredients.len(), got: weights.len() });
-            }
-            if let Some((i, &w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
-                return Err(Error::NonFiniteWeight {
-                    tensor: entry.name.clone(),
-                    ingredient: i,
-                    value: w,
-                });
-            }
             // check_compatible proved the tensor is a float in every ingredient.
             let inputs = ingredients
                 .iter()
@@ -301,7 +337,19 @@ fn plan_tensor(
             let len = numel
                 .checked_mul(out.size())
                 .ok_or_else(|| Error::SizeOverflow { tensor: entry.name.clone() })?;
-            (out.to_safetensors(), Produce::Average { dtype: out, inputs, weights }, len)
+            let produce = match &options.mixing {
+                Mixing::Linear(weights) => {
+                    let weights = weights.for_tensor(&entry.name);
+                    check_weights(&weights, ingredients.len(), &entry.name)?;
+                    Produce::Average { dtype: out, inputs, weights }
+                }
+                Mixing::TaskVectors(tv) => {
+                    let params = (tv.params)(&entry.name);
+                    check_weights(&params.weights, ingredients.len(), &entry.name)?;
+                    Produce::TaskVectors { dtype: out, inputs, base: tv.base, params }
+                }
+            };
+            (out.to_safetensors(), produce, len)
         }
         None => {
             let verify = options.non_float == NonFloatPolicy::RequireEqual;
@@ -320,6 +368,17 @@ fn plan_tensor(
         len,
         sources,
     })
+}
+
+/// Checks that there is one finite weight per input.
+fn check_weights(weights: &[f64], inputs: usize, tensor: &str) -> Result<()> {
+    if weights.len() != inputs {
+        return Err(Error::WeightCount { expected: inputs, got: weights.len() });
+    }
+    if let Some((i, &w)) = weights.iter().enumerate().find(|(_, w)| !w.is_finite()) {
+        return Err(Error::NonFiniteWeight { tensor: tensor.to_owned(), ingredient: i, value: w });
+    }
+    Ok(())
 }
 
 /// Splits the tensors into output shards of at most `max_shard_size` data bytes,

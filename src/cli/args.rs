@@ -408,31 +408,63 @@ const MERGE_EXAMPLES: &str = "\
 Examples:
   soup merge run-a/ run-b/ run-c.safetensors -o soup/          uniform soup
   soup merge a/ b/ c/ -o soup/ --weights 0.5,0.3,0.2            weighted (normalised to sum 1)
+  soup merge a/ --base pretrained/ --weights 0.7,0.3 -o out/    WiSE-FT: the base's weight last
+  soup merge a/ b/ c/ --base pre/ --method task-arithmetic --lambda 0.8 -o out/
+  soup merge a/ b/ c/ --base pre/ --method ties --density 0.2 -o out/
+  soup merge a/ b/ c/ --base pre/ --method dare-ties --density 0.3 --seed 7 -o out/
+  soup merge a/ b/ --method slerp --t 0.4 -o out/
+  soup merge a/ b/ c/ --base pre/ --method model-stock -o out/
+  soup merge --recipe recipe.yaml -o out/                       a recipe file, ours or mergekit's
+  soup merge --recipe old-soup/ -o rebuilt/                     replay the recipe a soup records
   soup merge a/ b/ -o soup/ --dtype bf16 --max-shard-size 2GB   convert and re-shard
-  soup merge a/ b/ -o soup/ --json                              summary as JSON on stdout
 
 An ingredient is a .safetensors file or a Hugging Face checkpoint directory
 (model.safetensors, or shards listed in model.safetensors.index.json). Ingredients
-may be sharded differently and mix F32, F16 and BF16. Float tensors are averaged
+may be sharded differently and mix F32, F16 and BF16. Float tensors are combined
 in f64 and rounded once (to nearest even) to the output dtype; integer and bool
 tensors must be identical and are copied. The output directory holds
-model.safetensors (or shards and an index), the recipe in each file's metadata,
-and the first ingredient's config and tokenizer files. It is written beside the
-destination and renamed into place only when complete.";
+model.safetensors (or shards and an index), the recipe in each file's metadata
+(replay it with --recipe), and the first ingredient's config and tokenizer files.
+It is written beside the destination and renamed into place only when complete.
+
+Methods (definitions and papers in docs/METHODS.md): linear (the default: the
+weighted average, normalised), task-arithmetic (base + lambda x sum of weighted
+task vectors), ties (trim each task vector to its top --density by magnitude,
+elect a sign per entry, average the agreeing entries), dare-linear and dare-ties
+(drop entries with probability 1 - density, rescale by 1/density; seeded, the same
+at any thread count), slerp (two models, per tensor), model-stock (per-tensor
+ratio toward the base from the angle between task vectors). Recipe files can set
+parameters per tensor (filters, layer gradients); see docs/METHODS.md.";
 
 /// Arguments of `soup merge`.
 #[derive(Debug, Args)]
 pub struct MergeArgs {
-    /// Checkpoints to average: .safetensors files or checkpoint directories.
-    #[arg(required = true, value_name = "INGREDIENT")]
+    /// Checkpoints to merge: .safetensors files or checkpoint directories.
+    #[arg(value_name = "INGREDIENT", required_unless_present = "recipe")]
     pub ingredients: Vec<PathBuf>,
 
     /// Output directory (must not exist or be empty, unless --force).
     #[arg(short, long, value_name = "DIR")]
     pub output: PathBuf,
 
-    /// One non-negative weight per ingredient, comma-separated; normalised to sum
-    /// to 1. Default: equal weights (the uniform soup).
+    /// A recipe to replay instead of ingredients and method options: a recipe file
+    /// (YAML or JSON, ours or a mergekit config), or a soup whose metadata holds one.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ingredients", "method", "base", "weights", "lambda", "density", "seed", "t", "normalize", "no_rescale"])]
+    pub recipe: Option<PathBuf>,
+
+    /// Merge method.
+    #[arg(long, value_enum, default_value_t = MethodArg::Linear)]
+    pub method: MethodArg,
+
+    /// The pretrained model the ingredients were fine-tuned from: task vectors are
+    /// taken from it (task-arithmetic, ties, dare-*, model-stock), or, with linear,
+    /// it takes part with the last of --weights.
+    #[arg(long, value_name = "MODEL")]
+    pub base: Option<PathBuf>,
+
+    /// One weight per ingredient (and, with linear and --base, one more for the
+    /// base), comma-separated. Linear normalises them to sum to 1; the task-vector
+    /// methods weight each task vector [default: equal weights].
     #[arg(
         short,
         long,
@@ -441,6 +473,31 @@ pub struct MergeArgs {
         allow_negative_numbers = true
     )]
     pub weights: Option<Vec<f64>>,
+
+    /// Scale of the merged task vector (task-arithmetic, ties, dare-*) [default: 1].
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    pub lambda: Option<f64>,
+
+    /// Fraction of each task vector kept (ties, dare-*), in [0, 1] [default: 1].
+    #[arg(long, value_name = "D")]
+    pub density: Option<f64>,
+
+    /// Seed of DARE's drop masks [default: 0].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// SLERP's interpolation factor: 0 is the first model, 1 the second.
+    #[arg(long, value_name = "T")]
+    pub t: Option<f64>,
+
+    /// Divide by the sum of the weights (of the agreeing weights, for ties and
+    /// dare-ties) [default: true for linear and ties, false otherwise].
+    #[arg(long, value_name = "BOOL")]
+    pub normalize: Option<bool>,
+
+    /// Do not rescale DARE's surviving entries by 1/density.
+    #[arg(long)]
+    pub no_rescale: bool,
 
     /// How the soup is written.
     #[command(flatten)]
@@ -459,17 +516,37 @@ pub struct MergeArgs {
     pub chunk_elements: usize,
 }
 
+/// The merge methods, as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    /// Weighted average (uniform by default); with --base, WiSE-FT interpolation.
+    Linear,
+    /// base + lambda x sum of weighted task vectors (Ilharco et al., 2023).
+    TaskArithmetic,
+    /// Trim, elect sign, disjoint mean (Yadav et al., 2023).
+    Ties,
+    /// Drop and rescale, then add (Yu et al., 2024).
+    DareLinear,
+    /// Drop and rescale, then TIES's sign election.
+    DareTies,
+    /// Spherical interpolation of two models, per tensor.
+    Slerp,
+    /// Per-tensor ratio toward the base from the task vectors' angle (Jang et al., 2024).
+    ModelStock,
+}
+
 /// How a soup is written: options shared by `merge` and the searches.
 #[derive(Debug, Args)]
 pub struct WriteArgs {
-    /// Output dtype of averaged tensors [default: each tensor's dtype in the first
+    /// Output dtype of merged tensors [default: each tensor's dtype in the first
     /// ingredient].
     #[arg(long, value_name = "DTYPE", value_parser = parse_dtype)]
     pub dtype: Option<FloatDtype>,
 
-    /// Split the output into shards of at most this size (e.g. 2GB, 500MB, 4GiB).
-    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = super::size::parse_size)]
-    pub max_shard_size: u64,
+    /// Split the output into shards of at most this size (e.g. 2GB, 500MB, 4GiB)
+    /// [default: 5GB].
+    #[arg(long, value_name = "SIZE", value_parser = super::size::parse_size)]
+    pub max_shard_size: Option<u64>,
 
     /// Worker threads writing the soup (each candidate, in a search) [default: one
     /// per core].

@@ -1,43 +1,59 @@
-//! `soup merge`: uniform and weighted soups.
+//! `soup merge`: one merge, from options or from a recipe.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
-use modelsoup::{
-    write_soup, Checkpoint, Destination, MergeReport, NonFloatPolicy, OutputDtype, Plan,
-    PlanOptions, Recipe, RunOptions, Weights,
-};
+use modelsoup::method::{self, Prepared};
+use modelsoup::recipe::{Ingredient, Method, Recipe};
+use modelsoup::{write_soup, Checkpoint, Destination, MergeReport, RunOptions};
 
-use super::args::{MergeArgs, NonFloat};
+use super::args::{MergeArgs, MethodArg, NonFloat, WriteArgs};
 use super::Exit;
 use super::{init_check, progress};
 
 /// Runs `soup merge`.
 pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
-    let weights = normalised_weights(args.weights.as_deref(), args.ingredients.len())?;
-    let ingredients = open_all(&args.ingredients)?;
-    let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
-    init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
-    let mut recipe = Recipe::linear(&labels, &weights);
-    recipe.output.dtype = args.write.dtype.map(|d| d.name().to_owned());
-    let options = PlanOptions {
-        weights: Weights::Global(weights),
-        dtype: args.write.dtype.map_or(OutputDtype::default(), OutputDtype::Force),
-        max_shard_size: args.write.max_shard_size,
-        non_float: match args.write.non_float {
-            NonFloat::Error => NonFloatPolicy::RequireEqual,
-            NonFloat::First => NonFloatPolicy::TakeFirst,
-        },
-        metadata: recipe.to_metadata(),
+    let recipe = match &args.recipe {
+        Some(path) => {
+            let mut recipe = Recipe::load(path)?;
+            apply_write_options(&mut recipe, &args.write);
+            recipe
+        }
+        None => recipe_from_args(args)?,
     };
-    let plan = Plan::new(&ingredients, &options)?;
+    let paths: Vec<&str> = recipe.ingredients.iter().map(|i| i.path.as_str()).collect();
+    let ingredients = open_all(&paths)?;
+    let base = match &recipe.base {
+        Some(b) => Some(Checkpoint::open(&b.path).context("base model")?),
+        None => None,
+    };
+    let labels: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+    init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
+
+    let threads = args.write.threads.unwrap_or(0);
+    let total: u64 = ingredients.iter().chain(&base).map(Checkpoint::float_bytes).sum();
+    let prepared = {
+        // Statistics passes (SLERP, Model Stock, TIES) report the bytes they read.
+        let bar = progress::bytes_bar(total, args.quiet, "analysing");
+        let on_read = |bytes: u64| bar.inc(bytes);
+        let run = RunOptions {
+            threads,
+            chunk_elements: args.chunk_elements,
+            progress: Some(&on_read),
+            cancel: Some(interrupted),
+        };
+        let prepared = method::prepare(&recipe, &ingredients, base.as_ref(), &run);
+        bar.finish_and_clear();
+        prepared?
+    };
+    let Prepared { inputs, plan } = prepared;
 
     let bar = progress::bytes_bar(plan.output_bytes(), args.quiet, "merging");
     let on_chunk = |bytes: u64| bar.inc(bytes);
     let run = RunOptions {
-        threads: args.write.threads.unwrap_or(0),
+        threads,
         chunk_elements: args.chunk_elements,
         progress: Some(&on_chunk),
         cancel: Some(interrupted),
@@ -49,16 +65,85 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         durable: true,
     };
     // Library errors name the file, tensor and output path themselves.
-    let report = write_soup(&ingredients, &plan, &dest, &run);
+    let report = write_soup(&inputs, &plan, &dest, &run);
     bar.finish_and_clear();
     let report = report?;
 
     if args.json {
         println!("{}", serde_json::to_string(&summary_json(&report, &args.output, &recipe))?);
     } else if !args.quiet {
-        eprintln!("{}", summary_line(&report, ingredients.len(), &args.output));
+        eprintln!("{}", summary_line(&report, &recipe, &args.output));
     }
     Ok(Exit::Success)
+}
+
+/// The recipe the command-line options describe.
+fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
+    let method = match args.method {
+        MethodArg::Linear => Method::Linear,
+        MethodArg::TaskArithmetic => Method::TaskArithmetic,
+        MethodArg::Ties => Method::Ties,
+        MethodArg::DareLinear => Method::DareLinear,
+        MethodArg::DareTies => Method::DareTies,
+        MethodArg::Slerp => Method::Slerp,
+        MethodArg::ModelStock => Method::ModelStock,
+    };
+    let mut ingredients: Vec<Ingredient> =
+        args.ingredients.iter().map(|p| Ingredient::path(p.display().to_string())).collect();
+    let mut base = args.base.as_ref().map(|p| Ingredient::path(p.display().to_string()));
+    if let Some(weights) = &args.weights {
+        let k = ingredients.len();
+        let with_base = method == Method::Linear && base.is_some();
+        let expected = k + usize::from(with_base);
+        if weights.len() != expected {
+            let base_note = if with_base { " plus one for the base" } else { "" };
+            bail!(
+                "--weights has {} values but there are {k} ingredients{base_note}",
+                weights.len()
+            );
+        }
+        if let Some(bad) = weights.iter().find(|x| !x.is_finite()) {
+            bail!("--weights must be finite, got {bad}");
+        }
+        if method == Method::Linear {
+            if let Some(bad) = weights.iter().find(|x| **x < 0.0) {
+                bail!("--weights of a linear merge must be non-negative, got {bad}");
+            }
+            if weights.iter().sum::<f64>() <= 0.0 {
+                bail!("--weights must not all be zero");
+            }
+        }
+        for (ingredient, &w) in ingredients.iter_mut().zip(weights) {
+            ingredient.weight = Some(w.into());
+        }
+        if let (Some(b), true) = (base.as_mut(), with_base) {
+            b.weight = weights.last().map(|&w| w.into());
+        }
+    }
+    let mut recipe = Recipe::new(method, ingredients);
+    recipe.base = base;
+    let p = &mut recipe.parameters;
+    p.lambda = args.lambda.map(Into::into);
+    p.density = args.density.map(Into::into);
+    p.t = args.t.map(Into::into);
+    p.seed = args.seed;
+    p.normalize = args.normalize;
+    p.rescale = args.no_rescale.then_some(false);
+    apply_write_options(&mut recipe, &args.write);
+    Ok(recipe)
+}
+
+/// Output options given on the command line, over the recipe's own.
+fn apply_write_options(recipe: &mut Recipe, write: &WriteArgs) {
+    if let Some(dtype) = write.dtype {
+        recipe.output.dtype = Some(dtype.name().to_owned());
+    }
+    if let Some(size) = write.max_shard_size {
+        recipe.output.max_shard_size = Some(size);
+    }
+    if write.non_float == NonFloat::First {
+        recipe.output.non_float = Some("first".to_owned());
+    }
 }
 
 /// Opens every ingredient, naming the one that failed.
@@ -70,29 +155,13 @@ pub fn open_all(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Checkpoint>> {
         .collect()
 }
 
-/// Checks user weights (one per ingredient, finite, non-negative, not all zero)
-/// and scales them to sum to 1; `None` gives the uniform soup.
-fn normalised_weights(weights: Option<&[f64]>, k: usize) -> anyhow::Result<Vec<f64>> {
-    let Some(w) = weights else {
-        return Ok(vec![1.0 / k as f64; k]);
-    };
-    if w.len() != k {
-        bail!("--weights has {} values but there are {k} ingredients", w.len());
-    }
-    if let Some(bad) = w.iter().find(|x| !x.is_finite() || **x < 0.0) {
-        bail!("--weights must be finite and non-negative, got {bad}");
-    }
-    let sum: f64 = w.iter().sum();
-    if sum <= 0.0 {
-        bail!("--weights must not all be zero");
-    }
-    Ok(w.iter().map(|x| x / sum).collect())
-}
-
-fn summary_line(r: &MergeReport, k: usize, output: &Path) -> String {
+fn summary_line(r: &MergeReport, recipe: &Recipe, output: &Path) -> String {
+    let k = recipe.ingredients.len();
     format!(
-        "merged {} ingredients into {}: {} tensors, {} parameters, read {}, wrote {} in {:.2} s ({}/s)",
+        "merged {} ingredient(s) ({}{}) into {}: {} tensors, {} parameters, read {}, wrote {} in {:.2} s ({}/s)",
         k,
+        recipe.method.name(),
+        if recipe.base.is_some() { ", with a base" } else { "" },
         output.display(),
         r.tensors,
         human_count(r.parameters),

@@ -249,7 +249,7 @@ fn kitchen(
     let scratch = args.scratch.clone().unwrap_or_else(|| run_dir.join("scratch"));
     let mut kitchen = Kitchen::new(ingredients, &scratch)?;
     kitchen.dtype = args.write.dtype;
-    kitchen.max_shard_size = args.write.max_shard_size;
+    kitchen.max_shard_size = args.write.max_shard_size.unwrap_or(modelsoup::DEFAULT_MAX_SHARD_SIZE);
     kitchen.non_float = match args.write.non_float {
         NonFloat::Error => NonFloatPolicy::RequireEqual,
         NonFloat::First => NonFloatPolicy::TakeFirst,

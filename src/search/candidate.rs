@@ -302,7 +302,7 @@ impl Kitchen {
         dtype: OutputDtype,
     ) -> Result<MergeReport> {
         let options = PlanOptions {
-            weights,
+            mixing: weights.into(),
             dtype,
             max_shard_size: self.max_shard_size,
             non_float: self.non_float,

@@ -1,0 +1,322 @@
+//! TIES's trim, exactly and in bounded memory: for each input, which entries of
+//! its task vector `δ = x − b` are the `k` largest in magnitude — without holding
+//! the tensor.
+//!
+//! A magnitude `|δ|` is non-negative, so the bits of the f64 order like the
+//! numbers: the `k`-th largest is found digit by digit (radix selection), 12 bits
+//! per streaming pass over the tensor. Each pass counts the entries that match
+//! the bits found so far in 4096 buckets of the next 12, and also notes each
+//! bucket's smallest and largest key; walking the buckets from the top finds the
+//! one that holds the `k`-th largest. The search stops as soon as
+//!
+//! - that bucket holds exactly the entries still needed (keep everything from its
+//!   lower bound up), or
+//! - all its entries are equal: the threshold `T` is known, and one more pass
+//!   finds the position of the last tie to keep (ties are broken by position,
+//!   first come first kept, so exactly `k` survive).
+//!
+//! Deltas of 16-bit weights resolve in two or three passes. Memory is 96 KiB of
+//! buckets per input and chunk in flight, whatever the tensor's size.
+
+use std::ops::Range;
+
+use crate::checkpoint::Checkpoint;
+use crate::dtype::FloatDtype;
+use crate::error::Result;
+use crate::execute::RunOptions;
+use crate::kernel::widen_into;
+use crate::method::task_vectors::Keep;
+use crate::stream::{self, Read};
+
+/// Bits resolved per pass.
+const DIGIT: u32 = 12;
+/// Buckets per pass.
+const BUCKETS: usize = 1 << DIGIT;
+/// Significant bits of a magnitude's key (the sign bit is always 0).
+const KEY_BITS: u32 = 63;
+/// Elements widened at a time.
+const TILE: usize = 512;
+
+/// One input of a tensor: its checkpoint, tensor index and format.
+#[derive(Clone, Copy)]
+pub(crate) struct Source<'a> {
+    pub checkpoint: &'a Checkpoint,
+    pub tensor: usize,
+    pub dtype: FloatDtype,
+}
+
+impl Source<'_> {
+    fn bytes(&self, start: usize, len: usize) -> &[u8] {
+        let entry = &self.checkpoint.tensors()[self.tensor];
+        let size = self.dtype.size();
+        self.checkpoint.bytes(entry, start * size, len * size)
+    }
+
+    fn read(&self, input: usize, start: usize, len: usize) -> Read<'_> {
+        let entry = &self.checkpoint.tensors()[self.tensor];
+        let size = self.dtype.size();
+        let from = entry.offset + start * size;
+        Read {
+            input,
+            checkpoint: self.checkpoint,
+            shard: entry.shard,
+            start: from,
+            end: from + len * size,
+        }
+    }
+}
+
+/// Where one input's selection stands.
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// The `need` largest keys among those whose top `known` bits equal `prefix`
+    /// are still to be found.
+    Digits { known: u32, prefix: u64, need: u64 },
+    /// The threshold is `key`; the `need`-th entry equal to it is the last kept.
+    Ties { key: u64, need: u64 },
+    Done(Keep),
+}
+
+/// For each input in `inputs`, the rule that keeps exactly its `k` largest
+/// task-vector magnitudes (`k` between 1 and `numel − 1`) in a tensor of `numel`
+/// elements whose base is `base`.
+pub(crate) fn largest(
+    base: Source,
+    inputs: &[(Source, u64)],
+    numel: usize,
+    run: &RunOptions,
+) -> Result<Vec<Keep>> {
+    let mut states: Vec<State> =
+        inputs.iter().map(|&(_, k)| State::Digits { known: 0, prefix: 0, need: k }).collect();
+    loop {
+        let active: Vec<usize> =
+            (0..states.len()).filter(|&i| matches!(states[i], State::Digits { .. })).collect();
+        if !active.is_empty() {
+            let hists = histogram_pass(base, inputs, &states, &active, numel, run)?;
+            for (&i, hist) in active.iter().zip(hists) {
+                states[i] = next_state(states[i], &hist);
+            }
+            continue;
+        }
+        let ties: Vec<usize> =
+            (0..states.len()).filter(|&i| matches!(states[i], State::Ties { .. })).collect();
+        if !ties.is_empty() {
+            let lasts = tie_pass(base, inputs, &states, &ties, numel, run)?;
+            for (&i, last) in ties.iter().zip(lasts) {
+                if let State::Ties { key, .. } = states[i] {
+                    states[i] = State::Done(Keep::Above { threshold: key, last_tie: last });
+                }
+            }
+        }
+        return Ok(states
+            .into_iter()
+            .map(|s| match s {
+                State::Done(keep) => keep,
+                // Unreachable: every other state leads to another pass.
+                _ => Keep::All,
+            })
+            .collect());
+    }
+}
+
+/// Counts per bucket of the next digit, with each bucket's smallest and largest
+/// key.
+#[derive(Debug, Clone)]
+struct Histogram {
+    count: Vec<u64>,
+    min: Vec<u64>,
+    max: Vec<u64>,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram { count: vec![0; BUCKETS], min: vec![u64::MAX; BUCKETS], max: vec![0; BUCKETS] }
+    }
+
+    fn add(&mut self, other: &Histogram) {
+        for b in 0..BUCKETS {
+            self.count[b] += other.count[b];
+            self.min[b] = self.min[b].min(other.min[b]);
+            self.max[b] = self.max[b].max(other.max[b]);
+        }
+    }
+}
+
+/// The digit layout after `known` bits: its width and the shift that brings it
+/// down.
+fn digit(known: u32) -> (u32, u32) {
+    let width = DIGIT.min(KEY_BITS - known);
+    (width, KEY_BITS - known - width)
+}
+
+/// The selection after one pass's histogram.
+fn next_state(state: State, hist: &Histogram) -> State {
+    let State::Digits { known, prefix, need } = state else { return state };
+    let (width, shift) = digit(known);
+    let mut above = 0u64;
+    for bucket in (0..1usize << width).rev() {
+        let count = hist.count[bucket];
+        if above + count < need {
+            above += count;
+            continue;
+        }
+        let need = need - above;
+        let prefix = prefix << width | bucket as u64;
+        return if count == need {
+            State::Done(Keep::Above { threshold: prefix << shift, last_tie: u64::MAX })
+        } else if hist.min[bucket] == hist.max[bucket] {
+            State::Ties { key: hist.min[bucket], need }
+        } else {
+            State::Digits { known: known + width, prefix, need }
+        };
+    }
+    // Fewer matching entries than needed: the counts contradict the previous
+    // pass, which read the same bytes. Keeping everything is the safe answer.
+    State::Done(Keep::All)
+}
+
+/// Splits `numel` elements into the engine's chunks.
+fn chunks(numel: usize, run: &RunOptions) -> Vec<Range<usize>> {
+    let step = run.chunk_elements.max(1);
+    (0..numel).step_by(step).map(|s| s..numel.min(s + step)).collect()
+}
+
+/// Streams the base and every input in `which`, calling `each(j, index, key)`
+/// for element `index` of the chunk with the key of input `which[j]`, and
+/// returns the per-chunk results of `finish` in chunk order to `in_order`.
+fn pass<T: Send>(
+    base: Source,
+    inputs: &[(Source, u64)],
+    which: &[usize],
+    numel: usize,
+    run: &RunOptions,
+    init: impl Fn() -> T + Sync,
+    each: impl Fn(&mut T, usize, u64, u64) + Sync,
+    mut in_order: impl FnMut(Range<usize>, T) + Send,
+) -> Result<()> {
+    let chunks = chunks(numel, run);
+    let reads = |c: &Range<usize>| {
+        let (start, len) = (c.start, c.len());
+        std::iter::once(base.read(0, start, len))
+            .chain(which.iter().enumerate().map(move |(j, &i)| inputs[i].0.read(j + 1, start, len)))
+    };
+    stream::run(
+        run.threads,
+        chunks.len(),
+        run.cancel,
+        || (vec![0.0; TILE], vec![0.0; TILE]),
+        |c, (b, x)| {
+            let chunk = chunks[c].clone();
+            let mut acc = init();
+            for start in (chunk.start..chunk.end).step_by(TILE) {
+                let n = TILE.min(chunk.end - start);
+                widen_into(base.dtype, base.bytes(start, n), &mut b[..n]);
+                for (j, &i) in which.iter().enumerate() {
+                    let source = inputs[i].0;
+                    widen_into(source.dtype, source.bytes(start, n), &mut x[..n]);
+                    for e in 0..n {
+                        each(&mut acc, j, (start + e) as u64, (x[e] - b[e]).abs().to_bits());
+                    }
+                }
+            }
+            if let Some(progress) = run.progress {
+                let bytes = (which.len() + 1) * chunk.len() * base.dtype.size();
+                progress(bytes as u64);
+            }
+            Ok(acc)
+        },
+        |c, value| in_order(chunks[c].clone(), value),
+        |range| stream::release(which.len() + 1, chunks[range].iter().flat_map(reads)),
+    )
+}
+
+/// One radix pass for the inputs `active`.
+fn histogram_pass(
+    base: Source,
+    inputs: &[(Source, u64)],
+    states: &[State],
+    active: &[usize],
+    numel: usize,
+    run: &RunOptions,
+) -> Result<Vec<Histogram>> {
+    let layout: Vec<(u32, u64, u32, u32)> = active
+        .iter()
+        .map(|&i| match states[i] {
+            State::Digits { known, prefix, .. } => {
+                let (width, shift) = digit(known);
+                (known, prefix, width, shift)
+            }
+            _ => (KEY_BITS, 0, 0, 0),
+        })
+        .collect();
+    let mut totals = vec![Histogram::new(); active.len()];
+    pass(
+        base,
+        inputs,
+        active,
+        numel,
+        run,
+        || vec![Histogram::new(); active.len()],
+        |hists, j, _, key| {
+            let (known, prefix, width, shift) = layout[j];
+            if known > 0 && key >> (KEY_BITS - known) != prefix {
+                return;
+            }
+            let bucket = ((key >> shift) & ((1 << width) - 1)) as usize;
+            let h = &mut hists[j];
+            h.count[bucket] += 1;
+            h.min[bucket] = h.min[bucket].min(key);
+            h.max[bucket] = h.max[bucket].max(key);
+        },
+        |_, hists: Vec<Histogram>| {
+            for (total, h) in totals.iter_mut().zip(&hists) {
+                total.add(h);
+            }
+        },
+    )?;
+    Ok(totals)
+}
+
+/// The index of the `need`-th entry equal to the threshold, for each input in
+/// `ties`.
+fn tie_pass(
+    base: Source,
+    inputs: &[(Source, u64)],
+    states: &[State],
+    ties: &[usize],
+    numel: usize,
+    run: &RunOptions,
+) -> Result<Vec<u64>> {
+    let wanted: Vec<(u64, u64)> = ties
+        .iter()
+        .map(|&i| match states[i] {
+            State::Ties { key, need } => (key, need),
+            _ => (u64::MAX, 0),
+        })
+        .collect();
+    let mut seen = vec![0u64; ties.len()];
+    let mut last = vec![u64::MAX; ties.len()];
+    pass(
+        base,
+        inputs,
+        ties,
+        numel,
+        run,
+        || vec![Vec::<u64>::new(); ties.len()],
+        |positions, j, index, key| {
+            if key == wanted[j].0 {
+                positions[j].push(index);
+            }
+        },
+        |_, positions: Vec<Vec<u64>>| {
+            for (j, found) in positions.iter().enumerate() {
+                let need = wanted[j].1;
+                if seen[j] < need && seen[j] + found.len() as u64 >= need {
+                    last[j] = found[(need - seen[j] - 1) as usize];
+                }
+                seen[j] += found.len() as u64;
+            }
+        },
+    )?;
+    Ok(last)
+}
