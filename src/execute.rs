@@ -208,10 +208,12 @@ impl Output<'_> {
                     let size = inputs[i].size();
                     (i, ck, entry, chunk.start * size, chunk.len * size)
                 }),
-                Produce::TaskVectors { inputs, base, params, .. } => params.reads(i, *base).then(|| {
-                    let size = inputs[i].size();
-                    (i, ck, entry, chunk.start * size, chunk.len * size)
-                }),
+                Produce::TaskVectors { inputs, base, params, .. } => {
+                    params.reads(i, *base).then(|| {
+                        let size = inputs[i].size();
+                        (i, ck, entry, chunk.start * size, chunk.len * size)
+                    })
+                }
                 Produce::Copy { verify } => {
                     (i == 0 || *verify).then_some((i, ck, entry, chunk.start, chunk.len))
                 }

@@ -20,7 +20,8 @@ fn mix(mut z: u64) -> u64 {
 
 /// FNV-1a over the name's bytes.
 fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    text.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// The mask of one ingredient's copy of one tensor.
@@ -45,7 +46,8 @@ impl DropMask {
     /// Whether element `index` (row-major, from the tensor's start) survives.
     #[inline(always)]
     pub fn keeps(&self, index: u64) -> bool {
-        let draw = mix(self.key.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        let draw =
+            mix(self.key.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
         (draw >> 11) < self.below
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! | method | statistics pass | reducer |
 //! |---|---|---|
-//! | linear, task arithmetic | none | `Σ wᵢ·xᵢ` |
+//! | linear | none | `Σ wᵢ·xᵢ` |
+//! | task arithmetic | none | task vectors |
 //! | SLERP | per-tensor norms and dot product of the two models | `Σ wᵢ·xᵢ` |
 //! | Model Stock | per-tensor Gram matrix of the task vectors | `Σ wᵢ·xᵢ` |
 //! | TIES | per-tensor radix selection of each task vector's top magnitudes ([`topk`]) | task vectors |
@@ -29,8 +30,8 @@ use crate::error::{Error, Result};
 use crate::execute::RunOptions;
 use crate::gram::{gram_pass, Gram};
 use crate::plan::{
-    check_compatible, Mixing, NonFloatPolicy, OutputDtype, Plan, PlanOptions, TaskVectors,
-    Weights, DEFAULT_MAX_SHARD_SIZE,
+    check_compatible, Mixing, NonFloatPolicy, OutputDtype, Plan, PlanOptions, TaskVectors, Weights,
+    DEFAULT_MAX_SHARD_SIZE,
 };
 use crate::recipe::{Method, Recipe};
 use dropout::DropMask;
@@ -79,7 +80,7 @@ pub fn prepare(
     let k = ingredients.len();
     let mixing = match method {
         Method::Linear => linear(&resolved, k, base.is_some()).map_err(fail)?,
-        Method::TaskArithmetic => task_arithmetic(&resolved, k),
+        Method::TaskArithmetic => task_arithmetic(&resolved, recipe, k),
         Method::Slerp => slerp(&resolved, &inputs, run)?,
         Method::ModelStock => model_stock(&resolved, ingredients, &inputs[k], run)?,
         Method::Ties => ties(&resolved, &inputs, recipe, run)?,
@@ -161,19 +162,26 @@ fn linear(resolved: &Resolved, k: usize, has_base: bool) -> Result<Mixing, Strin
     Ok(per_tensor(map, k + usize::from(has_base)))
 }
 
-/// `b + λ·Σ wᵢ(xᵢ − b) / D` as the linear combination `Σ cᵢ·xᵢ + (1 − Σ cᵢ)·b`
-/// with `cᵢ = λ·wᵢ/D` (`D = Σ wᵢ` when normalising, else 1).
-fn task_arithmetic(resolved: &Resolved, k: usize) -> Mixing {
+/// `b + λ·Σ wᵢ(xᵢ − b) / D` (`D = Σ wᵢ` when normalising, else 1), by the
+/// task-vector reducer: rewritten as one linear combination, the base's
+/// coefficient `1 − λ·Σ wᵢ/D` would cancel and cost f64 outputs a few ulps.
+fn task_arithmetic(resolved: &Resolved, recipe: &Recipe, k: usize) -> Mixing {
     let mut map = HashMap::new();
     for (name, t) in &resolved.tensors {
-        let sum: f64 = t.weights.iter().sum();
-        let divisor =
-            if resolved.normalize.unwrap_or(false) && sum.abs() >= 1e-8 { sum } else { 1.0 };
-        let mut w: Vec<f64> = t.weights.iter().map(|w| t.lambda * w / divisor).collect();
-        w.push(1.0 - w.iter().sum::<f64>());
-        map.insert(name.clone(), w);
+        let mut weights = t.weights.clone();
+        weights.push(0.0);
+        map.insert(
+            name.clone(),
+            TaskParams {
+                weights,
+                lambda: t.lambda,
+                normalize: recipe.parameters.normalize.unwrap_or(false),
+                elect_sign: false,
+                sparsify: Sparsify::None,
+            },
+        );
     }
-    per_tensor(map, k + 1)
+    task_vector_mixing(map, k)
 }
 
 /// Each float tensor's Gram matrix, by one streaming pass (deltas from `base`
@@ -288,8 +296,8 @@ fn ties(
         let source = |i: usize| -> topk::Source {
             let ck = &inputs[i];
             let tensor = ck.position(name).unwrap_or_default();
-            let dtype = FloatDtype::from_safetensors(ck.tensors()[tensor].dtype)
-                .unwrap_or(FloatDtype::F32);
+            let dtype =
+                FloatDtype::from_safetensors(ck.tensors()[tensor].dtype).unwrap_or(FloatDtype::F32);
             topk::Source { checkpoint: ck, tensor, dtype }
         };
         let numel = t.numel;

@@ -127,9 +127,9 @@ pub(crate) fn resolve(recipe: &Recipe, first: &Checkpoint) -> Result<Resolved, S
             recipe.ingredients.iter().map(|i| eval(&i.density, &p.density, 1.0)).collect();
         let base_weight = recipe.base.as_ref().map_or(0.0, |b| eval(&b.weight, &p.weight, 1.0));
         let t = match &p.t {
-            Some(s) if method == Method::Slerp => s
-                .at(name, at)
-                .ok_or_else(|| format!("t: no rule matches tensor {name:?}"))?,
+            Some(s) if method == Method::Slerp => {
+                s.at(name, at).ok_or_else(|| format!("t: no rule matches tensor {name:?}"))?
+            }
             _ => 0.0,
         };
         let params = TensorParams {

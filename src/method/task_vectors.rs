@@ -133,7 +133,8 @@ pub(crate) fn combine(
     out: &mut Vec<u8>,
 ) {
     let (base_dtype, base_bytes) = inputs[base].expect("the base is always read");
-    let read: Vec<usize> = (0..inputs.len()).filter(|&i| i != base && inputs[i].is_some()).collect();
+    let read: Vec<usize> =
+        (0..inputs.len()).filter(|&i| i != base && inputs[i].is_some()).collect();
     scratch.base.resize(TILE, 0.0);
     scratch.deltas.resize_with(read.len(), Vec::new);
     out.resize(len * dtype.size(), 0);

@@ -71,9 +71,16 @@ impl Source<'_> {
 enum State {
     /// The `need` largest keys among those whose top `known` bits equal `prefix`
     /// are still to be found.
-    Digits { known: u32, prefix: u64, need: u64 },
+    Digits {
+        known: u32,
+        prefix: u64,
+        need: u64,
+    },
     /// The threshold is `key`; the `need`-th entry equal to it is the last kept.
-    Ties { key: u64, need: u64 },
+    Ties {
+        key: u64,
+        need: u64,
+    },
     Done(Keep),
 }
 
