@@ -37,7 +37,7 @@ fn uniform_merge_writes_a_loadable_directory_with_the_recipe() {
     let out = dir.path().join("soup");
     let run = soup_ok(&["merge", s(&a), s(&b), "-o", s(&out)]);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(stderr.contains("merged 2 ingredients") && stderr.contains("3 tensors"), "{stderr}");
+    assert!(stderr.contains("merged 2 ingredient(s) (linear)") && stderr.contains("3 tensors"), "{stderr}");
     assert!(run.stdout.is_empty(), "stdout stays clean without --json");
 
     let mut names: Vec<String> = fs::read_dir(&out)
@@ -51,9 +51,9 @@ fn uniform_merge_writes_a_loadable_directory_with_the_recipe() {
     let (metadata, tensors) = read_safetensors(&out.join("model.safetensors"));
     assert_eq!(metadata["format"], "pt");
     let recipe: serde_json::Value = serde_json::from_str(&metadata["modelsoup.recipe"]).unwrap();
-    assert_eq!(recipe["method"], "uniform");
-    assert_eq!(recipe["weights"], serde_json::json!([0.5, 0.5]));
-    assert_eq!(recipe["ingredients"], serde_json::json!([s(&a), s(&b)]));
+    assert_eq!(recipe["method"], "linear");
+    // No weights given: equal weights, normalised (the defaults, so not written).
+    assert_eq!(recipe["ingredients"], serde_json::json!([{"path": s(&a)}, {"path": s(&b)}]));
     assert!(recipe["tool"].as_str().unwrap().starts_with("modelsoup "));
     assert_eq!(tensors["embed.weight"].0, "BF16");
     assert_eq!(tensors["norm.weight"].0, "F32");
@@ -91,8 +91,15 @@ fn json_summary_weights_dtype_and_sharding() {
         serde_json::from_slice(&run.stdout).expect("stdout is one JSON object");
     assert_eq!(summary["tensors"], 3);
     assert_eq!(summary["parameters"], 88 + 64 + 8);
-    assert_eq!(summary["method"], "weighted");
-    assert_eq!(summary["weights"], serde_json::json!([0.5, 0.25, 0.25]));
+    assert_eq!(summary["method"], "linear");
+    let weights: Vec<f64> = summary["recipe"]["ingredients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["weight"].as_f64().unwrap())
+        .collect();
+    assert_eq!(weights, [2.0, 1.0, 1.0], "as given; linear normalises them");
+    assert_eq!(summary["recipe"]["output"]["dtype"], "f32");
     assert!(summary["seconds"].as_f64().unwrap() >= 0.0);
     let files: Vec<&str> =
         summary["output_files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();

@@ -40,7 +40,7 @@ fn open_err(path: &Path) -> Error {
 fn plan(paths: &[&Path], non_float: NonFloatPolicy) -> Result<(Vec<Checkpoint>, Plan), Error> {
     let cks: Vec<Checkpoint> = paths.iter().map(|p| Checkpoint::open(p).unwrap()).collect();
     let opts = PlanOptions {
-        weights: Weights::uniform(cks.len()),
+        mixing: Weights::uniform(cks.len()).into(),
         dtype: Default::default(),
         max_shard_size: u64::MAX,
         non_float,
@@ -242,8 +242,8 @@ fn bad_weights() {
     let a = dir.path().join("a.safetensors");
     write_file(&a, &tensors(&mut Rng::new(7)), true);
     let cks = vec![Checkpoint::open(&a).unwrap()];
-    let with = |weights| PlanOptions {
-        weights,
+    let with = |weights: Weights| PlanOptions {
+        mixing: weights.into(),
         dtype: Default::default(),
         max_shard_size: u64::MAX,
         non_float: NonFloatPolicy::RequireEqual,

@@ -13,7 +13,7 @@ use modelsoup::search::scorer::EvalScorer;
 use modelsoup::search::sequential::{
     score_individuals, Finish, Policy, Scored, Scorer, Search, Step, Tie,
 };
-use modelsoup::{plan, Checkpoint, Destination, NonFloatPolicy, Recipe};
+use modelsoup::{plan, Checkpoint, Destination, NonFloatPolicy};
 
 use super::args::{NonFloat, Order, SearchArgs, TieArg};
 use super::{learned, Exit};
@@ -147,7 +147,6 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         support_files_from: None,
         durable: true,
     };
-    let dtype = args.write.dtype.map(|d| d.name().to_owned());
     let report = match method {
         Method::Greedy | Method::Pruned { .. } => {
             let (finish, uniform) = match method {
@@ -178,11 +177,10 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
                 uniform.as_ref(),
                 &finish,
             );
-            let mut recipe = Recipe::linear(&report.members, &report.weights);
-            recipe.search = Some(method.name().to_owned());
-            recipe.output.dtype = dtype;
             let (soup, change) = &finish.winner;
-            kitchen.materialise(soup, *change, &dest, recipe.to_metadata())?;
+            let members = soup.members_after(*change);
+            let recipe = kitchen.recipe(method.name(), &labels, &members, None);
+            kitchen.write_recipe(&recipe, &members, &dest)?;
             report
         }
         Method::Learned(mut settings) => {
@@ -201,15 +199,10 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
                 &learned.before,
                 &learned.result,
             );
-            let mut recipe = Recipe::linear(&report.members, &report.weights);
-            recipe.search = Some("learned".to_owned());
-            recipe.output.dtype = dtype;
-            let mut metadata = recipe.to_metadata();
-            metadata.insert(
-                "modelsoup.coefficients".to_owned(),
-                serde_json::to_string(&report.coefficients)?,
-            );
-            kitchen.materialise_mix(&learned.best, &dest, metadata)?;
+            let all: Vec<usize> = (0..labels.len()).collect();
+            let weights = all.iter().map(|&i| learned.best.setting(i)).collect();
+            let recipe = kitchen.recipe("learned", &labels, &all, Some(weights));
+            kitchen.write_recipe(&recipe, &all, &dest)?;
             report
         }
     };

@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::execute::RunOptions;
 use crate::merge::{write_soup, Destination, MergeReport};
 use crate::plan::{NonFloatPolicy, OutputDtype, Plan, PlanOptions, Weights};
+use crate::recipe::{Ingredient, Method, Recipe, Rule, Setting, Value};
 use crate::search::groups::Grouping;
 
 /// The ingredients of a search and how its candidates are written.
@@ -66,6 +67,30 @@ pub struct Mix {
     pub grouping: Arc<Grouping>,
     /// `weights[g][i]`: ingredient `i`'s weight in group `g`.
     pub weights: Vec<Vec<f64>>,
+}
+
+impl Mix {
+    /// Ingredient `i`'s weights as a recipe setting: a number with one group, else
+    /// one rule per group listing the layer groups (see [`crate::layers`]) it holds.
+    pub fn setting(&self, i: usize) -> Setting {
+        if let [only] = self.weights.as_slice() {
+            return Setting::from(only[i]);
+        }
+        let mut layers: Vec<Vec<String>> = vec![Vec::new(); self.weights.len()];
+        for (tensor, &g) in &self.grouping.of_tensor {
+            let label = crate::layers::LayerGroup::of(tensor).label();
+            if !layers[g].contains(&label) {
+                layers[g].push(label);
+            }
+        }
+        let rules = layers
+            .into_iter()
+            .zip(&self.weights)
+            .filter(|(labels, _)| !labels.is_empty())
+            .map(|(labels, w)| Rule { filter: None, layers: Some(labels), value: Value::Number(w[i]) })
+            .collect();
+        Setting::Rules(rules)
+    }
 }
 
 /// The members of a soup and the running sum its candidates are computed from.
@@ -289,6 +314,60 @@ impl Kitchen {
             metadata,
             dtype,
         )
+    }
+
+    /// The recipe of a linear soup of the kitchen's ingredients `members` (named
+    /// `labels[m]` in it), each weighted by its `weights` setting (`None`: equal
+    /// weights, normalised), with the kitchen's output settings and `search` as
+    /// its provenance.
+    pub fn recipe(
+        &self,
+        search: &str,
+        labels: &[String],
+        members: &[usize],
+        weights: Option<Vec<Setting>>,
+    ) -> Recipe {
+        let mut ingredients: Vec<Ingredient> =
+            members.iter().map(|&m| Ingredient::path(labels[m].clone())).collect();
+        let normalize = weights.is_some().then_some(false);
+        for (ingredient, w) in ingredients.iter_mut().zip(weights.into_iter().flatten()) {
+            ingredient.weight = Some(w);
+        }
+        let mut recipe = Recipe::new(Method::Linear, ingredients);
+        recipe.search = Some(search.to_owned());
+        recipe.parameters.normalize = normalize;
+        recipe.output.dtype = self.dtype.map(|d| d.name().to_owned());
+        recipe.output.max_shard_size = (self.max_shard_size
+            != crate::plan::DEFAULT_MAX_SHARD_SIZE)
+            .then_some(self.max_shard_size);
+        recipe.output.non_float =
+            (self.non_float == NonFloatPolicy::TakeFirst).then(|| "first".to_owned());
+        recipe
+    }
+
+    /// Writes the soup `recipe` describes over the kitchen's ingredients `members`
+    /// (the recipe's ingredients, in order) through the engine, as `soup merge
+    /// --recipe` does, so the recipe recorded in its metadata rebuilds it byte for
+    /// byte. A final soup may therefore differ from the candidate that was scored
+    /// (computed from the running sum) in the last bit of rare elements.
+    pub fn write_recipe(
+        &self,
+        recipe: &Recipe,
+        members: &[usize],
+        dest: &Destination,
+    ) -> Result<MergeReport> {
+        let checkpoints: Vec<Checkpoint> =
+            members.iter().map(|&m| self.ingredients[m].clone()).collect();
+        let run = RunOptions {
+            threads: self.threads,
+            chunk_elements: self.chunk_elements,
+            ..RunOptions::default()
+        };
+        let prepared = crate::method::prepare(recipe, &checkpoints, None, &run)?;
+        let support =
+            self.support_files_from.as_deref().or_else(|| self.ingredients[0].directory());
+        let destination = Destination { support_files_from: support, ..dest.clone() };
+        write_soup(&prepared.inputs, &prepared.plan, &destination, &run)
     }
 
     /// Plans and writes one merge of `checkpoints` into `dest`, with the kitchen's
