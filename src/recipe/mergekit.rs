@@ -602,3 +602,545 @@ fn rule(map: &Map<String, Json>, at: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::recipe::{Rule, Value};
+
+    fn translate_yaml(text: &str) -> Result<Recipe, String> {
+        let value: Json = serde_saphyr::from_str(text).expect("valid YAML");
+        translate(&value)
+    }
+
+    fn error(text: &str) -> String {
+        translate_yaml(text).expect_err("refused")
+    }
+
+    fn gradient(values: &[f64]) -> Setting {
+        Setting::Value(Value::Gradient(values.to_vec()))
+    }
+
+    fn rule(filter: Option<&str>, value: Value) -> Rule {
+        Rule { filter: filter.map(str::to_owned), layers: None, value }
+    }
+
+    fn ingredient(path: &str, weight: Option<f64>, density: Option<f64>) -> Ingredient {
+        Ingredient {
+            path: path.to_owned(),
+            weight: weight.map(Setting::from),
+            density: density.map(Setting::from),
+        }
+    }
+
+    /// The fixtures, by file name, for the parse test and the end-to-end tests.
+    const FIXTURES: [(&str, &str); 8] = [
+        ("linear.yaml", include_str!("../../tests/fixtures/mergekit/linear.yaml")),
+        (
+            "task_arithmetic.yaml",
+            include_str!("../../tests/fixtures/mergekit/task_arithmetic.yaml"),
+        ),
+        ("ties.yaml", include_str!("../../tests/fixtures/mergekit/ties.yaml")),
+        ("dare_linear.yaml", include_str!("../../tests/fixtures/mergekit/dare_linear.yaml")),
+        ("dare_ties.yaml", include_str!("../../tests/fixtures/mergekit/dare_ties.yaml")),
+        ("slerp.yaml", include_str!("../../tests/fixtures/mergekit/slerp.yaml")),
+        ("model_stock.yaml", include_str!("../../tests/fixtures/mergekit/model_stock.yaml")),
+        ("ties_gradient.yaml", include_str!("../../tests/fixtures/mergekit/ties_gradient.yaml")),
+    ];
+
+    fn fixture(name: &str) -> Recipe {
+        let (_, text) = FIXTURES.iter().find(|(n, _)| *n == name).expect("a fixture");
+        let path = Path::new("tests/fixtures/mergekit").join(name);
+        Recipe::parse(text, &path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn linear_with_weights_normalises_by_default() {
+        let mut expected = Recipe::new(
+            Method::Linear,
+            vec![
+                ingredient("a", Some(0.5), None),
+                ingredient("b", Some(0.3), None),
+                ingredient("c", Some(0.2), None),
+            ],
+        );
+        expected.parameters.normalize = Some(true);
+        expected.output.dtype = Some("f32".to_owned());
+        assert_eq!(fixture("linear.yaml"), expected);
+
+        let plain = "merge_method: linear\nmodels: [{model: a}, b]\n\
+                     parameters: {weight: 1.0, normalize: false}\n";
+        let mut expected =
+            Recipe::new(Method::Linear, vec![Ingredient::path("a"), Ingredient::path("b")]);
+        expected.parameters.weight = Some(Setting::from(1.0));
+        expected.parameters.normalize = Some(false);
+        assert_eq!(translate_yaml(plain).unwrap(), expected);
+    }
+
+    #[test]
+    fn linear_merges_a_base_model_too_as_mergekit_adds_it_to_the_inputs() {
+        let listed = "merge_method: linear\nbase_model: base\nmodels:\n\
+                      - {model: base, parameters: {weight: 0.2}}\n\
+                      - {model: a, parameters: {weight: 0.8}}\n";
+        let mut expected = Recipe::new(
+            Method::Linear,
+            vec![ingredient("base", Some(0.2), None), ingredient("a", Some(0.8), None)],
+        );
+        expected.parameters.normalize = Some(true);
+        assert_eq!(translate_yaml(listed).unwrap(), expected);
+
+        let appended = "merge_method: linear\nbase_model: base\nmodels: [{model: a}]\n\
+                        parameters: {weight: 1}\n";
+        let mut expected =
+            Recipe::new(Method::Linear, vec![Ingredient::path("a"), Ingredient::path("base")]);
+        expected.parameters.weight = Some(Setting::from(1.0));
+        expected.parameters.normalize = Some(true);
+        assert_eq!(translate_yaml(appended).unwrap(), expected);
+
+        let unweighted = "merge_method: linear\nbase_model: base\n\
+                          models: [{model: a, parameters: {weight: 1}}]\n";
+        let err = error(unweighted);
+        assert!(err.starts_with("base_model:") && err.contains("no weight"), "{err}");
+    }
+
+    #[test]
+    fn task_arithmetic_keeps_lambda_and_writes_out_normalize_false() {
+        let mut expected = Recipe::new(
+            Method::TaskArithmetic,
+            vec![ingredient("a", Some(1.0), None), ingredient("b", Some(0.5), None)],
+        );
+        expected.base = Some(Ingredient::path("base"));
+        expected.parameters.lambda = Some(Setting::from(0.8));
+        expected.parameters.normalize = Some(false);
+        expected.output.dtype = Some("f32".to_owned());
+        assert_eq!(fixture("task_arithmetic.yaml"), expected);
+    }
+
+    #[test]
+    fn ties_drops_the_listed_base_and_keeps_per_model_density_and_weight() {
+        let mut expected = Recipe::new(
+            Method::Ties,
+            vec![
+                ingredient("a", Some(0.5), Some(0.5)),
+                ingredient("b", Some(0.3), Some(0.5)),
+                ingredient("c", Some(0.2), Some(0.7)),
+            ],
+        );
+        expected.base = Some(Ingredient::path("base"));
+        expected.parameters.normalize = Some(true);
+        expected.output.dtype = Some("f32".to_owned());
+        assert_eq!(fixture("ties.yaml"), expected);
+    }
+
+    #[test]
+    fn dare_writes_out_rescale_and_mergekits_normalize_default() {
+        let mut expected = Recipe::new(
+            Method::DareLinear,
+            vec![ingredient("a", Some(0.6), None), ingredient("b", Some(0.4), None)],
+        );
+        expected.base = Some(Ingredient::path("base"));
+        expected.parameters.density = Some(Setting::from(0.6));
+        expected.parameters.normalize = Some(true);
+        expected.parameters.rescale = Some(true);
+        expected.output.dtype = Some("f32".to_owned());
+        assert_eq!(fixture("dare_linear.yaml"), expected);
+
+        let mut expected = Recipe::new(
+            Method::DareTies,
+            vec![
+                ingredient("a", Some(0.4), Some(0.53)),
+                ingredient("b", Some(0.3), Some(0.53)),
+                ingredient("c", Some(0.3), Some(0.53)),
+            ],
+        );
+        expected.base = Some(Ingredient::path("base"));
+        expected.parameters.normalize = Some(false);
+        expected.parameters.rescale = Some(true);
+        // out_dtype wins over dtype.
+        expected.output.dtype = Some("f32".to_owned());
+        assert_eq!(fixture("dare_ties.yaml"), expected);
+
+        let no_rescale = "merge_method: dare_ties\nbase_model: base\n\
+                          models: [{model: a, parameters: {weight: 1, density: 0.5}}]\n\
+                          parameters: {rescale: false}\n";
+        assert_eq!(translate_yaml(no_rescale).unwrap().parameters.rescale, Some(false));
+    }
+
+    #[test]
+    fn slerp_puts_the_base_first_and_keeps_filtered_gradients() {
+        let mut expected =
+            Recipe::new(Method::Slerp, vec![Ingredient::path("base"), Ingredient::path("a")]);
+        expected.parameters.t = Some(Setting::Rules(vec![
+            rule(Some("self_attn"), Value::Gradient(vec![0.0, 0.5, 0.3, 0.7, 1.0])),
+            rule(Some("mlp"), Value::Gradient(vec![1.0, 0.5, 0.7, 0.3, 0.0])),
+            rule(None, Value::Number(0.5)),
+        ]));
+        expected.output.dtype = Some("f32".to_owned());
+        assert_eq!(fixture("slerp.yaml"), expected);
+
+        // The base need not be listed, and may come second: it is still first here.
+        let unlisted = "merge_method: slerp\nbase_model: base\nmodels: [{model: a}]\n\
+                        parameters: {t: 0.25}\n";
+        let reordered = "merge_method: slerp\nbase_model: base\n\
+                         models: [{model: a}, {model: base}]\nparameters: {t: 0.25}\n";
+        let mut expected =
+            Recipe::new(Method::Slerp, vec![Ingredient::path("base"), Ingredient::path("a")]);
+        expected.parameters.t = Some(Setting::from(0.25));
+        assert_eq!(translate_yaml(unlisted).unwrap(), expected);
+        assert_eq!(translate_yaml(reordered).unwrap(), expected);
+    }
+
+    #[test]
+    fn model_stock_has_a_base_and_the_other_models() {
+        let mut expected = Recipe::new(
+            Method::ModelStock,
+            vec![Ingredient::path("a"), Ingredient::path("b"), Ingredient::path("c")],
+        );
+        expected.base = Some(Ingredient::path("base"));
+        expected.output.dtype = Some("f32".to_owned());
+        assert_eq!(fixture("model_stock.yaml"), expected);
+
+        let filter_wise_false = "merge_method: model_stock\nbase_model: base\n\
+                                 models: [{model: base}, {model: a}, {model: b}]\n\
+                                 parameters: {filter_wise: false}\n";
+        let mut expected =
+            Recipe::new(Method::ModelStock, vec![Ingredient::path("a"), Ingredient::path("b")]);
+        expected.base = Some(Ingredient::path("base"));
+        assert_eq!(translate_yaml(filter_wise_false).unwrap(), expected);
+    }
+
+    #[test]
+    fn gradients_and_filters_translate_per_model_and_globally() {
+        let mut expected = Recipe::new(
+            Method::Ties,
+            vec![
+                Ingredient {
+                    path: "a".to_owned(),
+                    weight: Some(Setting::Rules(vec![
+                        rule(Some("mlp"), Value::Number(0.7)),
+                        rule(None, Value::Number(0.4)),
+                    ])),
+                    density: Some(gradient(&[0.2, 0.5, 0.8])),
+                },
+                ingredient("b", None, Some(0.5)),
+            ],
+        );
+        expected.base = Some(Ingredient::path("base"));
+        expected.parameters.weight = Some(Setting::from(0.5));
+        expected.parameters.lambda = Some(gradient(&[1.0, 0.8]));
+        expected.parameters.normalize = Some(false);
+        expected.output.dtype = Some("bf16".to_owned());
+        assert_eq!(fixture("ties_gradient.yaml"), expected);
+
+        // A single {filter, value} map is one rule; "*" is kept and matches all.
+        let single = "merge_method: task_arithmetic\nbase_model: base\nmodels: [a]\n\
+                      parameters: {weight: {filter: '*', value: [0, 1]}}\n";
+        let weight = translate_yaml(single).unwrap().parameters.weight.unwrap();
+        assert_eq!(weight, Setting::Rules(vec![rule(Some("*"), Value::Gradient(vec![0.0, 1.0]))]));
+        assert_eq!(weight.at("lm_head.weight", 0.5), Some(0.5));
+    }
+
+    #[test]
+    fn every_fixture_parses_as_a_recipe_with_base_a_b_c_paths() {
+        for (name, _) in FIXTURES {
+            let recipe = fixture(name);
+            let paths = recipe.ingredients.iter().chain(&recipe.base).map(|i| i.path.as_str());
+            for path in paths {
+                assert!(["base", "a", "b", "c"].contains(&path), "{name}: {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_methods_are_named_with_the_supported_ones() {
+        for method in [
+            "passthrough",
+            "breadcrumbs",
+            "breadcrumbs_ties",
+            "della",
+            "della_linear",
+            "sce",
+            "karcher",
+            "nuslerp",
+            "multislerp",
+            "arcee_fusion",
+            "nearswap",
+        ] {
+            let err = error(&format!("merge_method: {method}\nmodels: [a, b]\n"));
+            assert!(err.contains(method) && err.contains("dare_ties, slerp, model_stock"), "{err}");
+        }
+        assert!(error("merge_method: 3\nmodels: [a]\n").starts_with("merge_method:"));
+    }
+
+    #[test]
+    fn unsupported_top_level_keys_are_named() {
+        let ties = "merge_method: ties\nbase_model: base\n\
+                    models: [{model: a, parameters: {weight: 1}}]\n";
+        for (key, value, says) in [
+            ("slices", "[]", "whole models"),
+            ("modules", "{}", "whole models"),
+            ("tokenizer_source", "base", "first ingredient"),
+            ("tokenizer_source", "union", "first ingredient"),
+            ("tokenizer", "{source: base}", "first ingredient"),
+            ("chat_template", "chatml", "first ingredient"),
+            ("name", "my-merge", "unknown key"),
+            ("seed", "7", "unknown key"),
+            ("lambda", "0.5", "unknown key"),
+        ] {
+            let err = error(&format!("{ties}{key}: {value}\n"));
+            assert!(err.starts_with(&format!("{key}: ")) && err.contains(says), "{err}");
+        }
+        // Null is absent, as in mergekit.
+        assert!(translate_yaml(&format!("{ties}tokenizer_source: null\ndtype: null\n")).is_ok());
+    }
+
+    #[test]
+    fn unsupported_parameters_are_named_with_where_they_were() {
+        let base = "base_model: base\n";
+        let cases = [
+            // Unknown to the method, per model and globally.
+            (
+                "ties",
+                "models: [{model: a, parameters: {weight: 1, gamma: 0.01}}]",
+                "models[0].parameters.gamma: not supported for ties",
+            ),
+            (
+                "ties",
+                "models: [{model: b, parameters: {weight: 1}}, {model: c, \
+                 parameters: {weight: 1}}, {model: a, parameters: {epsilon: 0.1}}]",
+                "models[2].parameters.epsilon: not supported for ties",
+            ),
+            (
+                "ties",
+                "models: [a]\nparameters: {weight: 1, t: 0.5}",
+                "parameters.t: not supported for ties",
+            ),
+            (
+                "slerp",
+                "models: [a]\nparameters: {t: 0.5, weight: 1}",
+                "parameters.weight: not supported for slerp",
+            ),
+            (
+                "model_stock",
+                "models: [a, b]\nparameters: {density: 0.5}",
+                "parameters.density: not supported for model_stock",
+            ),
+            (
+                "linear",
+                "models: [{model: a, parameters: {weight: 1, density: 0.5}}]",
+                "models[0].parameters.density: not supported for linear",
+            ),
+            (
+                "linear",
+                "models: [a]\nparameters: {weight: 1, lambda: 2}",
+                "parameters.lambda: not supported for linear",
+            ),
+            (
+                "linear",
+                "models: [a]\nparameters: {weight: 1, int8_mask: true}",
+                "parameters.int8_mask: not supported for linear",
+            ),
+            // Global parameters given per model.
+            (
+                "ties",
+                "models: [{model: a, parameters: {weight: 1, lambda: 0.5}}]",
+                "models[0].parameters.lambda: a global parameter of ties",
+            ),
+            (
+                "slerp",
+                "models: [{model: a, parameters: {t: 0.5}}]\nparameters: {t: 0.5}",
+                "models[0].parameters.t: a global parameter of slerp",
+            ),
+            // Accepted by mergekit, but without effect.
+            (
+                "task_arithmetic",
+                "models: [a]\nparameters: {weight: 1, density: 0.5}",
+                "parameters.density: has no effect",
+            ),
+            (
+                "task_arithmetic",
+                "models: [{model: a, parameters: {weight: 1, rescale: true}}]",
+                "models[0].parameters.rescale: has no effect",
+            ),
+            // Ignored by mergekit on the base model.
+            (
+                "ties",
+                "models: [{model: base, parameters: {weight: 0.5}}, {model: a, \
+                 parameters: {weight: 1}}]",
+                "models[0].parameters.weight: \"base\" is the base model",
+            ),
+            // Values soup does not compute.
+            (
+                "ties",
+                "models: [a]\nparameters: {weight: 1, rescale: true}",
+                "parameters.rescale: true is not supported for ties",
+            ),
+            (
+                "model_stock",
+                "models: [a, b]\nparameters: {filter_wise: true}",
+                "parameters.filter_wise: true is not supported",
+            ),
+            // Unknown keys of a model entry or a rule.
+            ("ties", "models: [{model: a, weight: 1}]", "models[0].weight: unknown key"),
+            (
+                "ties",
+                "models: [{model: a, parameters: {weight: [{filter: mlp, value: 1}, \
+                 {layers: [rest], value: 0}]}}]",
+                "models[0].parameters.weight[1].layers: unknown key",
+            ),
+            (
+                "ties",
+                "models: [a]\nparameters: {weight: {filter: mlp, value: 1, gamma: 2}}",
+                "parameters.weight.gamma: unknown key",
+            ),
+            ("ties", "models: [{parameters: {weight: 1}}]", "models[0].model: missing"),
+        ];
+        for (method, rest, says) in cases {
+            let err = error(&format!("merge_method: {method}\n{base}{rest}\n"));
+            assert!(err.starts_with(says), "{method} {rest}:\n  {err}\n  expected {says}");
+        }
+    }
+
+    #[test]
+    fn flags_are_plain_booleans_and_numbers_are_numbers() {
+        let ties = "merge_method: ties\nbase_model: base\nmodels: [a]\nparameters:\n  weight: 1\n";
+        for (key, value) in [
+            ("normalize", "[true, false]"),
+            ("normalize", "{filter: mlp, value: true}"),
+            ("int8_mask", "1"),
+            ("rescale", "'false'"),
+        ] {
+            let err = error(&format!("{ties}  {key}: {value}\n"));
+            assert!(err.starts_with(&format!("parameters.{key}: expected true or false")), "{err}");
+        }
+        for (value, says) in [
+            ("'0.5'", "expected a number"),
+            ("true", "expected a number"),
+            ("[]", "the list is empty"),
+            ("[0.5, {value: 1}]", "all numbers or all rules"),
+            ("{filter: mlp}", "parameters.density.value: missing"),
+            ("{filter: mlp, value: []}", "parameters.density.value: expected a number"),
+            ("[{filter: 3, value: 1}]", "parameters.density[0].filter: expected text"),
+        ] {
+            let err = error(&format!("{ties}  density: {value}\n"));
+            assert!(err.starts_with("parameters.density") && err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn models_and_base_models_are_local_paths_only() {
+        let cases = [
+            (
+                "linear",
+                "models: [{model: a+lora, parameters: {weight: 1}}]",
+                "models[0].model: \"a+lora\" names a LoRA adapter",
+            ),
+            (
+                "linear",
+                "models: ['a@main']\nparameters: {weight: 1}",
+                "models[0]: \"a@main\" names a revision",
+            ),
+            (
+                "ties",
+                "base_model: base+lora\nmodels: [{model: a, parameters: {weight: 1}}]",
+                "base_model: \"base+lora\" names a LoRA adapter",
+            ),
+            (
+                "linear",
+                "models: [{model: {model: {path: a}}}]\nparameters: {weight: 1}",
+                "models[0].model: expected a path",
+            ),
+            (
+                "linear",
+                "models: [a, b, a]\nparameters: {weight: 1}",
+                "models[2]: \"a\" is listed twice (also models[0])",
+            ),
+            ("linear", "models: []", "models: the list is empty"),
+            ("linear", "slices: null", "models: missing"),
+        ];
+        for (method, rest, says) in cases {
+            let err = error(&format!("merge_method: {method}\n{rest}\n"));
+            assert!(err.starts_with(says), "{rest}:\n  {err}\n  expected {says}");
+        }
+    }
+
+    #[test]
+    fn structural_requirements_follow_mergekit() {
+        let cases = [
+            ("ties", "models: [{model: a, parameters: {weight: 1}}]", "base_model: missing"),
+            (
+                "ties",
+                "base_model: base\nmodels: [base]",
+                "models: no model besides the base model \"base\"",
+            ),
+            (
+                "ties",
+                "base_model: base\nmodels: [{model: a, parameters: {weight: 1}}, {model: b, \
+                 parameters: {density: 0.5}}]",
+                "models[1] (\"b\"): no weight",
+            ),
+            (
+                "linear",
+                "models: [a, {model: b, parameters: {weight: 1}}]",
+                "models[0] (\"a\"): no weight",
+            ),
+            ("slerp", "models: [a, b]\nparameters: {t: 0.5}", "base_model: missing"),
+            (
+                "slerp",
+                "base_model: base\nmodels: [a, b]\nparameters: {t: 0.5}",
+                "models: slerp takes two models",
+            ),
+            ("slerp", "base_model: base\nmodels: [a]", "parameters.t: missing"),
+            (
+                "model_stock",
+                "base_model: base\nmodels: [base, a]",
+                "models: model_stock needs at least two models",
+            ),
+        ];
+        for (method, rest, says) in cases {
+            let err = error(&format!("merge_method: {method}\n{rest}\n"));
+            assert!(err.starts_with(says), "{method} {rest}:\n  {err}\n  expected {says}");
+        }
+    }
+
+    #[test]
+    fn dtypes_map_to_ours_and_others_are_named() {
+        let linear = "merge_method: linear\nmodels: [a]\nparameters: {weight: 1}\n";
+        for (name, ours) in [
+            ("bfloat16", "bf16"),
+            ("bf16", "bf16"),
+            ("torch.bfloat16", "bf16"),
+            ("float16", "f16"),
+            ("fp16", "f16"),
+            ("half", "f16"),
+            ("float32", "f32"),
+            ("fp32", "f32"),
+            ("float", "f32"),
+            ("float64", "f64"),
+        ] {
+            let recipe = translate_yaml(&format!("{linear}dtype: {name}\n")).unwrap();
+            assert_eq!(recipe.output.dtype.as_deref(), Some(ours), "{name}");
+        }
+        let both =
+            translate_yaml(&format!("{linear}dtype: float32\nout_dtype: bfloat16\n")).unwrap();
+        assert_eq!(both.output.dtype.as_deref(), Some("bf16"));
+        assert_eq!(translate_yaml(linear).unwrap().output.dtype, None);
+        for (key, value) in [("dtype", "int64"), ("out_dtype", "float8_e4m3fn"), ("dtype", "f32")] {
+            let err = error(&format!("{linear}{key}: {value}\n"));
+            assert!(err.starts_with(&format!("{key}: {value} is not supported")), "{err}");
+        }
+        // A bad compute dtype is refused even when out_dtype decides the output.
+        let err = error(&format!("{linear}dtype: int8\nout_dtype: float32\n"));
+        assert!(err.starts_with("dtype: int8"), "{err}");
+    }
+
+    #[test]
+    fn parse_wraps_errors_with_the_file() {
+        let err = Recipe::parse("merge_method: della\nmodels: [a]\n", Path::new("m.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("recipe m.yaml: merge_method: della is not supported"), "{err}");
+    }
+}
