@@ -43,7 +43,7 @@ fn ingredient(rng: &mut Rng, fmts: &[Fmt]) -> Vec<RawTensor> {
 
 fn options(weights: Weights, dtype: Option<FloatDtype>, max_shard_size: u64) -> PlanOptions {
     PlanOptions {
-        weights,
+        mixing: weights.into(),
         dtype: dtype.map_or(OutputDtype::default(), OutputDtype::Force),
         max_shard_size,
         non_float: NonFloatPolicy::RequireEqual,

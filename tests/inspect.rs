@@ -74,8 +74,8 @@ fn a_soups_recipe_shows_in_its_metadata() {
     let (_, doc) = json(&["inspect", s(&out), "--json"]);
     let ck = &doc["checkpoints"][0];
     assert_eq!(ck["metadata"]["format"], "pt");
-    assert_eq!(ck["recipe"]["method"], "uniform");
-    assert_eq!(ck["recipe"]["weights"], serde_json::json!([0.5, 0.5]));
+    assert_eq!(ck["recipe"]["method"], "linear");
+    assert_eq!(ck["recipe"]["ingredients"][1]["path"], s(&b));
     let text = String::from_utf8(soup_ok(&["inspect", s(&out)]).stdout).unwrap();
     assert!(text.contains("metadata modelsoup.recipe (soup recipe): {"), "{text}");
     assert!(text.contains("total BF16: 1 tensors, 256 parameters, 512 bytes"), "{text}");

@@ -201,10 +201,10 @@ fn check_soup(world: &World, out: &Path, members: &[usize], method: &str) {
     assert_eq!(tensors["step"].2, 1234i64.to_le_bytes());
     let (metadata, _) = read_safetensors(&out.join("model.safetensors"));
     let recipe: Value = serde_json::from_str(&metadata["modelsoup.recipe"]).unwrap();
-    assert_eq!(recipe["method"], method);
-    assert_eq!(strings(&recipe["ingredients"]), world.label_set(members));
-    let w = 1.0 / members.len() as f64;
-    assert_eq!(recipe["weights"], Value::from(vec![w; members.len()]));
+    assert_eq!(recipe["method"], "linear", "equal weights over the members");
+    assert_eq!(recipe["search"], method);
+    assert_eq!(recipe_paths(&recipe), world.label_set(members));
+    assert_recipe_replays(out);
 }
 
 // ---------------------------------------------------------------------------

@@ -67,6 +67,28 @@ pub fn strings(v: &Value) -> Vec<String> {
     v.as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_owned()).collect()
 }
 
+/// The ingredient paths of a recipe's JSON.
+pub fn recipe_paths(recipe: &Value) -> Vec<String> {
+    let ingredients = recipe["ingredients"].as_array().unwrap();
+    ingredients.iter().map(|i| i["path"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Replays the recipe recorded in the soup `out` with `soup merge --recipe` into
+/// a sibling directory and asserts that every weight file is identical.
+pub fn assert_recipe_replays(out: &Path) {
+    let again = out.with_extension("replayed");
+    super::soup_ok(&["merge", "--recipe", super::s(out), "-o", super::s(&again), "--force"]);
+    for entry in std::fs::read_dir(out).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name.to_string_lossy().ends_with(".safetensors") {
+            let a = std::fs::read(out.join(&name)).unwrap();
+            let b = std::fs::read(again.join(&name)).unwrap();
+            assert!(a == b, "{name:?} differs when rebuilt from its recipe");
+        }
+    }
+    std::fs::remove_dir_all(&again).unwrap();
+}
+
 pub fn floats(v: &Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
