@@ -212,6 +212,13 @@ impl Checkpoint {
         self.by_name.get(name).copied()
     }
 
+    /// The same files seen with a different list of tensors (each a range inside
+    /// them, e.g. an alias of another entry): for reconciling tied embeddings.
+    pub(crate) fn with_tensors(&self, tensors: Vec<TensorEntry>) -> Checkpoint {
+        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Checkpoint { tensors: tensors.into(), by_name: Arc::new(by_name), ..self.clone() }
+    }
+
     /// The bytes of `len` bytes of `tensor` starting `start` bytes into its data.
     ///
     /// # Panics

@@ -66,6 +66,7 @@ pub mod output;
 pub mod plan;
 pub mod recipe;
 mod stream;
+pub mod tied;
 pub mod values;
 
 pub use checkpoint::{Checkpoint, TensorEntry};

@@ -44,7 +44,7 @@ impl Method {
 pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     modelsoup::output::check_destination(&args.output, args.write.force)?;
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
-    let ingredients = super::merge::open_all(&args.ingredients)?;
+    let ingredients = modelsoup::tied::reconcile(&super::merge::open_all(&args.ingredients)?);
     plan::check_compatible(&ingredients)?;
     super::init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
     let run_dir = args.run_dir.clone().unwrap_or_else(|| sibling_with_suffix(&args.output, ".run"));

@@ -73,6 +73,7 @@ pub fn prepare(
     check_shape_of_inputs(recipe, ingredients.len(), base.is_some()).map_err(fail)?;
     let mut inputs = ingredients.to_vec();
     inputs.extend(base.cloned());
+    let inputs = crate::tied::reconcile(&inputs);
     check_compatible(&inputs)?;
     let first = inputs.first().ok_or(Error::NoIngredients)?;
     let resolved = params::resolve(recipe, first).map_err(fail)?;
@@ -82,7 +83,7 @@ pub fn prepare(
         Method::Linear => linear(&resolved, k, base.is_some()).map_err(fail)?,
         Method::TaskArithmetic => task_arithmetic(&resolved, recipe, k),
         Method::Slerp => slerp(&resolved, &inputs, run)?,
-        Method::ModelStock => model_stock(&resolved, ingredients, &inputs[k], run)?,
+        Method::ModelStock => model_stock(&resolved, &inputs[..k], &inputs[k], run)?,
         Method::Ties => ties(&resolved, &inputs, recipe, run)?,
         Method::DareLinear | Method::DareTies => dare(&resolved, recipe, k),
     };

@@ -87,7 +87,11 @@ impl Mix {
             .into_iter()
             .zip(&self.weights)
             .filter(|(labels, _)| !labels.is_empty())
-            .map(|(labels, w)| Rule { filter: None, layers: Some(labels), value: Value::Number(w[i]) })
+            .map(|(labels, w)| Rule {
+                filter: None,
+                layers: Some(labels),
+                value: Value::Number(w[i]),
+            })
             .collect();
         Setting::Rules(rules)
     }
@@ -337,8 +341,7 @@ impl Kitchen {
         recipe.search = Some(search.to_owned());
         recipe.parameters.normalize = normalize;
         recipe.output.dtype = self.dtype.map(|d| d.name().to_owned());
-        recipe.output.max_shard_size = (self.max_shard_size
-            != crate::plan::DEFAULT_MAX_SHARD_SIZE)
+        recipe.output.max_shard_size = (self.max_shard_size != crate::plan::DEFAULT_MAX_SHARD_SIZE)
             .then_some(self.max_shard_size);
         recipe.output.non_float =
             (self.non_float == NonFloatPolicy::TakeFirst).then(|| "first".to_owned());
