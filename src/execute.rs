@@ -169,7 +169,13 @@ impl Output<'_> {
                 }
                 let first = chunk.start as u64;
                 task_vectors::combine(
-                    first, chunk.len, &read, *base, params, *dtype, scratch, bytes,
+                    (first, chunk.len),
+                    &read,
+                    *base,
+                    params,
+                    *dtype,
+                    scratch,
+                    bytes,
                 );
                 self.write(t, chunk.start * dtype.size(), bytes)
             }

@@ -37,7 +37,10 @@ fn uniform_merge_writes_a_loadable_directory_with_the_recipe() {
     let out = dir.path().join("soup");
     let run = soup_ok(&["merge", s(&a), s(&b), "-o", s(&out)]);
     let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(stderr.contains("merged 2 ingredient(s) (linear)") && stderr.contains("3 tensors"), "{stderr}");
+    assert!(
+        stderr.contains("merged 2 ingredient(s) (linear)") && stderr.contains("3 tensors"),
+        "{stderr}"
+    );
     assert!(run.stdout.is_empty(), "stdout stays clean without --json");
 
     let mut names: Vec<String> = fs::read_dir(&out)

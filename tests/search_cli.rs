@@ -1233,3 +1233,53 @@ fn a_resumed_run_leaves_no_stale_scratch() {
         .collect();
     assert!(left.is_empty(), "left in scratch after the resumed run: {left:?}");
 }
+
+/// With `--base` and `--lambda`, every candidate and the final soup are
+/// `θ₀ + λ·(mean − θ₀)`: the search runs over task vectors, and its recipe is task
+/// arithmetic that replays byte for byte.
+#[test]
+fn a_search_over_task_vectors_scales_every_candidate_toward_the_base() {
+    let dir = common::tempdir();
+    let mut world = find_world(3, 0.0);
+    world.write(dir.path(), false);
+    let base_values: Vec<f64> = world.target.iter().map(|t| t + 0.3).collect();
+    let base_values: Vec<f64> = base_values.iter().map(|&x| f64::from(x as f32)).collect();
+    let base = dir.path().join("base.safetensors");
+    let tensors = vec![
+        RawTensor::float("a.weight", Fmt::F32, &[16, 16], &base_values[..SPLIT]),
+        RawTensor::raw("step", "I64", &[1], 1234i64.to_le_bytes().to_vec()),
+        RawTensor::float("b.bias", Fmt::F32, &[ELEMENTS - SPLIT], &base_values[SPLIT..]),
+    ];
+    write_file(&base, &tensors, true);
+    let out = dir.path().join("soup");
+    let mut args = search_args(&world, Method::Greedy, &out, &world.eval(""));
+    args.extend(["--base".into(), p(&base), "--lambda".into(), "0.5".into()]);
+    soup_ok_in(dir.path(), &args);
+
+    let report = read_json(&dir.path().join("soup.run/report.json"));
+    let members: Vec<usize> = strings(&report["members"])
+        .iter()
+        .map(|m| world.labels().iter().position(|l| l == m).unwrap())
+        .collect();
+    let tensors = read_output(&out);
+    let mut got = Fmt::F32.decode(&tensors["a.weight"].2);
+    got.extend(Fmt::F32.decode(&tensors["b.bias"].2));
+    for (e, g) in got.iter().enumerate() {
+        let mean: f64 = members.iter().map(|&m| f64::from(world.values[m][e])).sum::<f64>()
+            / members.len() as f64;
+        let want = (base_values[e] + 0.5 * (mean - base_values[e])) as f32;
+        let ulps = ((*g as f32).to_bits() as i64 - want.to_bits() as i64).abs();
+        assert!(ulps <= 1, "element {e}: {g} vs {want}");
+    }
+    let (metadata, _) = read_safetensors(&out.join("model.safetensors"));
+    let recipe: Value = serde_json::from_str(&metadata["modelsoup.recipe"]).unwrap();
+    assert_eq!(recipe["method"], "task-arithmetic");
+    assert_eq!(recipe["base"]["path"], p(&base));
+    assert_eq!(recipe["parameters"]["lambda"], 0.5);
+    assert_recipe_replays(&out);
+    // The journal keys name the base, so a plain search never reuses these scores.
+    let keyed = journal(&dir.path().join("soup.run"))
+        .iter()
+        .all(|r| strings(&r["members"]).iter().any(|m| m.starts_with("base:")));
+    assert!(keyed, "every journal record names the base");
+}

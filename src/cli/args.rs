@@ -324,6 +324,23 @@ pub struct SearchArgs {
     #[arg(long = "eval", value_name = "COMMAND")]
     pub eval: String,
 
+    /// The pretrained model, for soups of task vectors: every candidate (single
+    /// ingredients included) and the final soup become base + lambda x (soup -
+    /// base); the final recipe is task arithmetic over the chosen ingredients.
+    #[arg(long, value_name = "MODEL")]
+    pub base: Option<PathBuf>,
+
+    /// Scale of the soup's task vector with --base: 1 is the plain soup, below 1
+    /// moves toward the base (WiSE-FT), above 1 extrapolates.
+    #[arg(
+        long,
+        value_name = "X",
+        default_value_t = 1.0,
+        requires = "base",
+        allow_negative_numbers = true
+    )]
+    pub lambda: f64,
+
     /// Evaluations to run at once.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub jobs: usize,

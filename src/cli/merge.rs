@@ -209,18 +209,3 @@ fn human_count(n: u64) -> String {
         _ => n.to_string(),
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::normalised_weights;
-
-    #[test]
-    fn weights_are_checked_and_normalised() {
-        assert_eq!(normalised_weights(None, 4).unwrap(), vec![0.25; 4]);
-        assert_eq!(normalised_weights(Some(&[2.0, 6.0]), 2).unwrap(), vec![0.25, 0.75]);
-        assert!(normalised_weights(Some(&[1.0]), 2).is_err());
-        assert!(normalised_weights(Some(&[1.0, -1.0]), 2).is_err());
-        assert!(normalised_weights(Some(&[0.0, 0.0]), 2).is_err());
-        assert!(normalised_weights(Some(&[f64::NAN, 1.0]), 2).is_err());
-    }
-}

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use anyhow::{bail, Context};
 use modelsoup::evaluate::Evaluator;
 use modelsoup::journal::Journal;
-use modelsoup::search::candidate::{Change, Kitchen};
+use modelsoup::search::candidate::{Base, Change, Kitchen};
 use modelsoup::search::report::Report;
 use modelsoup::search::scorer::EvalScorer;
 use modelsoup::search::sequential::{
@@ -239,8 +239,22 @@ fn kitchen(
     ingredients: Vec<Checkpoint>,
     run_dir: &Path,
 ) -> anyhow::Result<Kitchen> {
+    let base = match &args.base {
+        Some(path) => {
+            if !args.lambda.is_finite() {
+                bail!("--lambda must be finite, got {}", args.lambda);
+            }
+            let checkpoint = Checkpoint::open(path).context("base model")?;
+            let mut all = ingredients.clone();
+            all.push(checkpoint.clone());
+            plan::check_compatible(&all).context("the base and the ingredients")?;
+            Some(Base { checkpoint, label: path.display().to_string(), lambda: args.lambda })
+        }
+        None => None,
+    };
     let scratch = args.scratch.clone().unwrap_or_else(|| run_dir.join("scratch"));
     let mut kitchen = Kitchen::new(ingredients, &scratch)?;
+    kitchen.base = base;
     kitchen.dtype = args.write.dtype;
     kitchen.max_shard_size = args.write.max_shard_size.unwrap_or(modelsoup::DEFAULT_MAX_SHARD_SIZE);
     kitchen.non_float = match args.write.non_float {

@@ -304,13 +304,13 @@ fn ties(
         let numel = t.numel;
         let mut keeps = vec![Keep::All; k + 1];
         let mut select = Vec::new();
-        for i in 0..k {
+        for (i, keep) in keeps.iter_mut().enumerate().take(k) {
             match ties_keep_count(t.densities[i], numel) {
                 None => {}
-                Some(0) => keeps[i] = Keep::Nothing,
+                Some(0) => *keep = Keep::Nothing,
                 Some(n) if n >= numel as u64 => {}
                 Some(n) if t.weights[i] != 0.0 => select.push((i, n)),
-                Some(_) => keeps[i] = Keep::Nothing,
+                Some(_) => *keep = Keep::Nothing,
             }
         }
         if !select.is_empty() {

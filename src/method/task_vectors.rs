@@ -115,7 +115,8 @@ pub(crate) struct Scratch {
     deltas: Vec<Vec<f64>>,
 }
 
-/// Combines `len` elements starting at element `first` of a tensor. `inputs[i]`
+/// Combines the `len` elements starting at element `first` of a tensor (`span`
+/// is `(first, len)`). `inputs[i]`
 /// holds input `i`'s bytes for the chunk, or `None` when [`TaskParams::reads`]
 /// says it is not read; the base must be present. The result, rounded to `dtype`,
 /// replaces `out`.
@@ -123,8 +124,7 @@ pub(crate) struct Scratch {
 /// # Panics
 /// If the base is missing or an input's byte length is not `len` elements.
 pub(crate) fn combine(
-    first: u64,
-    len: usize,
+    (first, len): (u64, usize),
     inputs: &[Option<(FloatDtype, &[u8])>],
     base: usize,
     params: &TaskParams,

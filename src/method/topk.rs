@@ -66,6 +66,14 @@ impl Source<'_> {
     }
 }
 
+/// One tensor of the selection: the base, the inputs with their `k`, the size.
+#[derive(Clone, Copy)]
+struct Tensor<'a> {
+    base: Source<'a>,
+    inputs: &'a [(Source<'a>, u64)],
+    numel: usize,
+}
+
 /// Where one input's selection stands.
 #[derive(Debug, Clone, Copy)]
 enum State {
@@ -93,13 +101,14 @@ pub(crate) fn largest(
     numel: usize,
     run: &RunOptions,
 ) -> Result<Vec<Keep>> {
+    let tensor = Tensor { base, inputs, numel };
     let mut states: Vec<State> =
         inputs.iter().map(|&(_, k)| State::Digits { known: 0, prefix: 0, need: k }).collect();
     loop {
         let active: Vec<usize> =
             (0..states.len()).filter(|&i| matches!(states[i], State::Digits { .. })).collect();
         if !active.is_empty() {
-            let hists = histogram_pass(base, inputs, &states, &active, numel, run)?;
+            let hists = histogram_pass(tensor, &states, &active, run)?;
             for (&i, hist) in active.iter().zip(hists) {
                 states[i] = next_state(states[i], &hist);
             }
@@ -108,7 +117,7 @@ pub(crate) fn largest(
         let ties: Vec<usize> =
             (0..states.len()).filter(|&i| matches!(states[i], State::Ties { .. })).collect();
         if !ties.is_empty() {
-            let lasts = tie_pass(base, inputs, &states, &ties, numel, run)?;
+            let lasts = tie_pass(tensor, &states, &ties, run)?;
             for (&i, last) in ties.iter().zip(lasts) {
                 if let State::Ties { key, .. } = states[i] {
                     states[i] = State::Done(Keep::Above { threshold: key, last_tie: last });
@@ -192,15 +201,14 @@ fn chunks(numel: usize, run: &RunOptions) -> Vec<Range<usize>> {
 /// for element `index` of the chunk with the key of input `which[j]`, and
 /// returns the per-chunk results of `finish` in chunk order to `in_order`.
 fn pass<T: Send>(
-    base: Source,
-    inputs: &[(Source, u64)],
+    tensor: Tensor,
     which: &[usize],
-    numel: usize,
     run: &RunOptions,
     init: impl Fn() -> T + Sync,
     each: impl Fn(&mut T, usize, u64, u64) + Sync,
     mut in_order: impl FnMut(Range<usize>, T) + Send,
 ) -> Result<()> {
+    let Tensor { base, inputs, numel } = tensor;
     let chunks = chunks(numel, run);
     let reads = |c: &Range<usize>| {
         let (start, len) = (c.start, c.len());
@@ -239,11 +247,9 @@ fn pass<T: Send>(
 
 /// One radix pass for the inputs `active`.
 fn histogram_pass(
-    base: Source,
-    inputs: &[(Source, u64)],
+    tensor: Tensor,
     states: &[State],
     active: &[usize],
-    numel: usize,
     run: &RunOptions,
 ) -> Result<Vec<Histogram>> {
     let layout: Vec<(u32, u64, u32, u32)> = active
@@ -258,10 +264,8 @@ fn histogram_pass(
         .collect();
     let mut totals = vec![Histogram::new(); active.len()];
     pass(
-        base,
-        inputs,
+        tensor,
         active,
-        numel,
         run,
         || vec![Histogram::new(); active.len()],
         |hists, j, _, key| {
@@ -287,11 +291,9 @@ fn histogram_pass(
 /// The index of the `need`-th entry equal to the threshold, for each input in
 /// `ties`.
 fn tie_pass(
-    base: Source,
-    inputs: &[(Source, u64)],
+    tensor: Tensor,
     states: &[State],
     ties: &[usize],
-    numel: usize,
     run: &RunOptions,
 ) -> Result<Vec<u64>> {
     let wanted: Vec<(u64, u64)> = ties
@@ -304,10 +306,8 @@ fn tie_pass(
     let mut seen = vec![0u64; ties.len()];
     let mut last = vec![u64::MAX; ties.len()];
     pass(
-        base,
-        inputs,
+        tensor,
         ties,
-        numel,
         run,
         || vec![Vec::<u64>::new(); ties.len()],
         |positions, j, index, key| {

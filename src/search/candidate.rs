@@ -39,11 +39,26 @@ pub struct Kitchen {
     pub non_float: NonFloatPolicy,
     /// Where config and tokenizer files are copied from.
     pub support_files_from: Option<PathBuf>,
+    /// The pretrained model, for soups of task vectors: with it, every candidate
+    /// and the final soup are `θ₀ + λ·(soup − θ₀)`.
+    pub base: Option<Base>,
     /// Engine threads and chunking for each materialisation.
     pub threads: usize,
     /// Elements per engine chunk.
     pub chunk_elements: usize,
     counter: AtomicU64,
+}
+
+/// The base of a search over task vectors.
+#[derive(Debug, Clone)]
+pub struct Base {
+    /// The pretrained model.
+    pub checkpoint: Checkpoint,
+    /// Its path as given, for recipes and journal keys.
+    pub label: String,
+    /// The scale of the soup's task vector: 1 gives the plain soup, less moves it
+    /// toward the base (WiSE-FT), more extrapolates.
+    pub lambda: f64,
 }
 
 /// How a candidate differs from the soup it was proposed against.
@@ -184,6 +199,7 @@ impl Kitchen {
             max_shard_size: crate::plan::DEFAULT_MAX_SHARD_SIZE,
             non_float: NonFloatPolicy::RequireEqual,
             support_files_from: None,
+            base: None,
             threads: 0,
             chunk_elements: crate::execute::DEFAULT_CHUNK_ELEMENTS,
             counter: AtomicU64::new(0),
@@ -243,13 +259,14 @@ impl Kitchen {
     ) -> Result<MergeReport> {
         let n = soup.members_after(change).len() as f64;
         let dtype = self.dtype.map_or(OutputDtype::Like(0), OutputDtype::Force);
-        let (base, extra) = match change {
-            Change::Alone(i) => (None, vec![(i, 1.0)]),
-            Change::Add(i) => (Some((soup, 1.0 / n)), vec![(i, 1.0 / n)]),
-            Change::Remove(i) => (Some((soup, 1.0 / n)), vec![(i, -1.0 / n)]),
-            Change::Same => (Some((soup, 1.0 / n)), Vec::new()),
+        let w = self.lambda() / n;
+        let (sum, extra) = match change {
+            Change::Alone(i) => (None, vec![(i, self.lambda())]),
+            Change::Add(i) => (Some((soup, w)), vec![(i, w)]),
+            Change::Remove(i) => (Some((soup, w)), vec![(i, -w)]),
+            Change::Same => (Some((soup, w)), Vec::new()),
         };
-        self.merge(base, &extra, dest, metadata, dtype)
+        self.merge(sum, &extra, true, dest, metadata, dtype)
     }
 
     fn write_sum(
@@ -263,13 +280,14 @@ impl Kitchen {
         let base = base.map(|soup| (soup, 1.0));
         let dest =
             Destination { path: &dir, force: true, support_files_from: None, durable: false };
-        self.merge(base, inputs, &dest, Default::default(), OutputDtype::Wide)?;
+        self.merge(base, inputs, false, &dest, Default::default(), OutputDtype::Wide)?;
         let checkpoint = Checkpoint::open(&dir)?;
         Ok(Soup { members, sum: Arc::new(Sum::File { checkpoint, dir }) })
     }
 
-    /// `base_weight · sum(base) + Σ wᵢ·θᵢ` into `dest` (with the kitchen's
-    /// support files). The first ingredient is
+    /// `base_weight · sum(base) + Σ wᵢ·θᵢ` (`+ (1 − λ)·θ₀` when `pretrained` and
+    /// the kitchen has a base) into `dest` (with the kitchen's support files). The
+    /// first ingredient is
     /// always input 0 (with weight 0, so it is not read): every candidate then has
     /// its tensor order, its dtypes under `OutputDtype::Like(0)`, and its copy of
     /// non-float tensors, whatever the members.
@@ -277,6 +295,7 @@ impl Kitchen {
         &self,
         base: Option<(&Soup, f64)>,
         inputs: &[(usize, f64)],
+        pretrained: bool,
         dest: &Destination,
         metadata: std::collections::BTreeMap<String, String>,
         dtype: OutputDtype,
@@ -296,6 +315,9 @@ impl Kitchen {
         for &(i, w) in inputs {
             add(&self.ingredients[i], w);
         }
+        if let (Some(b), true) = (&self.base, pretrained) {
+            add(&b.checkpoint, 1.0 - b.lambda);
+        }
         self.write(&checkpoints, Weights::Global(weights), dest, metadata, dtype)
     }
 
@@ -309,15 +331,37 @@ impl Kitchen {
         metadata: std::collections::BTreeMap<String, String>,
     ) -> Result<MergeReport> {
         let (grouping, weights) = (Arc::clone(&mix.grouping), mix.weights.clone());
-        let per_tensor = move |name: &str| weights[grouping.group(name)].clone();
+        let lambda = self.lambda();
+        let mut checkpoints = self.ingredients.clone();
+        checkpoints.extend(self.base.as_ref().map(|b| b.checkpoint.clone()));
+        let with_base = self.base.is_some();
+        let per_tensor = move |name: &str| {
+            let mut w: Vec<f64> =
+                weights[grouping.group(name)].iter().map(|w| lambda * w).collect();
+            if with_base {
+                w.push(1.0 - lambda);
+            }
+            w
+        };
         let dtype = self.dtype.map_or(OutputDtype::Like(0), OutputDtype::Force);
-        self.write(
-            &self.ingredients,
-            Weights::PerTensor(Box::new(per_tensor)),
-            dest,
-            metadata,
-            dtype,
-        )
+        self.write(&checkpoints, Weights::PerTensor(Box::new(per_tensor)), dest, metadata, dtype)
+    }
+
+    /// λ, the scale of every candidate's task vector (1 without a base).
+    fn lambda(&self) -> f64 {
+        self.base.as_ref().map_or(1.0, |b| b.lambda)
+    }
+
+    /// A candidate's journal key: its members and weights, plus the base with
+    /// weight `1 − λ` when it takes part (a soup of deltas at λ = 1 is the plain
+    /// soup, and shares its key).
+    pub fn key(&self, mut members: Vec<String>, weights: Vec<f64>) -> (Vec<String>, Vec<f64>) {
+        let mut weights: Vec<f64> = weights.iter().map(|w| w * self.lambda()).collect();
+        if let Some(b) = self.base.as_ref().filter(|b| b.lambda != 1.0) {
+            members.push(format!("base:{}", b.label));
+            weights.push(1.0 - b.lambda);
+        }
+        (members, weights)
     }
 
     /// The recipe of a linear soup of the kitchen's ingredients `members` (named
@@ -337,9 +381,17 @@ impl Kitchen {
         for (ingredient, w) in ingredients.iter_mut().zip(weights.into_iter().flatten()) {
             ingredient.weight = Some(w);
         }
-        let mut recipe = Recipe::new(Method::Linear, ingredients);
+        let mut recipe = match &self.base {
+            None => Recipe::new(Method::Linear, ingredients),
+            Some(b) => {
+                let mut r = Recipe::new(Method::TaskArithmetic, ingredients);
+                r.base = Some(Ingredient::path(b.label.clone()));
+                r.parameters.lambda = Some(b.lambda.into());
+                r
+            }
+        };
         recipe.search = Some(search.to_owned());
-        recipe.parameters.normalize = normalize;
+        recipe.parameters.normalize = normalize.or(self.base.as_ref().map(|_| true));
         recipe.output.dtype = self.dtype.map(|d| d.name().to_owned());
         recipe.output.max_shard_size = (self.max_shard_size != crate::plan::DEFAULT_MAX_SHARD_SIZE)
             .then_some(self.max_shard_size);
@@ -366,7 +418,8 @@ impl Kitchen {
             chunk_elements: self.chunk_elements,
             ..RunOptions::default()
         };
-        let prepared = crate::method::prepare(recipe, &checkpoints, None, &run)?;
+        let base = self.base.as_ref().map(|b| &b.checkpoint);
+        let prepared = crate::method::prepare(recipe, &checkpoints, base, &run)?;
         let support =
             self.support_files_from.as_deref().or_else(|| self.ingredients[0].directory());
         let destination = Destination { support_files_from: support, ..dest.clone() };

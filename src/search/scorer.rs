@@ -104,6 +104,7 @@ impl EvalScorer<'_> {
         cancel: &AtomicBool,
         write: impl FnOnce(&Destination, BTreeMap<String, String>) -> Result<()>,
     ) -> Result<Scored> {
+        let (members, weights) = self.kitchen.key(members, weights);
         let journaled = self.journal.find(&members, &weights, &self.template);
         // A journaled failure is run again only when retries were asked for.
         if let Some(record) =

@@ -65,7 +65,7 @@ def read_model(model_dir):
         start, end = info["data_offsets"]
         count = (end - start) // 4
         values.extend(struct.unpack("<%df" % count, body[start:end]))
-    return [member_name(m) for m in recipe["ingredients"]], values
+    return [member_name(m["path"]) for m in recipe["ingredients"]], values
 
 
 def log(path, event, members):
