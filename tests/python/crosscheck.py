@@ -179,26 +179,32 @@ def check_recipe(
         f"{where}: recipe tool is {recipe.get('tool')!r}",
     )
     problems.check(
-        recipe.get("method") in ("uniform", "weighted"),
+        recipe.get("method") == "linear",
         f"{where}: recipe method is {recipe.get('method')!r}",
     )
+    ingredients = recipe.get("ingredients") or []
+    paths = [i.get("path") if isinstance(i, dict) else None for i in ingredients]
     problems.check(
-        recipe.get("ingredients") == args.ingredients,
-        f"{where}: recipe ingredients {recipe.get('ingredients')} != {args.ingredients}",
+        paths == args.ingredients,
+        f"{where}: recipe ingredients {paths} != {args.ingredients}",
     )
-    got = recipe.get("weights")
+    # Weights as given (1 each when absent), normalised by the linear method.
+    given = [i.get("weight", 1.0) if isinstance(i, dict) else None for i in ingredients]
+    numeric = all(isinstance(g, (int, float)) for g in given) and given
+    got = [g / sum(given) for g in given] if numeric and sum(given) else given
     problems.check(
-        isinstance(got, list)
+        recipe.get("parameters", {}).get("normalize", True) is True
         and len(got) == len(weights)
         and all(
             math.isclose(g, w, rel_tol=1e-12, abs_tol=1e-15)
             for g, w in zip(got, weights, strict=True)
         ),
-        f"{where}: recipe weights {got} != normalised {weights}",
+        f"{where}: recipe weights {given} do not normalise to {weights}",
     )
+    dtype = recipe.get("output", {}).get("dtype")
     problems.check(
-        recipe.get("dtype") == args.dtype,
-        f"{where}: recipe dtype {recipe.get('dtype')!r}, expected {args.dtype!r}",
+        dtype == args.dtype,
+        f"{where}: recipe dtype {dtype!r}, expected {args.dtype!r}",
     )
 
 
