@@ -65,6 +65,7 @@ pub mod output;
 pub mod plan;
 pub mod recipe;
 mod stream;
+pub mod torch;
 pub mod values;
 
 pub use checkpoint::{Checkpoint, TensorEntry};
