@@ -9,6 +9,15 @@
 //! find the starting index, then runs along the innermost dimension, each a
 //! `memcpy` when that dimension is dense and a fixed-size element copy per step
 //! otherwise.
+//!
+//! A transposed matrix is the slow case: consecutive output elements are a source
+//! row apart, so each one costs a cache line and often a TLB entry. Whole output
+//! rows are therefore gathered a block at a time (one cache line of elements per
+//! column, at least 8 rows), reading the block's elements of each column together.
+//! On a 4096 × 4096 transposed f32 matrix in 64 Ki-element chunks (2-core VM, other
+//! builds running) that measured 1.3–2.0 GB/s against 0.9 GB/s element by element,
+//! and 0.7–1.1 GB/s against 0.45 GB/s for bf16; a chunk-sized `memcpy` ran at
+//! ~40 GB/s (the `transposed_throughput` test below, ignored by default).
 
 use safetensors::Dtype;
 
@@ -112,6 +121,22 @@ pub(crate) fn gather_into(
         out.copy_from_slice(&storage[offset * esize..(offset + 1) * esize]);
         return;
     };
+    if let [(rows, row_stride)] = *outer {
+        if inner_stride > 1 && row_stride < inner_stride {
+            let (row, col) = (start / inner_size, start % inner_size);
+            let view = Matrix {
+                storage,
+                esize,
+                offset,
+                rows,
+                row_stride,
+                cols: inner_size,
+                col_stride: inner_stride,
+            };
+            view.gather(row, col, out);
+            return;
+        }
+    }
     // The starting index, innermost last; one division per dimension, once.
     let mut index = vec![0usize; outer.len()];
     let mut rest = start;
@@ -144,6 +169,77 @@ pub(crate) fn gather_into(
             }
             row_base -= size * stride;
             index[i] = 0;
+        }
+    }
+}
+
+/// A 2-D view whose rows are strided but whose columns are closer together (a
+/// transposed matrix, typically `row_stride == 1`).
+struct Matrix<'a> {
+    storage: &'a [u8],
+    esize: usize,
+    offset: usize,
+    rows: usize,
+    row_stride: usize,
+    cols: usize,
+    col_stride: usize,
+}
+
+impl Matrix<'_> {
+    /// Gathers `out.len() / esize` elements from (`row`, `col`) on. Reading a row
+    /// element by element touches a new cache line (and often a new page) per
+    /// element; so whole rows are gathered a block at a time, and for each column the
+    /// block's elements are read together: with `row_stride == 1`, one cache line
+    /// serves the whole block.
+    fn gather(&self, mut row: usize, col: usize, out: &mut [u8]) {
+        let e = self.esize;
+        let mut done = 0;
+        let count = out.len() / e;
+        let row_first = |row: usize| self.offset + row * self.row_stride;
+        if col != 0 {
+            // The rest of a row begun by the previous chunk.
+            let run = (self.cols - col).min(count);
+            let first = row_first(row) + col * self.col_stride;
+            copy_run(self.storage, e, first, self.col_stride, &mut out[..run * e]);
+            done = run;
+            row += 1;
+        }
+        // Rows per block: one cache line of elements, and at least 8.
+        let block = (64 / e).max(8);
+        while count - done >= self.cols {
+            let rows = block.min((count - done) / self.cols).min(self.rows - row);
+            let dst = &mut out[done * e..(done + rows * self.cols) * e];
+            match e {
+                1 => self.block::<1>(row, rows, dst),
+                2 => self.block::<2>(row, rows, dst),
+                4 => self.block::<4>(row, rows, dst),
+                8 => self.block::<8>(row, rows, dst),
+                _ => {
+                    for (r, dst) in dst.chunks_exact_mut(self.cols * e).enumerate() {
+                        copy_run(self.storage, e, row_first(row + r), self.col_stride, dst);
+                    }
+                }
+            }
+            done += rows * self.cols;
+            row += rows;
+        }
+        if done < count {
+            // The start of a row the next chunk finishes.
+            copy_run(self.storage, e, row_first(row), self.col_stride, &mut out[done * e..]);
+        }
+    }
+
+    /// Whole rows `row..row + rows` into `dst`, column by column.
+    fn block<const E: usize>(&self, row: usize, rows: usize, dst: &mut [u8]) {
+        let first = self.offset + row * self.row_stride;
+        let row_bytes = self.cols * E;
+        for c in 0..self.cols {
+            let base = first + c * self.col_stride;
+            for r in 0..rows {
+                let at = (base + r * self.row_stride) * E;
+                let to = r * row_bytes + c * E;
+                dst[to..to + E].copy_from_slice(&self.storage[at..at + E]);
+            }
         }
     }
 }
@@ -251,6 +347,45 @@ mod tests {
         check(3, 1, &[3, 2], &[1, 3]); // an unusual element size takes the general path
     }
 
+    /// Like `check`, for views too large for every sub-range: ranges that start and
+    /// end at and around row boundaries, and in the middle of blocks.
+    fn check_large(esize: usize, offset: usize, shape: &[usize], strides: &[usize]) {
+        let len = match last_element(offset, shape, strides) {
+            Last::At(last) => last + 1,
+            _ => offset,
+        };
+        let storage: Vec<u8> = (0..len * esize).map(|i| (i * 7 + i / 251) as u8).collect();
+        let want = reference(&storage, esize, offset, shape, strides);
+        let n = want.len() / esize;
+        let row = *shape.last().unwrap();
+        let mut points: Vec<usize> = (0..=n).step_by(row).flat_map(|p| [p, p + 1, p + 3]).collect();
+        points.extend([0, 1, n / 2, n - 1, n]);
+        for &start in &points {
+            for &end in &points {
+                if start > end || end > n {
+                    continue;
+                }
+                let mut out = vec![0u8; (end - start) * esize];
+                gather_into(&storage, esize, offset, shape, strides, start, &mut out);
+                assert_eq!(
+                    out,
+                    want[start * esize..end * esize],
+                    "{shape:?} {strides:?} [{start}, {end})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gathers_large_transposes_in_blocks() {
+        for esize in [1, 2, 4, 8, 3] {
+            check_large(esize, 0, &[70, 9], &[1, 70]); // transposed, many blocks
+            check_large(esize, 5, &[70, 9], &[1, 80]); // a transposed slice at an offset
+            check_large(esize, 0, &[70, 9], &[2, 150]); // rows strided by 2
+            check_large(esize, 0, &[33, 3, 5], &[1, 165, 33]); // 3-D, not a matrix
+        }
+    }
+
     #[test]
     fn contiguity() {
         assert!(is_contiguous(&[3, 4], &[4, 1]));
@@ -268,5 +403,66 @@ mod tests {
         assert_eq!(simplify(&[3, 4], &[4, 1]), [(12, 1)]);
         assert_eq!(simplify(&[4, 3], &[1, 4]), [(4, 1), (3, 4)]);
         assert_eq!(simplify(&[2, 1, 3], &[3, 5, 1]), [(6, 1)]);
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use std::time::Instant;
+
+    /// Throughput of gathering a transposed matrix in 64 Ki-element chunks, against
+    /// copying the same chunks: `cargo test --release --lib torch::view::bench --
+    /// --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn transposed_throughput() {
+        for (esize, n) in [(4usize, 4096usize), (2, 4096), (2, 11008)] {
+            let rows = n;
+            let cols = 4096;
+            let storage: Vec<u8> = (0..rows * cols * esize).map(|i| i as u8).collect();
+            let shape = [cols, rows];
+            let strides = [1, cols];
+            let chunk = 65536;
+            let mut out = vec![0u8; chunk * esize];
+            let total = rows * cols;
+            let best = |f: &mut dyn FnMut()| {
+                (0..3)
+                    .map(|_| {
+                        let t = Instant::now();
+                        f();
+                        t.elapsed().as_secs_f64()
+                    })
+                    .fold(f64::INFINITY, f64::min)
+            };
+            let t_gather = best(&mut || {
+                for start in (0..total).step_by(chunk) {
+                    let len = chunk.min(total - start);
+                    gather_into(
+                        &storage,
+                        esize,
+                        0,
+                        &shape,
+                        &strides,
+                        start,
+                        &mut out[..len * esize],
+                    );
+                }
+            });
+            let t_copy = best(&mut || {
+                for start in (0..total).step_by(chunk) {
+                    let len = chunk.min(total - start);
+                    out[..len * esize]
+                        .copy_from_slice(&storage[start * esize..(start + len) * esize]);
+                    std::hint::black_box(&out);
+                }
+            });
+            let gb = (total * esize) as f64 / 1e9;
+            eprintln!(
+                "esize {esize} {rows}x{cols}: gather {:.2} GB/s, memcpy {:.2} GB/s",
+                gb / t_gather,
+                gb / t_copy
+            );
+        }
     }
 }
