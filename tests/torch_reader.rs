@@ -655,3 +655,15 @@ fn real_pickles_parse_and_keep_their_invariants() {
         check_invariants(&sd);
     }
 }
+
+#[test]
+fn results_cross_threads() {
+    // The integrator shares the state dict with worker threads and returns errors
+    // through anyhow.
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<StateDict>();
+    send_sync::<TorchError>();
+    send_sync::<modelsoup::Error>();
+    let safetensors = fs::read(fixture("views.expected.safetensors")).unwrap();
+    assert!(!looks_like_torch_zip(&safetensors));
+}
