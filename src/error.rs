@@ -202,6 +202,10 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// A PyTorch `.bin` checkpoint could not be read.
+    #[error(transparent)]
+    Torch(#[from] crate::torch::TorchError),
+
     /// The worker thread pool could not be built.
     #[error("cannot start worker threads")]
     ThreadPool(#[from] rayon::ThreadPoolBuildError),

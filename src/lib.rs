@@ -67,6 +67,7 @@ pub mod plan;
 pub mod recipe;
 mod stream;
 pub mod tied;
+pub mod torch;
 pub mod values;
 
 pub use checkpoint::{Checkpoint, TensorEntry};

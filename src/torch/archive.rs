@@ -1,0 +1,108 @@
+//! The zip container of a torch checkpoint: finding `<prefix>/data.pkl` and the
+//! storages under `<prefix>/data/`, and proving each entry is a stored
+//! (uncompressed) byte range inside the file whose CRC-32 matches.
+//!
+//! The central directory is read by the `zip` crate from the in-memory bytes; each
+//! entry's data then starts at the end of its local header (`data_start`), and since
+//! `torch.save` stores every record uncompressed, the entry's bytes are exactly
+//! `data_start..data_start + size` of the file, which tensors are read from in place.
+
+use std::io::Cursor;
+use std::ops::Range;
+use std::path::Path;
+
+use zip::{CompressionMethod, ZipArchive};
+
+use super::{EntryProblem, TorchError};
+
+/// An opened archive: the central directory and the folder the records are in.
+pub(crate) struct Archive<'a> {
+    bytes: &'a [u8],
+    zip: ZipArchive<Cursor<&'a [u8]>>,
+    /// The top folder, e.g. `archive` or `pytorch_model`, without a slash.
+    pub(crate) prefix: String,
+}
+
+impl<'a> Archive<'a> {
+    /// Reads the central directory and finds the single `<prefix>/data.pkl`.
+    pub(crate) fn open(bytes: &'a [u8], path: &Path) -> Result<Self, TorchError> {
+        let zip = ZipArchive::new(Cursor::new(bytes))
+            .map_err(|source| TorchError::Zip { path: path.to_path_buf(), source })?;
+        let mut pickles = zip
+            .file_names()
+            .filter_map(|name| {
+                let prefix = name.strip_suffix("/data.pkl")?;
+                (!prefix.is_empty() && !prefix.contains('/')).then(|| prefix.to_owned())
+            })
+            .take(2)
+            .collect::<Vec<_>>()
+            .into_iter();
+        let Some(prefix) = pickles.next() else {
+            return Err(TorchError::NoDataPkl { path: path.to_path_buf() });
+        };
+        if let Some(other) = pickles.next() {
+            return Err(TorchError::SeveralDataPkl {
+                path: path.to_path_buf(),
+                first: format!("{prefix}/data.pkl"),
+                second: format!("{other}/data.pkl"),
+            });
+        }
+        Ok(Archive { bytes, zip, prefix })
+    }
+
+    /// The byte range of a stored entry in the file, if the entry exists, after
+    /// checking that it is stored, unencrypted, inside the file and that its CRC-32
+    /// matches.
+    pub(crate) fn checked_entry(
+        &mut self,
+        name: &str,
+        path: &Path,
+    ) -> Result<Option<Range<usize>>, TorchError> {
+        let Some(index) = self.zip.index_for_name(name) else {
+            return Ok(None);
+        };
+        let problem = |problem| TorchError::Entry {
+            path: path.to_path_buf(),
+            entry: name.to_owned(),
+            problem,
+        };
+        let file = self
+            .zip
+            .by_index_raw(index)
+            .map_err(|source| TorchError::Zip { path: path.to_path_buf(), source })?;
+        if file.encrypted() {
+            return Err(problem(EntryProblem::Encrypted));
+        }
+        if file.compression() != CompressionMethod::Stored {
+            // The method's number: without decompression features the crate knows
+            // no names, and the number is what the zip format records.
+            #[allow(deprecated)]
+            let method = file.compression().to_u16();
+            return Err(problem(EntryProblem::Compressed { method }));
+        }
+        if file.size() != file.compressed_size() {
+            return Err(problem(EntryProblem::SizeMismatch {
+                stored: file.compressed_size(),
+                declared: file.size(),
+            }));
+        }
+        let start = file.data_start().ok_or_else(|| problem(EntryProblem::OutsideFile))?;
+        let range = usize::try_from(start)
+            .ok()
+            .zip(usize::try_from(file.size()).ok())
+            .and_then(|(start, len)| Some(start..start.checked_add(len)?))
+            .filter(|r| r.end <= self.bytes.len())
+            .ok_or_else(|| problem(EntryProblem::OutsideFile))?;
+        let expected = file.crc32();
+        let actual = crc32fast::hash(&self.bytes[range.clone()]);
+        if actual != expected {
+            return Err(TorchError::Crc {
+                path: path.to_path_buf(),
+                entry: name.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        Ok(Some(range))
+    }
+}
