@@ -1,12 +1,18 @@
 //! Opening an ingredient: resolving a path to its shard files, mapping them, and
 //! validating every header before any tensor data is touched.
 //!
-//! An ingredient is a `.safetensors` file, or a directory holding `model.safetensors`
-//! or shards listed by `model.safetensors.index.json` (the Hugging Face layout). After
-//! [`Checkpoint::open`] succeeds, every tensor's byte range is known to lie inside its
-//! mapped file and to match its dtype and shape, so later reads cannot go out of
-//! bounds.
+//! An ingredient is a `.safetensors` file or a PyTorch `torch.save` zip file
+//! (`pytorch_model.bin`), or a directory holding `model.safetensors`, shards listed
+//! by `model.safetensors.index.json`, `pytorch_model.bin`, or shards listed by
+//! `pytorch_model.bin.index.json` (the Hugging Face layouts, safetensors first).
+//! PyTorch files are read by [`crate::torch`] without running their pickle; their
+//! contiguous tensors are byte ranges of the file like safetensors ones, and views
+//! that are not contiguous (a transposed or sliced weight) are gathered a chunk at a
+//! time when read. After [`Checkpoint::open`] succeeds, every tensor's bytes are
+//! known to lie inside its mapped file and to match its dtype and shape, so later
+//! reads cannot go out of bounds.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,6 +29,10 @@ use crate::mapped;
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// The file name of the shard index in a directory.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// The file name of a single-file PyTorch checkpoint in a directory.
+pub const TORCH_FILE: &str = "pytorch_model.bin";
+/// The file name of a PyTorch checkpoint's shard index in a directory.
+pub const TORCH_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 /// Largest index file accepted; real ones are well under 1 MB.
 const MAX_INDEX_BYTES: u64 = 64 << 20;
 
@@ -41,6 +51,11 @@ pub struct TensorEntry {
     pub offset: usize,
     /// Byte length of the data.
     pub len: usize,
+    /// For a view of a PyTorch storage that is not contiguous: its index among the
+    /// tensors of the shard's [`crate::torch::StateDict`], whose elements are
+    /// gathered on read. `offset` is then where its storage starts (for releasing
+    /// pages) and `len` still its own byte length.
+    pub strided: Option<usize>,
 }
 
 impl TensorEntry {
@@ -57,6 +72,8 @@ pub struct Shard {
     path: PathBuf,
     map: Mmap,
     metadata: BTreeMap<String, String>,
+    /// The state dict of a PyTorch file, for gathering its strided views.
+    torch: Option<crate::torch::StateDict>,
 }
 
 impl Shard {
@@ -114,6 +131,15 @@ impl Checkpoint {
         let single = path.join(SINGLE_FILE);
         if single.is_file() {
             let shard = open_shard(single)?;
+            return Self::assemble(path, Some(path.to_path_buf()), vec![shard], None);
+        }
+        let torch_index = path.join(TORCH_INDEX_FILE);
+        if torch_index.is_file() {
+            return Self::open_indexed(path, &torch_index);
+        }
+        let torch = path.join(TORCH_FILE);
+        if torch.is_file() {
+            let shard = open_shard(torch)?;
             return Self::assemble(path, Some(path.to_path_buf()), vec![shard], None);
         }
         Err(Error::NotACheckpoint { path: path.to_path_buf(), hint: directory_hint(path) })
@@ -219,13 +245,27 @@ impl Checkpoint {
         Checkpoint { tensors: tensors.into(), by_name: Arc::new(by_name), ..self.clone() }
     }
 
-    /// The bytes of `len` bytes of `tensor` starting `start` bytes into its data.
+    /// The bytes of `len` bytes of `tensor` starting `start` bytes into its data
+    /// (in row-major order): borrowed from the mapping, or gathered into a new
+    /// buffer for a strided PyTorch view.
     ///
     /// # Panics
     /// If the range lies outside the tensor; callers slice within validated sizes.
-    pub(crate) fn bytes(&self, tensor: &TensorEntry, start: usize, len: usize) -> &[u8] {
+    pub(crate) fn bytes(&self, tensor: &TensorEntry, start: usize, len: usize) -> Cow<'_, [u8]> {
         assert!(start + len <= tensor.len, "chunk outside tensor {:?}", tensor.name);
-        &self.shards[tensor.shard].map[tensor.offset + start..tensor.offset + start + len]
+        let shard = &self.shards[tensor.shard];
+        let (Some(i), Some(state)) = (tensor.strided, &shard.torch) else {
+            return Cow::Borrowed(&shard.map[tensor.offset + start..tensor.offset + start + len]);
+        };
+        // Whole elements covering the range, then the range within them.
+        let size = (tensor.dtype.bitsize() / 8).max(1);
+        let (first, end) = (start / size, (start + len).div_ceil(size));
+        let mut out = vec![0; (end - first) * size];
+        state.gather_into(&state.tensors()[i], &shard.map, first, &mut out);
+        let skip = start - first * size;
+        out.truncate(skip + len);
+        out.drain(..skip);
+        Cow::Owned(out)
     }
 
     /// Drops this process's mapping of bytes `start..end` of shard `shard` (see
@@ -235,11 +275,53 @@ impl Checkpoint {
     }
 }
 
-/// Maps one shard and lists its tensors in file order.
+/// Maps one shard and lists its tensors in file order: a PyTorch file when it is
+/// a zip archive or named like one (`.bin`, `.pt`, `.pth`), else safetensors.
 fn open_shard(path: PathBuf) -> Result<(Shard, Vec<TensorEntry>)> {
     let map = mapped::map_file(&path)?;
+    let torch_name = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "bin" | "pt" | "pth"));
+    if crate::torch::looks_like_torch_zip(&map) || torch_name {
+        return open_torch_shard(path, map);
+    }
     let (tensors, metadata) = parse_header(&map, &path)?;
-    Ok((Shard { path, map, metadata }, tensors))
+    Ok((Shard { path, map, metadata, torch: None }, tensors))
+}
+
+/// Reads a PyTorch file's state dict (checking every entry's CRC, which reads it
+/// all once) and lists its tensors in the dict's order.
+fn open_torch_shard(path: PathBuf, map: Mmap) -> Result<(Shard, Vec<TensorEntry>)> {
+    let state = crate::torch::read_state_dict(&map, &path)?;
+    // The CRC pass touched every page; the merge maps them back as it goes.
+    mapped::release(&map, 0, map.len());
+    let tensors = state
+        .tensors()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match state.byte_range(t) {
+            Some(range) => TensorEntry {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                shard: 0,
+                offset: range.start,
+                len: range.len(),
+                strided: None,
+            },
+            None => TensorEntry {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                shard: 0,
+                offset: state.storage_of(t).offset(),
+                len: t.byte_len(),
+                strided: Some(i),
+            },
+        })
+        .collect();
+    Ok((Shard { path, map, metadata: BTreeMap::new(), torch: Some(state) }, tensors))
 }
 
 /// Validates the safetensors header of a whole file's bytes and lists its tensors in
@@ -268,6 +350,7 @@ pub fn parse_header(
             shard: 0,
             offset: data_start + info.data_offsets.0,
             len: info.data_offsets.1 - info.data_offsets.0,
+            strided: None,
         })
         .collect();
     // Empty tensors first at a shared offset, so the ranges tile in this order.
@@ -300,7 +383,8 @@ fn declares_data_past_end(bytes: &[u8]) -> bool {
     })
 }
 
-/// Parses the text of `model.safetensors.index.json`: its tensor → shard map, and
+/// Parses the text of `model.safetensors.index.json` (or `pytorch_model.bin.index.json`,
+/// which has the same form): its tensor → shard map, and
 /// the distinct shard names in sorted order, each checked to be a plain file name.
 pub fn parse_index(text: &str, path: &Path) -> Result<(BTreeMap<String, String>, Vec<String>)> {
     let parsed: IndexFile = serde_json::from_str(text)
@@ -375,9 +459,10 @@ fn is_plain_file_name(name: &str) -> bool {
 /// Advice for a directory without safetensors weights.
 fn directory_hint(dir: &Path) -> String {
     let has = |name: &str| dir.join(name).exists();
-    if has("pytorch_model.bin") || has("pytorch_model.bin.index.json") {
-        return "; it holds PyTorch weights (pytorch_model.bin), which are not supported: \
-                convert them to safetensors first"
+    if has("model.pt") || has("model.pth") || has("tf_model.h5") || has("flax_model.msgpack") {
+        return "; it holds weights in a format soup does not read (only safetensors and \
+                PyTorch state dicts): save them with save_pretrained(..., \
+                safe_serialization=True)"
             .to_owned();
     }
     let others: Vec<String> = fs::read_dir(dir)

@@ -24,10 +24,11 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// A path is neither a `.safetensors` file nor a checkpoint directory.
+    /// A path is neither a weights file nor a checkpoint directory.
     #[error(
-        "{}: not a checkpoint: expected a .safetensors file, or a directory with \
-         model.safetensors or model.safetensors.index.json{hint}",
+        "{}: not a checkpoint: expected a .safetensors or PyTorch .bin file, or a \
+         directory with model.safetensors, model.safetensors.index.json, \
+         pytorch_model.bin or pytorch_model.bin.index.json{hint}",
         path.display()
     )]
     NotACheckpoint {

@@ -8,12 +8,14 @@
 //! Each chunk's bytes depend only on the inputs and weights, never on which thread
 //! computed it, so the output is byte-identical at any thread count.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use crate::checkpoint::{Checkpoint, TensorEntry};
+use crate::dtype::FloatDtype;
 use crate::error::{Error, Result};
 use crate::kernel::{Accumulator, Input};
 use crate::method::task_vectors::{self, Scratch};
@@ -151,22 +153,27 @@ impl Output<'_> {
         let t = &self.plan.tensors[chunk.tensor];
         match &t.produce {
             Produce::Average { dtype, inputs, weights } => {
-                let mixed: Vec<Input> = self
+                let read: Vec<(usize, Cow<[u8]>)> = self
                     .reads(chunk)
-                    .map(|(i, ck, entry, start, len)| Input {
-                        dtype: inputs[i],
-                        bytes: ck.bytes(entry, start, len),
-                        weight: weights[i],
-                    })
+                    .map(|(i, ck, entry, start, len)| (i, ck.bytes(entry, start, len)))
+                    .collect();
+                let mixed: Vec<Input> = read
+                    .iter()
+                    .map(|(i, bytes)| Input { dtype: inputs[*i], bytes, weight: weights[*i] })
                     .collect();
                 acc.mix(chunk.len, &mixed, *dtype, bytes);
                 self.write(t, chunk.start * dtype.size(), bytes)
             }
             Produce::TaskVectors { dtype, inputs, base, params } => {
-                let mut read = vec![None; inputs.len()];
+                let mut owned: Vec<Option<Cow<[u8]>>> = vec![None; inputs.len()];
                 for (i, ck, entry, start, len) in self.reads(chunk) {
-                    read[i] = Some((inputs[i], ck.bytes(entry, start, len)));
+                    owned[i] = Some(ck.bytes(entry, start, len));
                 }
+                let read: Vec<Option<(FloatDtype, &[u8])>> = owned
+                    .iter()
+                    .zip(inputs)
+                    .map(|(bytes, &dtype)| bytes.as_deref().map(|b| (dtype, b)))
+                    .collect();
                 let first = chunk.start as u64;
                 task_vectors::combine(
                     (first, chunk.len),
@@ -193,7 +200,7 @@ impl Output<'_> {
                         });
                     }
                 }
-                self.write(t, chunk.start, data)
+                self.write(t, chunk.start, &data)
             }
         }
     }

@@ -191,7 +191,7 @@ pub fn gram_pass(
         |i, tiles| {
             let chunk = chunks[i];
             let t = &tensors[chunk.tensor];
-            let bytes: Vec<(FloatDtype, &[u8])> = inputs
+            let read: Vec<(FloatDtype, std::borrow::Cow<[u8]>)> = inputs
                 .iter()
                 .zip(&t.sources)
                 .map(|(ck, &(dtype, src))| {
@@ -200,6 +200,7 @@ pub fn gram_pass(
                     (dtype, ck.bytes(entry, chunk.start * size, chunk.len * size))
                 })
                 .collect();
+            let bytes: Vec<(FloatDtype, &[u8])> = read.iter().map(|(d, b)| (*d, &**b)).collect();
             let mut partial = vec![0.0; k * (k + 1) / 2 + 1];
             chunk_sums(&bytes, has_base, tiles, &mut partial);
             if let Some(progress) = run.progress {

@@ -118,7 +118,7 @@ pub fn check_shared_init(ingredients: &[Checkpoint]) -> InitCheck {
                 let at = sample.len();
                 sample.resize(at + len, 0.0);
                 let bytes = ck.bytes(t, start * dtype.size(), len * dtype.size());
-                widen_into(*dtype, bytes, &mut sample[at..]);
+                widen_into(*dtype, &bytes, &mut sample[at..]);
             }
         }
         matrices += 1;

@@ -218,6 +218,7 @@ proptest! {
                 shard: 0,
                 offset,
                 len: t.data.len(),
+                strided: None,
             });
             offset += t.data.len();
         }

@@ -29,6 +29,10 @@ pub enum Command {
     /// Average checkpoints into one (uniform or weighted soup).
     #[command(after_long_help = MERGE_EXAMPLES)]
     Merge(MergeArgs),
+    /// Rewrite one checkpoint (PyTorch .bin or safetensors) as safetensors, sharded
+    /// like Hugging Face, optionally in another dtype.
+    #[command(after_long_help = CONVERT_EXAMPLES)]
+    Convert(ConvertArgs),
     /// Greedy soup: add ingredients best first while your evaluator's score does
     /// not drop.
     #[command(after_long_help = GREEDY_EXAMPLES)]
@@ -136,6 +140,44 @@ merge (missing or extra tensors, shapes, dtypes) and the shared-init check.
 
 Exit status: 0 nothing wrong, 1 the checkpoints cannot be souped together or
 --check-values found NaN or inf, 2 error (a checkpoint cannot be read).";
+
+const CONVERT_EXAMPLES: &str = "\
+Examples:
+  soup convert old-run/ -o old-run-st/                  pytorch_model.bin (or shards) to safetensors
+  soup convert model.bin -o out/ --dtype bf16           and round every float tensor to bf16
+  soup convert big/ -o resharded/ --max-shard-size 2GB
+
+PyTorch files are read without running their pickle: only state dicts of tensors are
+accepted (a whole pickled model, or a legacy pre-1.6 file, is refused with advice on
+re-saving it). Every archive entry's CRC is checked before its data is used.
+Transposed or sliced views are written as plain tensors, each name with its own copy
+(safetensors files cannot alias). Values are copied exactly unless --dtype asks for
+rounding; config and tokenizer files are copied from the input's directory; the
+output is written beside the destination and renamed into place when complete.";
+
+/// Arguments of `soup convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// A checkpoint: a .bin or .safetensors file, or a checkpoint directory.
+    #[arg(value_name = "CHECKPOINT")]
+    pub input: PathBuf,
+
+    /// Output directory (must not exist or be empty, unless --force).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+
+    /// How the output is written.
+    #[command(flatten)]
+    pub write: WriteArgs,
+
+    /// Print a JSON summary on stdout instead of the human one on stderr.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress bar and no summary line (errors are still printed).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
 
 /// Arguments of `soup inspect`.
 #[derive(Debug, Args)]

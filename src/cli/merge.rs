@@ -23,6 +23,37 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         }
         None => recipe_from_args(args)?,
     };
+    let output = Output {
+        path: &args.output,
+        write: &args.write,
+        json: args.json,
+        quiet: args.quiet,
+        chunk_elements: args.chunk_elements,
+    };
+    write_recipe(&recipe, &output, interrupted)
+}
+
+/// Where and how a command writes its one merge.
+pub struct Output<'a> {
+    /// The output directory.
+    pub path: &'a Path,
+    /// The shared writing options (threads, force, support files, checks).
+    pub write: &'a WriteArgs,
+    /// Print the JSON summary on stdout.
+    pub json: bool,
+    /// No progress bar or summary.
+    pub quiet: bool,
+    /// Elements per work chunk.
+    pub chunk_elements: usize,
+}
+
+/// Opens a recipe's checkpoints, runs its statistics passes and writes its soup,
+/// with progress bars and the summary.
+pub fn write_recipe(
+    recipe: &Recipe,
+    out: &Output,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Exit> {
     let paths: Vec<&str> = recipe.ingredients.iter().map(|i| i.path.as_str()).collect();
     let ingredients = open_all(&paths)?;
     let base = match &recipe.base {
@@ -30,38 +61,38 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         None => None,
     };
     let labels: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
-    init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
+    init_check::warn_if_independent(&ingredients, &labels, out.write.no_init_check);
 
-    let threads = args.write.threads.unwrap_or(0);
+    let threads = out.write.threads.unwrap_or(0);
     let total: u64 = ingredients.iter().chain(&base).map(Checkpoint::float_bytes).sum();
     let prepared = {
         // Statistics passes (SLERP, Model Stock, TIES) report the bytes they read.
-        let bar = progress::bytes_bar(total, args.quiet, "analysing");
+        let bar = progress::bytes_bar(total, out.quiet, "analysing");
         let on_read = |bytes: u64| bar.inc(bytes);
         let run = RunOptions {
             threads,
-            chunk_elements: args.chunk_elements,
+            chunk_elements: out.chunk_elements,
             progress: Some(&on_read),
             cancel: Some(interrupted),
         };
-        let prepared = method::prepare(&recipe, &ingredients, base.as_ref(), &run);
+        let prepared = method::prepare(recipe, &ingredients, base.as_ref(), &run);
         bar.finish_and_clear();
         prepared?
     };
     let Prepared { inputs, plan } = prepared;
 
-    let bar = progress::bytes_bar(plan.output_bytes(), args.quiet, "merging");
+    let bar = progress::bytes_bar(plan.output_bytes(), out.quiet, "writing");
     let on_chunk = |bytes: u64| bar.inc(bytes);
     let run = RunOptions {
         threads,
-        chunk_elements: args.chunk_elements,
+        chunk_elements: out.chunk_elements,
         progress: Some(&on_chunk),
         cancel: Some(interrupted),
     };
     let dest = Destination {
-        path: &args.output,
-        force: args.write.force,
-        support_files_from: args.write.copy_files_from.as_deref(),
+        path: out.path,
+        force: out.write.force,
+        support_files_from: out.write.copy_files_from.as_deref(),
         durable: true,
     };
     // Library errors name the file, tensor and output path themselves.
@@ -69,10 +100,10 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     bar.finish_and_clear();
     let report = report?;
 
-    if args.json {
-        println!("{}", serde_json::to_string(&summary_json(&report, &args.output, &recipe))?);
-    } else if !args.quiet {
-        eprintln!("{}", summary_line(&report, &recipe, &args.output));
+    if out.json {
+        println!("{}", serde_json::to_string(&summary_json(&report, out.path, recipe))?);
+    } else if !out.quiet {
+        eprintln!("{}", summary_line(&report, recipe, out.path));
     }
     Ok(Exit::Success)
 }
@@ -134,7 +165,7 @@ fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
 }
 
 /// Output options given on the command line, over the recipe's own.
-fn apply_write_options(recipe: &mut Recipe, write: &WriteArgs) {
+pub fn apply_write_options(recipe: &mut Recipe, write: &WriteArgs) {
     if let Some(dtype) = write.dtype {
         recipe.output.dtype = Some(dtype.name().to_owned());
     }
@@ -158,7 +189,8 @@ pub fn open_all(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Checkpoint>> {
 fn summary_line(r: &MergeReport, recipe: &Recipe, output: &Path) -> String {
     let k = recipe.ingredients.len();
     format!(
-        "merged {} ingredient(s) ({}{}) into {}: {} tensors, {} parameters, read {}, wrote {} in {:.2} s ({}/s)",
+        "{} {} ingredient(s) ({}{}) into {}: {} tensors, {} parameters, read {}, wrote {} in {:.2} s ({}/s)",
+        if k == 1 && recipe.base.is_none() { "wrote" } else { "merged" },
         k,
         recipe.method.name(),
         if recipe.base.is_some() { ", with a base" } else { "" },

@@ -2,6 +2,7 @@
 
 mod angles;
 pub mod args;
+mod convert;
 mod demo;
 mod duration;
 mod init_check;
@@ -58,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     match cli.command {
         Command::Merge(args) => merge::run(&args, &INTERRUPTED),
+        Command::Convert(args) => convert::run(&args, &INTERRUPTED),
         Command::Greedy(args) => search::run(&args.search, search::Method::Greedy, &INTERRUPTED),
         Command::Pruned(args) => {
             search::run(&args.search, search::Method::Pruned { passes: args.passes }, &INTERRUPTED)

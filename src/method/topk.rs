@@ -46,7 +46,7 @@ pub(crate) struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn bytes(&self, start: usize, len: usize) -> &[u8] {
+    fn bytes(&self, start: usize, len: usize) -> std::borrow::Cow<'_, [u8]> {
         let entry = &self.checkpoint.tensors()[self.tensor];
         let size = self.dtype.size();
         self.checkpoint.bytes(entry, start * size, len * size)
@@ -225,10 +225,10 @@ fn pass<T: Send>(
             let mut acc = init();
             for start in (chunk.start..chunk.end).step_by(TILE) {
                 let n = TILE.min(chunk.end - start);
-                widen_into(base.dtype, base.bytes(start, n), &mut b[..n]);
+                widen_into(base.dtype, &base.bytes(start, n), &mut b[..n]);
                 for (j, &i) in which.iter().enumerate() {
                     let source = inputs[i].0;
-                    widen_into(source.dtype, source.bytes(start, n), &mut x[..n]);
+                    widen_into(source.dtype, &source.bytes(start, n), &mut x[..n]);
                     for e in 0..n {
                         each(&mut acc, j, (start + e) as u64, (x[e] - b[e]).abs().to_bits());
                     }
