@@ -778,7 +778,7 @@ impl<'a> Machine<'a> {
     }
 
     fn set_items(&mut self, op: &'static str, items: Vec<Value>) -> Step<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(PickleErrorKind::StackUnderflow { op });
         }
         let target = self.top(op)?.clone();

@@ -108,7 +108,7 @@ pub(crate) fn gather_into(
     start: usize,
     out: &mut [u8],
 ) {
-    assert!(out.len() % esize == 0, "output is not a whole number of elements");
+    assert!(out.len().is_multiple_of(esize), "output is not a whole number of elements");
     let count = out.len() / esize;
     let total = numel(shape).unwrap_or(0);
     assert!(start <= total && count <= total - start, "range outside the tensor");
