@@ -8,6 +8,11 @@
 //! the head is not invented, and the others' copies are set aside. Nothing changes
 //! when every ingredient stores both (both are merged) or neither does, or when a
 //! model's config does not tie (a missing head is then a real difference).
+//!
+//! A PyTorch file may store a tied head as a second name on the embedding's very
+//! storage. safetensors cannot alias, so writing both would duplicate the matrix;
+//! when the config ties them, such a head is left out, as `save_pretrained` does
+//! (the loader ties it back). A head stored as its own copy is kept.
 
 use std::path::Path;
 
@@ -36,10 +41,29 @@ fn input_embedding<'a>(ck: &'a Checkpoint, shape: &[usize]) -> Option<&'a Tensor
     found.next().is_none().then_some(first)
 }
 
+/// `ck` without heads that are a second name on the input embedding's bytes, when
+/// its config ties them.
+fn without_aliased_heads(ck: &Checkpoint) -> Checkpoint {
+    let aliased = |head: &TensorEntry| {
+        input_embedding(ck, &head.shape).is_some_and(|e| {
+            let same = |t: &TensorEntry| (t.shard, t.offset, t.len, t.strided, t.dtype);
+            e.name != head.name && same(e) == same(head)
+        })
+    };
+    let drop: Vec<&str> = HEADS.into_iter().filter(|h| ck.get(h).is_some_and(aliased)).collect();
+    if drop.is_empty() || ties_embeddings(ck.directory()) != Some(true) {
+        return ck.clone();
+    }
+    ck.with_tensors(
+        ck.tensors().iter().filter(|t| !drop.contains(&t.name.as_str())).cloned().collect(),
+    )
+}
+
 /// The ingredients with tied heads reconciled as the module describes; the
 /// others are returned unchanged.
 pub fn reconcile(ingredients: &[Checkpoint]) -> Vec<Checkpoint> {
-    let mut out = ingredients.to_vec();
+    let ingredients: Vec<Checkpoint> = ingredients.iter().map(without_aliased_heads).collect();
+    let mut out = ingredients.clone();
     let Some(first) = ingredients.first() else { return out };
     for head in HEADS {
         let holders: Vec<bool> = ingredients.iter().map(|ck| ck.get(head).is_some()).collect();

@@ -124,3 +124,19 @@ fn a_corrupted_entry_fails_its_crc_check() {
     assert!(err.contains("pytorch_model.bin") && err.to_lowercase().contains("crc"), "{err}");
     assert!(!dir.path().join("out").exists());
 }
+
+#[test]
+fn a_tied_head_stored_on_the_embedding_is_written_once_when_the_config_ties() {
+    let dir = common::tempdir();
+    for (tie, head_written) in [(true, false), (false, true)] {
+        let src = dir.path().join(format!("tie-{tie}"));
+        fs::create_dir(&src).unwrap();
+        fs::copy(fixture("views.bin"), src.join("pytorch_model.bin")).unwrap();
+        fs::write(src.join("config.json"), format!("{{\"tie_word_embeddings\": {tie}}}")).unwrap();
+        let out = dir.path().join(format!("out-{tie}"));
+        soup_ok(&["convert", s(&src), "-o", s(&out), "--quiet"]);
+        let got = read_output(&out);
+        assert_eq!(got.contains_key("lm_head.weight"), head_written, "tie_word_embeddings {tie}");
+        assert_eq!(got["embed.weight"], expected("views")["embed.weight"]);
+    }
+}
