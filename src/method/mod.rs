@@ -169,18 +169,8 @@ fn linear(resolved: &Resolved, k: usize, has_base: bool) -> Result<Mixing, Strin
 fn task_arithmetic(resolved: &Resolved, recipe: &Recipe, k: usize) -> Mixing {
     let mut map = HashMap::new();
     for (name, t) in &resolved.tensors {
-        let mut weights = t.weights.clone();
-        weights.push(0.0);
-        map.insert(
-            name.clone(),
-            TaskParams {
-                weights,
-                lambda: t.lambda,
-                normalize: recipe.parameters.normalize.unwrap_or(false),
-                elect_sign: false,
-                sparsify: Sparsify::None,
-            },
-        );
+        let normalize = recipe.parameters.normalize.unwrap_or(false);
+        map.insert(name.clone(), task_params(t, normalize, false, Sparsify::None));
     }
     task_vector_mixing(map, k)
 }
@@ -321,18 +311,8 @@ fn ties(
                 keeps[i] = keep;
             }
         }
-        let mut weights = t.weights.clone();
-        weights.push(0.0);
-        map.insert(
-            name.clone(),
-            TaskParams {
-                weights,
-                lambda: t.lambda,
-                normalize: recipe.parameters.normalize.unwrap_or(true),
-                elect_sign: true,
-                sparsify: Sparsify::Magnitude(keeps),
-            },
-        );
+        let normalize = recipe.parameters.normalize.unwrap_or(true);
+        map.insert(name.clone(), task_params(t, normalize, true, Sparsify::Magnitude(keeps)));
     }
     Ok(task_vector_mixing(map, k))
 }
@@ -352,24 +332,26 @@ fn dare(resolved: &Resolved, recipe: &Recipe, k: usize) -> Mixing {
         masks.push(None);
         let mut densities = t.densities.clone();
         densities.push(1.0);
-        let mut weights = t.weights.clone();
-        weights.push(0.0);
-        map.insert(
-            name.clone(),
-            TaskParams {
-                weights,
-                lambda: t.lambda,
-                normalize: recipe.parameters.normalize.unwrap_or(false),
-                elect_sign: recipe.method == Method::DareTies,
-                sparsify: Sparsify::Random {
-                    masks,
-                    densities,
-                    rescale: recipe.parameters.rescale.unwrap_or(true),
-                },
-            },
-        );
+        let rescale = recipe.parameters.rescale.unwrap_or(true);
+        let sparsify = Sparsify::Random { masks, densities, rescale };
+        let normalize = recipe.parameters.normalize.unwrap_or(false);
+        let elect = recipe.method == Method::DareTies;
+        map.insert(name.clone(), task_params(t, normalize, elect, sparsify));
     }
     task_vector_mixing(map, k)
+}
+
+/// One tensor's task-vector parameters over the `k` models and the base, whose
+/// slot (index `k`, weight 0) is appended.
+fn task_params(
+    t: &params::TensorParams,
+    normalize: bool,
+    elect_sign: bool,
+    sparsify: Sparsify,
+) -> TaskParams {
+    let mut weights = t.weights.clone();
+    weights.push(0.0);
+    TaskParams { weights, lambda: t.lambda, normalize, elect_sign, sparsify }
 }
 
 /// The task-vector mixing over `k` models and the base at index `k`.
