@@ -64,10 +64,17 @@ pub fn write_recipe(
     init_check::warn_if_independent(&ingredients, &labels, out.write.no_init_check);
 
     let threads = out.write.threads.unwrap_or(0);
-    let total: u64 = ingredients.iter().chain(&base).map(Checkpoint::float_bytes).sum();
     let prepared = {
-        // Statistics passes (SLERP, Model Stock, TIES) report the bytes they read.
-        let bar = progress::bytes_bar(total, out.quiet, "analysing");
+        // Statistics passes report the bytes they read: one pass for SLERP and Model
+        // Stock, as many as the selection needs for TIES, none for the others.
+        let total: u64 = ingredients.iter().chain(&base).map(Checkpoint::float_bytes).sum();
+        let bar = match recipe.method {
+            Method::Slerp | Method::ModelStock => {
+                progress::bytes_bar(total, out.quiet, "analysing")
+            }
+            Method::Ties => progress::bytes_counter(out.quiet, "selecting"),
+            _ => progress::bytes_counter(true, ""),
+        };
         let on_read = |bytes: u64| bar.inc(bytes);
         let run = RunOptions {
             threads,
