@@ -8,7 +8,7 @@ use modelsoup::FloatDtype;
 /// Build model soups: average fine-tuned checkpoints of one pretrained model into a
 /// single model that is as good as or better than the best of them.
 ///
-/// Weights are streamed from memory-mapped safetensors files, so soups of
+/// Weights are streamed from memory-mapped safetensors (or PyTorch) files, so soups of
 /// multi-gigabyte models need no more than a few megabytes of RAM per thread.
 #[derive(Debug, Parser)]
 #[command(name = "soup", version, propagate_version = true, max_term_width = 100)]
@@ -26,7 +26,8 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Average checkpoints into one (uniform or weighted soup).
+    /// Merge checkpoints into one: uniform or weighted soup, WiSE-FT, task
+    /// arithmetic, TIES, DARE, SLERP, Model Stock, or a recipe file.
     #[command(after_long_help = MERGE_EXAMPLES)]
     Merge(MergeArgs),
     /// Rewrite one checkpoint (PyTorch .bin or safetensors) as safetensors, sharded
@@ -184,7 +185,7 @@ pub struct ConvertArgs {
 /// Arguments of `soup inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Checkpoints: .safetensors files or checkpoint directories.
+    /// Checkpoints: .safetensors or PyTorch .bin files, or checkpoint directories.
     #[arg(required = true, value_name = "CHECKPOINT")]
     pub checkpoints: Vec<PathBuf>,
 
@@ -219,7 +220,8 @@ pub enum Format {
 /// Arguments of `soup angles`.
 #[derive(Debug, Args)]
 pub struct AnglesArgs {
-    /// Fine-tuned checkpoints: .safetensors files or checkpoint directories.
+    /// Fine-tuned checkpoints: .safetensors or PyTorch .bin files, or checkpoint
+    /// directories.
     #[arg(required = true, value_name = "INGREDIENT")]
     pub ingredients: Vec<PathBuf>,
 
@@ -355,7 +357,8 @@ pub struct PrunedArgs {
 /// Options shared by the soup searches.
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// Fine-tuned checkpoints: .safetensors files or checkpoint directories.
+    /// Fine-tuned checkpoints: .safetensors or PyTorch .bin files, or checkpoint
+    /// directories.
     #[arg(required = true, value_name = "INGREDIENT")]
     pub ingredients: Vec<PathBuf>,
 
@@ -479,9 +482,10 @@ Examples:
   soup merge --recipe old-soup/ -o rebuilt/                     replay the recipe a soup records
   soup merge a/ b/ -o soup/ --dtype bf16 --max-shard-size 2GB   convert and re-shard
 
-An ingredient is a .safetensors file or a Hugging Face checkpoint directory
-(model.safetensors, or shards listed in model.safetensors.index.json). Ingredients
-may be sharded differently and mix F32, F16 and BF16. Float tensors are combined
+An ingredient is a .safetensors or PyTorch .bin file, or a Hugging Face checkpoint
+directory (model.safetensors, or shards listed in model.safetensors.index.json;
+failing those, pytorch_model.bin or its shards and index). Ingredients may be
+sharded differently, mix formats, and mix F32, F16 and BF16. Float tensors are combined
 in f64 and rounded once (to nearest even) to the output dtype; integer and bool
 tensors must be identical and are copied. The output directory holds
 model.safetensors (or shards and an index), the recipe in each file's metadata
@@ -500,7 +504,8 @@ parameters per tensor (filters, layer gradients); see docs/METHODS.md.";
 /// Arguments of `soup merge`.
 #[derive(Debug, Args)]
 pub struct MergeArgs {
-    /// Checkpoints to merge: .safetensors files or checkpoint directories.
+    /// Checkpoints to merge: .safetensors or PyTorch .bin files, or checkpoint
+    /// directories.
     #[arg(value_name = "INGREDIENT", required_unless_present = "recipe")]
     pub ingredients: Vec<PathBuf>,
 
