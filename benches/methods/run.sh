@@ -12,8 +12,11 @@
 #   same bytes as `soup merge --recipe <the mergekit YAML>` (every file).
 #
 # Inputs: base = ingredient-0, fine-tunes = ingredient-1..3 of $DATA
-# (benches/e2e/make_checkpoints.py layout: base + small per-model noise, so the
-# "fine-tunes" are the base plus correlated deltas; generated if missing).
+# (benches/e2e/make_checkpoints.py layout: a hidden random model plus 10 %
+# independent noise per checkpoint, so the task vectors x_i - x_0 are
+# correlated deltas, pairwise cosine about 0.5; generated if missing). The
+# default is 4 x 0.25 GB rather than the e2e bench's 4 x 0.75 GB because
+# mergekit's TIES alone takes over a minute per run at 0.75 GB on 2 cores.
 # Prints a markdown table of medians, also saved to $WORK/results.md.
 #
 # Env (all optional):
@@ -150,7 +153,7 @@ wait_quiet() {  # $1 = flag file to create if the machine never became quiet
     pct=$(busy_pct)
     if (( pct < 15 )); then (( ++calm >= 2 )) && return 0; else calm=0; fi
   done
-  echo "   warning: machine still busy (${pct}% CPU) - timing is unreliable" >&2
+  echo "   warning: machine not idle for 2 s within ${QUIET_MAX:-10} s (last ${pct}% CPU) - timing may be unreliable" >&2
   echo "$pct" >"$1"
 }
 warm() { cat "$I0"/*.safetensors "$I1"/*.safetensors "$I2"/*.safetensors "$I3"/*.safetensors >/dev/null; }
