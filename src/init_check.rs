@@ -120,6 +120,9 @@ pub fn check_shared_init(ingredients: &[Checkpoint]) -> InitCheck {
                 let bytes = ck.bytes(t, start * dtype.size(), len * dtype.size());
                 widen_into(*dtype, &bytes, &mut sample[at..]);
             }
+            // The kernel maps whole readahead windows around each sample; drop them,
+            // or a few windows per matrix add up to hundreds of MB of RSS.
+            ck.release(t.shard, t.offset, t.offset + t.len);
         }
         matrices += 1;
         sampled += samples[0].len() as u64;
