@@ -104,6 +104,8 @@ fn json_summary_weights_dtype_and_sharding() {
     assert_eq!(weights, [2.0, 1.0, 1.0], "as given; linear normalises them");
     assert_eq!(summary["recipe"]["output"]["dtype"], "f32");
     assert!(summary["seconds"].as_f64().unwrap() >= 0.0);
+    assert_eq!(summary["statistics_bytes_read"], 0, "a linear merge has no statistics pass");
+    assert!(summary["total_seconds"].as_f64() >= summary["seconds"].as_f64());
     let files: Vec<&str> =
         summary["output_files"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
     assert!(

@@ -172,6 +172,16 @@ fn every_supported_method_runs_from_its_mergekit_config_as_its_recipe_does() {
                 .collect::<Vec<_>>(),
         );
         assert!(run.status.success(), "{file}: {}", String::from_utf8_lossy(&run.stderr));
+        if file == "ties.yaml" {
+            let config = fixture(file);
+            let again = root.join("ties-json");
+            let args = ["merge", "--recipe", config.to_str().unwrap(), "--json", "-o"];
+            let args: Vec<&str> = args.into_iter().chain([again.to_str().unwrap()]).collect();
+            let summary: serde_json::Value =
+                serde_json::from_slice(&soup_in(root, &args).stdout).unwrap();
+            let statistics = summary["statistics_bytes_read"].as_u64().unwrap();
+            assert!(statistics > 0, "TIES's selection passes are counted: {summary}");
+        }
         let expected = native(root, &recipe, &format!("native-{file}"));
         let (got, want) = (tensors(&out), tensors(&expected));
         assert_eq!(got.len(), SHAPES.len(), "{file}");

@@ -22,7 +22,7 @@ double-rounded through float32):
 - model_stock: t * mean(x_i) + (1 - t) * b with t = k cos / (1 + (k-1) cos),
   cos the mean pairwise cosine of the task vectors of the whole tensor;
 - slerp: two references, `ref` (one angle per tensor, soup's definition) and
-  `ref_rows` (one angle per output row, mergekit 0.1.5's);
+  `ref_rows` (one angle per output row, for comparison);
 - dare_linear / dare_ties: no element-wise reference can exist (random masks);
   `ref` is one draw of the paper's DARE (Bernoulli(density) masks from
   torch.Generator seed 1234, survivors / density), whose statistics are

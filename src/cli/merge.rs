@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use anyhow::{bail, Context};
 use modelsoup::method::{self, Prepared};
@@ -64,6 +65,8 @@ pub fn write_recipe(
     init_check::warn_if_independent(&ingredients, &labels, out.write.no_init_check);
 
     let threads = out.write.threads.unwrap_or(0);
+    let started = Instant::now();
+    let statistics_read = AtomicU64::new(0);
     let prepared = {
         // Statistics passes report the bytes they read: one pass for SLERP and Model
         // Stock, as many as the selection needs for TIES, none for the others.
@@ -75,7 +78,10 @@ pub fn write_recipe(
             Method::Ties => progress::bytes_counter(out.quiet, "selecting"),
             _ => progress::bytes_counter(true, ""),
         };
-        let on_read = |bytes: u64| bar.inc(bytes);
+        let on_read = |bytes: u64| {
+            statistics_read.fetch_add(bytes, Ordering::Relaxed);
+            bar.inc(bytes);
+        };
         let run = RunOptions {
             threads,
             chunk_elements: out.chunk_elements,
@@ -87,6 +93,10 @@ pub fn write_recipe(
         prepared?
     };
     let Prepared { inputs, plan } = prepared;
+    let statistics = Statistics {
+        bytes_read: statistics_read.load(Ordering::Relaxed),
+        seconds: started.elapsed().as_secs_f64(),
+    };
 
     let bar = progress::bytes_bar(plan.output_bytes(), out.quiet, "writing");
     let on_chunk = |bytes: u64| bar.inc(bytes);
@@ -108,9 +118,10 @@ pub fn write_recipe(
     let report = report?;
 
     if out.json {
-        println!("{}", serde_json::to_string(&summary_json(&report, out.path, recipe))?);
+        let json = summary_json(&report, &statistics, out.path, recipe);
+        println!("{}", serde_json::to_string(&json)?);
     } else if !out.quiet {
-        eprintln!("{}", summary_line(&report, recipe, out.path));
+        eprintln!("{}", summary_line(&report, &statistics, recipe, out.path));
     }
     Ok(Exit::Success)
 }
@@ -193,8 +204,21 @@ pub fn open_all(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Checkpoint>> {
         .collect()
 }
 
-fn summary_line(r: &MergeReport, recipe: &Recipe, output: &Path) -> String {
+/// What the statistics passes before the merge cost.
+struct Statistics {
+    /// Bytes they read.
+    bytes_read: u64,
+    /// Seconds from the start of planning to the start of the merge.
+    seconds: f64,
+}
+
+fn summary_line(r: &MergeReport, st: &Statistics, recipe: &Recipe, output: &Path) -> String {
     let k = recipe.ingredients.len();
+    let passes = if st.bytes_read > 0 {
+        format!("; statistics passes read {} in {:.2} s", human_bytes(st.bytes_read), st.seconds)
+    } else {
+        String::new()
+    };
     format!(
         "{} {} ingredient(s) ({}{}) into {}: {} tensors, {} parameters, read {}, wrote {} in {:.2} s ({}/s)",
         if k == 1 && recipe.base.is_none() { "wrote" } else { "merged" },
@@ -208,11 +232,22 @@ fn summary_line(r: &MergeReport, recipe: &Recipe, output: &Path) -> String {
         human_bytes(r.bytes_written),
         r.seconds,
         human_bytes((r.bytes_read as f64 / r.seconds.max(1e-9)) as u64),
-    )
+    ) + &passes
 }
 
-fn summary_json(r: &MergeReport, output: &Path, recipe: &Recipe) -> serde_json::Value {
+/// The merge report plus the output, the recipe, the throughput of the merge pass,
+/// and the statistics passes (`statistics_bytes_read`, `statistics_seconds`;
+/// `total_seconds` covers both).
+fn summary_json(
+    r: &MergeReport,
+    st: &Statistics,
+    output: &Path,
+    recipe: &Recipe,
+) -> serde_json::Value {
     let mut extra = BTreeMap::new();
+    extra.insert("statistics_bytes_read", serde_json::json!(st.bytes_read));
+    extra.insert("statistics_seconds", serde_json::json!(st.seconds));
+    extra.insert("total_seconds", serde_json::json!(st.seconds + r.seconds));
     extra.insert("output", serde_json::json!(output));
     extra.insert("method", serde_json::json!(recipe.method));
     extra.insert("recipe", serde_json::json!(recipe));
