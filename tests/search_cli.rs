@@ -1234,6 +1234,19 @@ fn a_resumed_run_leaves_no_stale_scratch() {
     assert!(left.is_empty(), "left in scratch after the resumed run: {left:?}");
 }
 
+/// A base model for `world`: the target shifted by 0.3, as stored (f32).
+fn write_base(world: &World, dir: &Path) -> (PathBuf, Vec<f64>) {
+    let values: Vec<f64> = world.target.iter().map(|t| f64::from((t + 0.3) as f32)).collect();
+    let base = dir.join("base.safetensors");
+    let tensors = vec![
+        RawTensor::float("a.weight", Fmt::F32, &[16, 16], &values[..SPLIT]),
+        RawTensor::raw("step", "I64", &[1], 1234i64.to_le_bytes().to_vec()),
+        RawTensor::float("b.bias", Fmt::F32, &[ELEMENTS - SPLIT], &values[SPLIT..]),
+    ];
+    write_file(&base, &tensors, true);
+    (base, values)
+}
+
 /// With `--base` and `--lambda`, every candidate and the final soup are
 /// `θ₀ + λ·(mean − θ₀)`: the search runs over task vectors, and its recipe is task
 /// arithmetic that replays byte for byte.
@@ -1242,15 +1255,7 @@ fn a_search_over_task_vectors_scales_every_candidate_toward_the_base() {
     let dir = common::tempdir();
     let mut world = find_world(3, 0.0);
     world.write(dir.path(), false);
-    let base_values: Vec<f64> = world.target.iter().map(|t| t + 0.3).collect();
-    let base_values: Vec<f64> = base_values.iter().map(|&x| f64::from(x as f32)).collect();
-    let base = dir.path().join("base.safetensors");
-    let tensors = vec![
-        RawTensor::float("a.weight", Fmt::F32, &[16, 16], &base_values[..SPLIT]),
-        RawTensor::raw("step", "I64", &[1], 1234i64.to_le_bytes().to_vec()),
-        RawTensor::float("b.bias", Fmt::F32, &[ELEMENTS - SPLIT], &base_values[SPLIT..]),
-    ];
-    write_file(&base, &tensors, true);
+    let (base, base_values) = write_base(&world, dir.path());
     let out = dir.path().join("soup");
     let mut args = search_args(&world, Method::Greedy, &out, &world.eval(""));
     args.extend(["--base".into(), p(&base), "--lambda".into(), "0.5".into()]);
@@ -1282,4 +1287,28 @@ fn a_search_over_task_vectors_scales_every_candidate_toward_the_base() {
         .iter()
         .all(|r| strings(&r["members"]).iter().any(|m| m.starts_with("base:")));
     assert!(keyed, "every journal record names the base");
+}
+
+/// A learned soup over task vectors records task arithmetic with its learned
+/// weights, which replays byte for byte.
+#[test]
+fn a_learned_search_over_task_vectors_records_a_replayable_recipe() {
+    let dir = common::tempdir();
+    let mut world = find_world(3, 0.0);
+    world.write(dir.path(), false);
+    let (base, _) = write_base(&world, dir.path());
+    let out = dir.path().join("learned");
+    let mut args: Vec<String> = vec!["learned".into()];
+    args.extend(world.labels());
+    args.extend(["-o".into(), p(&out), "--eval".into(), world.eval("")]);
+    args.extend(["--budget".into(), "8".into(), "--base".into(), p(&base)]);
+    args.extend(["--lambda".into(), "0.7".into()]);
+    soup_ok_in(dir.path(), &args);
+    let (metadata, _) = read_safetensors(&out.join("model.safetensors"));
+    let recipe: Value = serde_json::from_str(&metadata["modelsoup.recipe"]).unwrap();
+    assert_eq!(recipe["method"], "task-arithmetic");
+    assert_eq!(recipe["search"], "learned");
+    assert_eq!(recipe["parameters"]["lambda"], 0.7);
+    assert_eq!(recipe["parameters"]["normalize"], false);
+    assert_recipe_replays(&out);
 }
