@@ -22,9 +22,10 @@
 #  scaling  soup convert of bf16 files of 0.5, SIZE_GB and 2 GB (SCALE_SIZES):
 #           RssAnon and max RSS must not grow with the model.
 #  merge    soup merge of two bf16 .bin ingredients vs the same two converted to
-#           safetensors (outputs compared), and soup inspect of both pairs,
-#           OPEN_RUNS=10 times interleaved (open_time.py): opening alone, which
-#           for .bin is the CRC-32 pass over every byte.
+#           safetensors (outputs compared), with and without --no-init-check,
+#           and soup inspect of one ingredient in each format, OPEN_RUNS=10 times
+#           interleaved (open_time.py): opening alone, which for .bin is the
+#           CRC-32 pass over every byte.
 #
 # Env (all optional):
 #   SOUP=target/release/soup      binary (built with cargo build --release)
@@ -181,13 +182,20 @@ for phase in $PHASES; do
         warm "${bins[@]}" "${sts[@]}"
         run merge-bin "$r" "$SOUP" merge "${bins[@]}" -o "$OUT/merge-bin" --force --quiet
         run merge-st "$r" "$SOUP" merge "${sts[@]}" -o "$OUT/merge-st" --force --quiet
+        # The shared-init check samples every matrix of both ingredients first;
+        # without it, what is left is the open and the streaming pass.
+        run merge-bin-noinit "$r" "$SOUP" merge "${bins[@]}" -o "$OUT/merge-bin-noinit" \
+          --force --quiet --no-init-check
+        run merge-st-noinit "$r" "$SOUP" merge "${sts[@]}" -o "$OUT/merge-st-noinit" \
+          --force --quiet --no-init-check
       done
-      # Opening alone (soup inspect), too short for /usr/bin/time's 10 ms steps.
-      warm "${bins[@]}" "${sts[@]}"; wait_quiet "$LOG/open.busy"
+      # Opening one file alone (soup inspect of one checkpoint runs no init
+      # check), too short for /usr/bin/time's 10 ms steps.
+      warm "${bins[0]}" "${sts[0]}"; wait_quiet "$LOG/open.busy"
       python3 "$HERE/open_time.py" --runs "$OPEN_RUNS" --json "$LOG/open.json" \
-        inspect-bin "$(printf '%q ' "$SOUP" inspect "${bins[@]}")" \
-        inspect-st "$(printf '%q ' "$SOUP" inspect "${sts[@]}")"
-      check "$OUT/merge-st" "$OUT/merge-bin"
+        inspect-bin "$(printf '%q ' "$SOUP" inspect "${bins[0]}")" \
+        inspect-st "$(printf '%q ' "$SOUP" inspect "${sts[0]}")"
+      check "$OUT/merge-st" "$OUT/merge-bin" "$OUT/merge-bin-noinit" "$OUT/merge-st-noinit"
       clean_out ;;
     *) echo "unknown phase $phase" >&2; exit 1 ;;
   esac
