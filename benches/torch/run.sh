@@ -2,7 +2,7 @@
 # PyTorch checkpoints: `soup convert` / `soup merge` on torch.save state dicts
 # (pytorch_model.bin), against the Python baseline, side by side in one run.
 #
-#   bash benches/torch/run.sh            # ~10 min on 2 cores, ~5 GB of disk at peak
+#   bash benches/torch/run.sh        # ~10 min on 2 cores, up to ~6 GB of disk (merge phase)
 #
 # Phases (PHASES="convert strided scaling merge"), each round-robin over its
 # commands, REPS times, page cache warmed (cat) before each round and `sync`
@@ -115,6 +115,12 @@ check() {  # compare.py REF OUTPUTS... into the log (a difference is reported, n
   "$PY" "$HERE/compare.py" "$@" 2>&1 | sed "s|$ROOT/||g" | tee -a "$LOG/compare.txt" >&2 || true
 }
 clean_out() { rm -rf "${OUT:?}"/*; }
+# finish LABEL REP [REF]: after the last rep, check the output against REF; then
+# delete it (1 GB each: keeping them all would need ~6 GB more disk).
+finish() {
+  if (( $2 == REPS )) && [[ -n ${3:-} ]]; then check "$3" "$OUT/$1"; fi
+  rm -rf "${OUT:?}/$1"
+}
 
 echo "== disk:" >&2; df -h "$DATA" >&2
 for phase in $PHASES; do
@@ -126,15 +132,11 @@ for phase in $PHASES; do
       for ((r = 1; r <= REPS; r++)); do
         for dt in f32 bf16; do
           f=$(bin "$dt-${SIZE_GB}g"); warm "$f"
-          soup_convert "soup-$dt" "$r" "$f"
-          py_convert "py-mmap-$dt" "$r" "$f" --mmap
-          py_convert "py-load-$dt" "$r" "$f"
+          soup_convert "soup-$dt" "$r" "$f"; finish "soup-$dt" "$r" "$f"
+          py_convert "py-mmap-$dt" "$r" "$f" --mmap; finish "py-mmap-$dt" "$r" "$f"
+          py_convert "py-load-$dt" "$r" "$f"; finish "py-load-$dt" "$r" "$f"
         done
-      done
-      for dt in f32 bf16; do
-        check "$(bin "$dt-${SIZE_GB}g")" "$OUT/soup-$dt" "$OUT/py-mmap-$dt" "$OUT/py-load-$dt"
-      done
-      clean_out ;;
+      done ;;
     strided)
       gen "f32-${SIZE_GB}g" --dtype f32 --size-gb "$SIZE_GB"
       gen "bf16-${SIZE_GB}g" --dtype bf16 --size-gb "$SIZE_GB"
@@ -143,15 +145,11 @@ for phase in $PHASES; do
       for ((r = 1; r <= REPS; r++)); do
         for dt in f32 bf16; do
           c=$(bin "$dt-${SIZE_GB}g") t=$(bin "$dt-${SIZE_GB}g-t"); warm "$c" "$t"
-          soup_convert "soup-c-$dt" "$r" "$c"
-          soup_convert "soup-t-$dt" "$r" "$t"
-          py_convert "py-mmap-t-$dt" "$r" "$t" --mmap
+          soup_convert "soup-c-$dt" "$r" "$c"; finish "soup-c-$dt" "$r"
+          soup_convert "soup-t-$dt" "$r" "$t"; finish "soup-t-$dt" "$r" "$c"
+          py_convert "py-mmap-t-$dt" "$r" "$t" --mmap; finish "py-mmap-t-$dt" "$r" "$c"
         done
       done
-      for dt in f32 bf16; do
-        check "$(bin "$dt-${SIZE_GB}g")" "$OUT/soup-t-$dt" "$OUT/py-mmap-t-$dt"
-      done
-      clean_out
       rm -rf "$DATA/f32-${SIZE_GB}g" "$DATA"/*-t ;;  # make room
     scaling)
       sizes=()
@@ -161,10 +159,9 @@ for phase in $PHASES; do
       for ((r = 1; r <= REPS; r++)); do
         for s in "${sizes[@]}"; do
           f=$(bin "bf16-${s}g"); warm "$f"
-          soup_convert "scale-$s" "$r" "$f"
+          soup_convert "scale-$s" "$r" "$f"; finish "scale-$s" "$r"
         done
       done
-      clean_out
       for s in "${sizes[@]}"; do [[ $s == "$SIZE_GB" ]] || rm -rf "$DATA/bf16-${s}g"; done
       echo "${sizes[*]}" >"$LOG/scale-sizes" ;;
     merge)
