@@ -293,9 +293,11 @@ fn open_shard(path: PathBuf) -> Result<(Shard, Vec<TensorEntry>)> {
 /// Reads a PyTorch file's state dict (checking every entry's CRC, which reads it
 /// all once) and lists its tensors in the dict's order.
 fn open_torch_shard(path: PathBuf, map: Mmap) -> Result<(Shard, Vec<TensorEntry>)> {
-    let state = crate::torch::read_state_dict(&map, &path)?;
-    // The CRC pass touched every page; the merge maps them back as it goes.
-    mapped::release(&map, 0, map.len());
+    // The CRC pass reads every byte once; its pages are dropped window by window
+    // (the merge maps them back as it goes), so RSS does not grow with the file.
+    let state = crate::torch::read_state_dict_with(&map, &path, &mut |r| {
+        mapped::release(&map, r.start, r.end)
+    })?;
     let tensors = state
         .tensors()
         .iter()

@@ -15,6 +15,10 @@ use zip::{CompressionMethod, ZipArchive};
 
 use super::{EntryProblem, TorchError};
 
+/// Bytes checksummed between two reports to the caller: small enough that the
+/// pages of a multi-GB storage need not all be mapped at once.
+const CRC_WINDOW: usize = 16 << 20;
+
 /// An opened archive: the central directory and the folder the records are in.
 pub(crate) struct Archive<'a> {
     bytes: &'a [u8],
@@ -52,11 +56,13 @@ impl<'a> Archive<'a> {
 
     /// The byte range of a stored entry in the file, if the entry exists, after
     /// checking that it is stored, unencrypted, inside the file and that its CRC-32
-    /// matches.
+    /// matches. The CRC is computed a window at a time, and `read` is told each
+    /// window once it has been read (the caller may drop its pages).
     pub(crate) fn checked_entry(
         &mut self,
         name: &str,
         path: &Path,
+        read: &mut dyn FnMut(Range<usize>),
     ) -> Result<Option<Range<usize>>, TorchError> {
         let Some(index) = self.zip.index_for_name(name) else {
             return Ok(None);
@@ -94,7 +100,13 @@ impl<'a> Archive<'a> {
             .filter(|r| r.end <= self.bytes.len())
             .ok_or_else(|| problem(EntryProblem::OutsideFile))?;
         let expected = file.crc32();
-        let actual = crc32fast::hash(&self.bytes[range.clone()]);
+        let mut hasher = crc32fast::Hasher::new();
+        for start in range.clone().step_by(CRC_WINDOW) {
+            let window = start..range.end.min(start + CRC_WINDOW);
+            hasher.update(&self.bytes[window.clone()]);
+            read(window);
+        }
+        let actual = hasher.finalize();
         if actual != expected {
             return Err(TorchError::Crc {
                 path: path.to_path_buf(),

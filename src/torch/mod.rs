@@ -429,6 +429,17 @@ pub fn looks_like_torch_zip(bytes: &[u8]) -> bool {
 /// it uses, checking each entry's CRC-32. On success, every storage range lies
 /// inside `bytes` and every tensor's elements inside its storage.
 pub fn read_state_dict(bytes: &[u8], path: &Path) -> Result<StateDict, TorchError> {
+    read_state_dict_with(bytes, path, &mut |_| {})
+}
+
+/// [`read_state_dict`], telling `read` each byte range of the file once its CRC
+/// pass has read it (a window of at most 16 MiB), so that a caller reading from a
+/// memory map can drop those pages as it goes instead of mapping the whole file.
+pub fn read_state_dict_with(
+    bytes: &[u8],
+    path: &Path,
+    read: &mut dyn FnMut(Range<usize>),
+) -> Result<StateDict, TorchError> {
     if !looks_like_torch_zip(bytes) {
         return Err(not_a_zip(bytes, path));
     }
@@ -436,7 +447,7 @@ pub fn read_state_dict(bytes: &[u8], path: &Path) -> Result<StateDict, TorchErro
     let prefix = archive.prefix.clone();
 
     let byteorder = format!("{prefix}/byteorder");
-    if let Some(range) = archive.checked_entry(&byteorder, path)? {
+    if let Some(range) = archive.checked_entry(&byteorder, path, read)? {
         let found = &bytes[range];
         if found != b"little" {
             let found = String::from_utf8_lossy(&found[..found.len().min(32)]).into_owned();
@@ -445,7 +456,7 @@ pub fn read_state_dict(bytes: &[u8], path: &Path) -> Result<StateDict, TorchErro
     }
 
     let pkl = format!("{prefix}/data.pkl");
-    let range = archive.checked_entry(&pkl, path)?.ok_or_else(|| TorchError::Entry {
+    let range = archive.checked_entry(&pkl, path, read)?.ok_or_else(|| TorchError::Entry {
         path: path.to_path_buf(),
         entry: pkl.clone(),
         problem: EntryProblem::Missing,
@@ -458,7 +469,7 @@ pub fn read_state_dict(bytes: &[u8], path: &Path) -> Result<StateDict, TorchErro
 
     let mut storages = Vec::with_capacity(pickled.storages.len());
     for storage in &pickled.storages {
-        storages.push(bind_storage(&mut archive, storage, &prefix, path)?);
+        storages.push(bind_storage(&mut archive, storage, &prefix, path, read)?);
     }
     Ok(StateDict { tensors: pickled.tensors, storages })
 }
@@ -469,13 +480,14 @@ fn bind_storage(
     storage: &StorageRef,
     prefix: &str,
     path: &Path,
+    read: &mut dyn FnMut(Range<usize>),
 ) -> Result<Storage, TorchError> {
     let key = &storage.key;
     if key.is_empty() || key.contains(['/', '\\']) || key == "." || key == ".." {
         return Err(TorchError::StorageKey { path: path.to_path_buf(), key: key.clone() });
     }
     let entry = format!("{prefix}/data/{key}");
-    let range = archive.checked_entry(&entry, path)?.ok_or_else(|| TorchError::Entry {
+    let range = archive.checked_entry(&entry, path, read)?.ok_or_else(|| TorchError::Entry {
         path: path.to_path_buf(),
         entry: entry.clone(),
         problem: EntryProblem::Missing,
