@@ -10,7 +10,7 @@
 //! | task arithmetic | none | task vectors |
 //! | SLERP | per-tensor norms and dot product of the two models | `Σ wᵢ·xᵢ` |
 //! | Model Stock | per-tensor Gram matrix of the task vectors | `Σ wᵢ·xᵢ` |
-//! | TIES | per-tensor radix selection of each task vector's top magnitudes ([`topk`]) | task vectors |
+//! | TIES | per-tensor radix selection of each task vector's top magnitudes (`method/topk.rs`) | task vectors |
 //! | DARE (linear, TIES) | none: masks are a function of the seed ([`dropout`]) | task vectors |
 //!
 //! The passes stream chunk by chunk like the merge itself, so memory stays
