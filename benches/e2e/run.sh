@@ -106,25 +106,11 @@ done
 echo "== disk before runs:" >&2; df -h "$WORK" >&2
 
 # --- runs --------------------------------------------------------------------
-# Wall times are only meaningful on an otherwise idle machine (2 cores!).
-# Before each run wait (up to QUIET_MAX s, default 120) until the whole system
-# was <15% busy for 2 s; runs that started on a busy machine are flagged.
-busy_pct() {  # system-wide CPU busy % over 1 s, from /proc/stat
-  local a b
-  read -r -a a < /proc/stat; sleep 1; read -r -a b < /proc/stat
-  local idle=$(( b[4] + b[5] - a[4] - a[5] )) total=0 i
-  for i in 1 2 3 4 5 6 7 8; do total=$(( total + b[i] - a[i] )); done
-  echo $(( total > 0 ? 100 * (total - idle) / total : 0 ))
-}
-wait_quiet() {  # $1 = flag file to create if the machine never became quiet
-  local deadline=$(( SECONDS + ${QUIET_MAX:-120} )) calm=0 pct
-  while (( SECONDS < deadline )); do
-    pct=$(busy_pct)
-    if (( pct < 15 )); then (( ++calm >= 2 )) && return 0; else calm=0; fi
-  done
-  echo "   warning: machine still busy (${pct}% CPU) - timing is unreliable" >&2
-  touch "$1"
-}
+# Before each run wait until the machine is idle (benches/support/quiet.sh), up to
+# QUIET_MAX s (here 120 by default); runs that started busy are flagged.
+QUIET_MAX="${QUIET_MAX:-120}"
+# shellcheck source=../support/quiet.sh
+source "$ROOT/benches/support/quiet.sh"
 
 for ((r = 1; r <= REPS; r++)); do
   cat "$DATA"/ingredient-*/*.safetensors >/dev/null  # (re)warm the page cache

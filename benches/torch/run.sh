@@ -74,25 +74,10 @@ gen() {
 bin() { echo "$DATA/$1/pytorch_model.bin"; }
 warm() { local f; for f in "$@"; do cat "$f" >/dev/null; done; }
 
-# Wall times mean little on a busy machine (2 cores, shared): before each run,
-# wait up to QUIET_MAX s until the system was <15% busy for 2 s; runs that
-# started busy are flagged (LABEL.REP.busy) and counted in the tables.
-busy_pct() {  # system-wide CPU busy % over 1 s, from /proc/stat
-  local a b
-  read -r -a a < /proc/stat; sleep 1; read -r -a b < /proc/stat
-  local idle=$(( b[4] + b[5] - a[4] - a[5] )) total=0 i
-  for i in 1 2 3 4 5 6 7 8; do total=$(( total + b[i] - a[i] )); done
-  echo $(( total > 0 ? 100 * (total - idle) / total : 0 ))
-}
-wait_quiet() {
-  local deadline=$(( SECONDS + ${QUIET_MAX:-10} )) calm=0 pct=0
-  while (( SECONDS < deadline )); do
-    pct=$(busy_pct)
-    if (( pct < 15 )); then (( ++calm >= 2 )) && return 0; else calm=0; fi
-  done
-  echo "   (machine busy: ${pct}% CPU)" >&2
-  touch "$1"
-}
+# Before each run wait until the machine is idle (benches/support/quiet.sh);
+# runs that started busy are flagged (LABEL.REP.busy) and counted in the tables.
+# shellcheck source=../support/quiet.sh
+source "$ROOT/benches/support/quiet.sh"
 
 # run LABEL REP CMD...: one measured run; its output dir is $OUT/LABEL.
 run() {
