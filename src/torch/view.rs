@@ -308,13 +308,25 @@ mod tests {
         out
     }
 
-    fn check(esize: usize, offset: usize, shape: &[usize], strides: &[usize]) {
+    /// A storage just large enough for the view, filled with a pattern, and the
+    /// view's bytes in row-major order by the reference.
+    fn storage_and_view(
+        esize: usize,
+        offset: usize,
+        shape: &[usize],
+        strides: &[usize],
+    ) -> (Vec<u8>, Vec<u8>) {
         let len = match last_element(offset, shape, strides) {
             Last::At(last) => last + 1,
             _ => offset,
         };
         let storage: Vec<u8> = (0..len * esize).map(|i| (i * 7 + i / 251) as u8).collect();
         let want = reference(&storage, esize, offset, shape, strides);
+        (storage, want)
+    }
+
+    fn check(esize: usize, offset: usize, shape: &[usize], strides: &[usize]) {
+        let (storage, want) = storage_and_view(esize, offset, shape, strides);
         let n = want.len() / esize;
         // Every sub-range, so chunk boundaries inside rows and at row ends are covered.
         for start in 0..=n {
@@ -350,12 +362,7 @@ mod tests {
     /// Like `check`, for views too large for every sub-range: ranges that start and
     /// end at and around row boundaries, and in the middle of blocks.
     fn check_large(esize: usize, offset: usize, shape: &[usize], strides: &[usize]) {
-        let len = match last_element(offset, shape, strides) {
-            Last::At(last) => last + 1,
-            _ => offset,
-        };
-        let storage: Vec<u8> = (0..len * esize).map(|i| (i * 7 + i / 251) as u8).collect();
-        let want = reference(&storage, esize, offset, shape, strides);
+        let (storage, want) = storage_and_view(esize, offset, shape, strides);
         let n = want.len() / esize;
         let row = *shape.last().unwrap();
         let mut points: Vec<usize> = (0..=n).step_by(row).flat_map(|p| [p, p + 1, p + 3]).collect();
