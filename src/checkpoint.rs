@@ -260,8 +260,7 @@ impl Checkpoint {
         // Whole elements covering the range, then the range within them.
         let size = (tensor.dtype.bitsize() / 8).max(1);
         let (first, end) = (start / size, (start + len).div_ceil(size));
-        let mut out = vec![0; (end - first) * size];
-        state.gather_into(&state.tensors()[i], &shard.map, first, &mut out);
+        let mut out = state.gather(&state.tensors()[i], &shard.map, first, end - first);
         let skip = start - first * size;
         out.truncate(skip + len);
         out.drain(..skip);

@@ -2,8 +2,8 @@
 //!
 //! Model soups: average the weights of several fine-tuned checkpoints of one
 //! pretrained model into a single model (Wortsman et al., 2022), streaming the
-//! weights from memory-mapped safetensors files so that no model is ever held in
-//! memory whole.
+//! weights from memory-mapped safetensors (or PyTorch `.bin`, see [`torch`]) files
+//! so that no model is ever held in memory whole.
 //!
 //! The engine is three steps, each its own module:
 //!
@@ -15,6 +15,10 @@
 //! 3. [`write_soup`] creates the output files at their final size in a staging
 //!    directory, computes every chunk `Σ wᵢ·xᵢ` in parallel, writes it at its final
 //!    offset, and renames the finished directory into place.
+//!
+//! The other merge methods (task arithmetic, TIES, DARE, SLERP, Model Stock) and
+//! recipe files go through [`method::prepare`], which turns a [`Recipe`] into a
+//! plan for the same engine, running any statistics pass the method needs first.
 //!
 //! Before souping, [`angles::angles`] measures in one streaming pass the angles
 //! between the ingredients' deltas from their base (Wortsman et al.'s φ), per

@@ -271,12 +271,6 @@ impl Recipe {
         let text = crate::checkpoint::read_bounded(path, MAX_RECIPE_BYTES)?;
         Recipe::parse(&text, path)
     }
-
-    /// Writes the recipe as YAML-compatible JSON, pretty-printed, for a user to
-    /// edit and replay.
-    pub fn to_pretty(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
-    }
 }
 
 /// `modelsoup` and this build's version.

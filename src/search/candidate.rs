@@ -364,10 +364,11 @@ impl Kitchen {
         (members, weights)
     }
 
-    /// The recipe of a linear soup of the kitchen's ingredients `members` (named
+    /// The recipe of a soup of the kitchen's ingredients `members` (named
     /// `labels[m]` in it), each weighted by its `weights` setting (`None`: equal
     /// weights, normalised), with the kitchen's output settings and `search` as
-    /// its provenance.
+    /// its provenance: linear, or task arithmetic over the base with λ when the
+    /// kitchen has one.
     pub fn recipe(
         &self,
         search: &str,
