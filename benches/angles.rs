@@ -19,7 +19,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use modelsoup::angles::angles;
+use modelsoup::analysis::angles::angles;
 use modelsoup::{Checkpoint, FloatDtype, RunOptions, DEFAULT_CHUNK_ELEMENTS};
 use rayon::prelude::*;
 use support::{copy, median, time_gbps};
@@ -135,7 +135,7 @@ fn write_file(path: &Path, dtype: FloatDtype, n: usize, seed: u64) {
             FloatDtype::F32 => bytes.extend_from_slice(&(x as f32).to_le_bytes()),
             FloatDtype::F16 => bytes.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
             FloatDtype::BF16 => {
-                bytes.extend_from_slice(&modelsoup::kernel::bf16_bits(x).to_le_bytes())
+                bytes.extend_from_slice(&modelsoup::engine::kernel::bf16_bits(x).to_le_bytes())
             }
         }
     }

@@ -15,7 +15,7 @@
 
 mod support;
 
-use modelsoup::kernel::{Accumulator, Input};
+use modelsoup::engine::kernel::{Accumulator, Input};
 use modelsoup::{FloatDtype, DEFAULT_CHUNK_ELEMENTS};
 use rayon::prelude::*;
 use support::{copy, median, time_gbps};
@@ -103,7 +103,7 @@ fn random(dtype: FloatDtype, n: usize, seed: u64) -> Vec<u8> {
             FloatDtype::F32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
             FloatDtype::F16 => out.extend_from_slice(&half::f16::from_f64(x).to_le_bytes()),
             FloatDtype::BF16 => {
-                out.extend_from_slice(&modelsoup::kernel::bf16_bits(x).to_le_bytes())
+                out.extend_from_slice(&modelsoup::engine::kernel::bf16_bits(x).to_le_bytes())
             }
         }
     }

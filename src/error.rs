@@ -173,14 +173,6 @@ pub enum Error {
     #[error("cannot encode JSON")]
     Json(#[source] serde_json::Error),
 
-    /// The evaluation command is unusable, or its logs cannot be written.
-    #[error(transparent)]
-    Eval(#[from] crate::evaluate::EvalError),
-
-    /// The evaluation journal could not be read or written.
-    #[error("journal")]
-    Journal(#[from] crate::journal::JournalError),
-
     /// A recipe file (or a soup's recorded recipe) cannot be used.
     #[error("recipe {}: {reason}", path.display())]
     Recipe {

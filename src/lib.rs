@@ -20,7 +20,7 @@
 //! recipe files go through [`method::prepare`], which turns a [`Recipe`] into a
 //! plan for the same engine, running any statistics pass the method needs first.
 //!
-//! Before souping, [`angles::angles`] measures in one streaming pass the angles
+//! Before souping, [`analysis::angles::angles`] measures in one streaming pass the angles
 //! between the ingredients' deltas from their base (Wortsman et al.'s φ), per
 //! layer group if asked.
 //!
@@ -52,35 +52,20 @@
 #[cfg(target_endian = "big")]
 compile_error!("safetensors data is little-endian; modelsoup supports little-endian targets only");
 
-pub mod angles;
-pub mod checkpoint;
-pub mod dtype;
+pub mod analysis;
+pub mod engine;
 pub mod error;
-pub mod evaluate;
-pub mod execute;
-pub mod gram;
-pub mod init_check;
-pub mod journal;
-pub mod kernel;
-pub mod layers;
-mod mapped;
-pub mod merge;
 pub mod method;
-pub mod output;
-pub mod plan;
 pub mod recipe;
-mod stream;
-pub mod tied;
+pub mod search;
 pub mod torch;
-pub mod values;
 
-pub use checkpoint::{Checkpoint, TensorEntry};
-pub use dtype::FloatDtype;
-pub use error::{Difference, Error, Result};
-pub use execute::{RunOptions, DEFAULT_CHUNK_ELEMENTS};
-pub use merge::{write_soup, Destination, MergeReport};
-pub use plan::{
+pub use engine::checkpoint::{Checkpoint, TensorEntry};
+pub use engine::dtype::FloatDtype;
+pub use engine::execute::{RunOptions, DEFAULT_CHUNK_ELEMENTS};
+pub use engine::merge::{write_soup, Destination, MergeReport};
+pub use engine::plan::{
     Mixing, NonFloatPolicy, OutputDtype, Plan, PlanOptions, Weights, DEFAULT_MAX_SHARD_SIZE,
 };
+pub use error::{Difference, Error, Result};
 pub use recipe::Recipe;
-pub mod search;

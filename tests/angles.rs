@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use modelsoup::angles::{angles, Angles};
+use modelsoup::analysis::angles::{angles, Angles};
 use modelsoup::{Checkpoint, RunOptions};
 
 /// Writes one checkpoint of named tensors with the given values and formats.

@@ -11,7 +11,7 @@ use std::error::Error as _;
 use std::path::Path;
 
 use common::{safetensors_bytes, RawTensor};
-use modelsoup::checkpoint::{parse_header, parse_index};
+use modelsoup::engine::checkpoint::{parse_header, parse_index};
 use modelsoup::{Error, TensorEntry};
 use proptest::prelude::*;
 use proptest::sample::Index;

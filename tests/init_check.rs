@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use modelsoup::init_check::{check_shared_init, THRESHOLD};
+use modelsoup::analysis::init_check::{check_shared_init, THRESHOLD};
 use modelsoup::Checkpoint;
 
 /// A small transformer-like layout: name, shape, and how it is initialised.

@@ -38,7 +38,7 @@ impl Synthetic {
 }
 
 impl MixScorer for Synthetic {
-    fn score_mix(&self, mix: &Mix, _cancel: &AtomicBool) -> modelsoup::Result<Scored> {
+    fn score_mix(&self, mix: &Mix, _cancel: &AtomicBool) -> modelsoup::search::Result<Scored> {
         let mut d2 = 0.0;
         for g in 0..self.vectors.len() {
             let (got, want) = (self.mixed(g, &mix.weights[g]), self.mixed(g, &self.target[g]));

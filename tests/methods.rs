@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{read_output, write_checkpoint, Fmt, RawTensor, Rng, FORMATS};
-use modelsoup::method::dropout::DropMask;
+use modelsoup::engine::dropout::DropMask;
 use modelsoup::method::prepare;
 use modelsoup::recipe::{Ingredient, Method, Recipe, Setting};
 use modelsoup::{write_soup, Checkpoint, Destination, RunOptions};

@@ -68,7 +68,7 @@ impl Scorer for FakeScorer {
         soup: &Soup,
         change: Change,
         _cancel: &AtomicBool,
-    ) -> modelsoup::Result<Scored> {
+    ) -> modelsoup::search::Result<Scored> {
         let members = soup.members_after(change);
         *self.calls.lock().unwrap().entry(members.clone()).or_default() += 1;
         std::thread::sleep(std::time::Duration::from_millis(2));

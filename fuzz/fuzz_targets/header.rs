@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use modelsoup::checkpoint::parse_header;
+use modelsoup::engine::checkpoint::parse_header;
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok((entries, _metadata)) = parse_header(bytes, Path::new("fuzz.safetensors")) else {

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Component, Path};
 
 use libfuzzer_sys::fuzz_target;
-use modelsoup::checkpoint::parse_index;
+use modelsoup::engine::checkpoint::parse_index;
 
 fuzz_target!(|bytes: &[u8]| {
     let Ok(text) = std::str::from_utf8(bytes) else {

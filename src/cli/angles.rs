@@ -5,8 +5,8 @@ use std::fmt::Write;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
-use modelsoup::angles::{angles, AngleMatrix, Angles};
-use modelsoup::init_check::check_shared_init;
+use modelsoup::analysis::angles::{angles, AngleMatrix, Angles};
+use modelsoup::analysis::init_check::check_shared_init;
 use modelsoup::{Checkpoint, RunOptions};
 
 use super::args::{AnglesArgs, Format};

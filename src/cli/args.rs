@@ -648,5 +648,5 @@ pub enum NonFloat {
 }
 
 fn parse_dtype(s: &str) -> Result<FloatDtype, String> {
-    s.parse().map_err(|e: modelsoup::dtype::UnknownDtype| e.to_string())
+    s.parse().map_err(|e: modelsoup::engine::dtype::UnknownDtype| e.to_string())
 }

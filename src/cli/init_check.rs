@@ -1,7 +1,7 @@
 //! Printing the shared-init check: the warning `merge`, `greedy`, `pruned` and
 //! `learned` give before any work, and the lines `angles` and `inspect` report.
 
-use modelsoup::init_check::{check_shared_init, InitCheck};
+use modelsoup::analysis::init_check::{check_shared_init, InitCheck};
 use modelsoup::Checkpoint;
 
 /// Pairs listed in a warning before the rest are counted.

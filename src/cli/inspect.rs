@@ -5,10 +5,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::AtomicBool;
 
-use modelsoup::init_check::check_shared_init;
+use modelsoup::analysis::init_check::check_shared_init;
+use modelsoup::analysis::values::{count_non_finite, NonFinite};
+use modelsoup::engine::plan;
 use modelsoup::recipe::{Recipe, METADATA_KEY};
-use modelsoup::values::{count_non_finite, NonFinite};
-use modelsoup::{plan, Checkpoint, Error, FloatDtype, RunOptions};
+use modelsoup::{Checkpoint, Error, FloatDtype, RunOptions};
 use serde_json::json;
 
 use super::args::InspectArgs;

@@ -9,7 +9,7 @@ use modelsoup::search::candidate::Mix;
 use modelsoup::search::groups::Grouping;
 use modelsoup::search::learned::{learn, Evaluated, Learn, Learned};
 use modelsoup::search::scorer::EvalScorer;
-use modelsoup::search::sequential::{Scored, Search};
+use modelsoup::search::sequential::{greedy_order, Scored, Search};
 
 /// The learned-soup options from the command line.
 #[derive(Debug, Clone, Copy)]
@@ -74,7 +74,7 @@ pub fn run(
     let (start, uniform) = match (settings.init_greedy, greedy_start) {
         (true, Some(first)) => {
             let first_score = individual[order[first]].score.clone().unwrap_or(f64::NAN);
-            let finish = search.greedy(&super::search::greedy_order(order, first), first_score)?;
+            let finish = search.greedy(&greedy_order(order, first), first_score)?;
             spent += finish.steps.len();
             before.extend(finish.steps.iter().map(|s| s.scored.clone()));
             let members = finish.soup.members();

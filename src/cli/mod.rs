@@ -39,9 +39,14 @@ pub enum Exit {
 impl Exit {
     /// The exit code for a failed command.
     pub fn for_error(err: &anyhow::Error) -> Exit {
-        match err.downcast_ref::<modelsoup::Error>() {
-            Some(modelsoup::Error::Cancelled) => Exit::Interrupted,
-            _ => Exit::Error,
+        let cancelled = match err.downcast_ref::<modelsoup::search::Error>() {
+            Some(search) => search.is_cancelled(),
+            None => matches!(err.downcast_ref(), Some(modelsoup::Error::Cancelled)),
+        };
+        if cancelled {
+            Exit::Interrupted
+        } else {
+            Exit::Error
         }
     }
 }

@@ -5,15 +5,16 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
-use modelsoup::evaluate::Evaluator;
-use modelsoup::journal::Journal;
+use modelsoup::engine::plan;
 use modelsoup::search::candidate::{Base, Change, Kitchen};
+use modelsoup::search::evaluate::Evaluator;
+use modelsoup::search::journal::Journal;
 use modelsoup::search::report::Report;
 use modelsoup::search::scorer::EvalScorer;
 use modelsoup::search::sequential::{
-    score_individuals, Finish, Policy, Scored, Scorer, Search, Step, Tie,
+    greedy_order, score_individuals, Finish, Policy, Scored, Scorer, Search, Step, Tie,
 };
-use modelsoup::{plan, Checkpoint, Destination, NonFloatPolicy};
+use modelsoup::{Checkpoint, Destination, NonFloatPolicy};
 
 use super::args::{NonFloat, Order, SearchArgs, TieArg};
 use super::{learned, Exit};
@@ -42,9 +43,10 @@ impl Method {
 /// Runs a search end to end: individual scores, the search, the final soup, the
 /// reports.
 pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
-    modelsoup::output::check_destination(&args.output, args.write.force)?;
+    modelsoup::engine::output::check_destination(&args.output, args.write.force)?;
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
-    let ingredients = modelsoup::tied::reconcile(&super::merge::open_all(&args.ingredients)?);
+    let ingredients =
+        modelsoup::engine::tied::reconcile(&super::merge::open_all(&args.ingredients)?);
     plan::check_compatible(&ingredients)?;
     super::init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
     let run_dir = args.run_dir.clone().unwrap_or_else(|| sibling_with_suffix(&args.output, ".run"));
@@ -220,12 +222,6 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         run_dir.join("report.md").display()
     ));
     Ok(Exit::Success)
-}
-
-/// Greedy starts at `order[start]`, the first ingredient with a score of its own;
-/// those before it (whose evaluation failed) are still proposed, at the end.
-pub fn greedy_order(order: &[usize], start: usize) -> Vec<usize> {
-    order[start..].iter().chain(&order[..start]).copied().collect()
 }
 
 /// Exit status 1 with a message pointing at the logs.

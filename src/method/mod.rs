@@ -11,32 +11,30 @@
 //! | SLERP | per-tensor norms and dot product of the two models | `Σ wᵢ·xᵢ` |
 //! | Model Stock | per-tensor Gram matrix of the task vectors | `Σ wᵢ·xᵢ` |
 //! | TIES | per-tensor radix selection of each task vector's top magnitudes (`method/topk.rs`) | task vectors |
-//! | DARE (linear, TIES) | none: masks are a function of the seed ([`dropout`]) | task vectors |
+//! | DARE (linear, TIES) | none: masks are a function of the seed ([`crate::engine::dropout`]) | task vectors |
 //!
 //! The passes stream chunk by chunk like the merge itself, so memory stays
 //! bounded; `docs/METHODS.md` lists each method's passes and memory.
 
-pub mod dropout;
 mod params;
-pub mod task_vectors;
 mod topk;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::checkpoint::Checkpoint;
-use crate::dtype::FloatDtype;
-use crate::error::{Error, Result};
-use crate::execute::RunOptions;
-use crate::gram::{gram_pass, Gram};
-use crate::plan::{
+use crate::analysis::gram::{gram_pass, Gram};
+use crate::engine::checkpoint::Checkpoint;
+use crate::engine::dropout::DropMask;
+use crate::engine::dtype::FloatDtype;
+use crate::engine::execute::RunOptions;
+use crate::engine::plan::{
     check_compatible, Mixing, NonFloatPolicy, OutputDtype, Plan, PlanOptions, TaskVectors, Weights,
     DEFAULT_MAX_SHARD_SIZE,
 };
+use crate::engine::task_vectors::{Keep, Sparsify, TaskParams};
+use crate::error::{Error, Result};
 use crate::recipe::{Method, Recipe};
-use dropout::DropMask;
 use params::Resolved;
-use task_vectors::{Keep, Sparsify, TaskParams};
 
 /// SLERP interpolates linearly when the two models' cosine is above this: the
 /// spherical formula divides by `sin θ`, which vanishes (mergekit's value).
@@ -73,7 +71,7 @@ pub fn prepare(
     check_shape_of_inputs(recipe, ingredients.len(), base.is_some()).map_err(fail)?;
     let mut inputs = ingredients.to_vec();
     inputs.extend(base.cloned());
-    let inputs = crate::tied::reconcile(&inputs);
+    let inputs = crate::engine::tied::reconcile(&inputs);
     check_compatible(&inputs)?;
     let first = inputs.first().ok_or(Error::NoIngredients)?;
     let resolved = params::resolve(recipe, first).map_err(fail)?;

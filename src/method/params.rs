@@ -8,8 +8,8 @@
 
 use std::collections::HashMap;
 
-use crate::checkpoint::Checkpoint;
-use crate::dtype::FloatDtype;
+use crate::engine::checkpoint::Checkpoint;
+use crate::engine::dtype::FloatDtype;
 use crate::recipe::{layer_positions, Method, Parameters, Recipe, Setting};
 
 /// One float tensor's numbers.

@@ -20,13 +20,13 @@
 
 use std::ops::Range;
 
-use crate::checkpoint::Checkpoint;
-use crate::dtype::FloatDtype;
+use crate::engine::checkpoint::Checkpoint;
+use crate::engine::dtype::FloatDtype;
+use crate::engine::execute::RunOptions;
+use crate::engine::kernel::widen_into;
+use crate::engine::stream::{self, Read};
+use crate::engine::task_vectors::Keep;
 use crate::error::Result;
-use crate::execute::RunOptions;
-use crate::kernel::widen_into;
-use crate::method::task_vectors::Keep;
-use crate::stream::{self, Read};
 
 /// Bits resolved per pass.
 const DIGIT: u32 = 12;

@@ -268,7 +268,7 @@ impl Recipe {
                 }
             });
         }
-        let text = crate::checkpoint::read_bounded(path, MAX_RECIPE_BYTES)?;
+        let text = crate::engine::checkpoint::read_bounded(path, MAX_RECIPE_BYTES)?;
         Recipe::parse(&text, path)
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::layers::LayerGroup;
+use crate::engine::layers::LayerGroup;
 
 /// A number, or a gradient of numbers across the layers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

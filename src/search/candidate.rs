@@ -16,12 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::checkpoint::Checkpoint;
-use crate::dtype::FloatDtype;
+use crate::engine::checkpoint::Checkpoint;
+use crate::engine::dtype::FloatDtype;
+use crate::engine::execute::RunOptions;
+use crate::engine::merge::{write_soup, Destination, MergeReport};
+use crate::engine::plan::{NonFloatPolicy, OutputDtype, Plan, PlanOptions, Weights};
 use crate::error::{Error, Result};
-use crate::execute::RunOptions;
-use crate::merge::{write_soup, Destination, MergeReport};
-use crate::plan::{NonFloatPolicy, OutputDtype, Plan, PlanOptions, Weights};
 use crate::recipe::{Ingredient, Method, Recipe, Rule, Setting, Value};
 use crate::search::groups::Grouping;
 
@@ -86,14 +86,14 @@ pub struct Mix {
 
 impl Mix {
     /// Ingredient `i`'s weights as a recipe setting: a number with one group, else
-    /// one rule per group listing the layer groups (see [`crate::layers`]) it holds.
+    /// one rule per group listing the layer groups (see [`crate::engine::layers`]) it holds.
     pub fn setting(&self, i: usize) -> Setting {
         if let [only] = self.weights.as_slice() {
             return Setting::from(only[i]);
         }
         let mut layers: Vec<Vec<String>> = vec![Vec::new(); self.weights.len()];
         for (tensor, &g) in &self.grouping.of_tensor {
-            let label = crate::layers::LayerGroup::of(tensor).label();
+            let label = crate::engine::layers::LayerGroup::of(tensor).label();
             if !layers[g].contains(&label) {
                 layers[g].push(label);
             }
@@ -196,12 +196,12 @@ impl Kitchen {
             ingredients,
             scratch: own,
             dtype: None,
-            max_shard_size: crate::plan::DEFAULT_MAX_SHARD_SIZE,
+            max_shard_size: crate::engine::plan::DEFAULT_MAX_SHARD_SIZE,
             non_float: NonFloatPolicy::RequireEqual,
             support_files_from: None,
             base: None,
             threads: 0,
-            chunk_elements: crate::execute::DEFAULT_CHUNK_ELEMENTS,
+            chunk_elements: crate::engine::execute::DEFAULT_CHUNK_ELEMENTS,
             counter: AtomicU64::new(0),
         })
     }
@@ -394,7 +394,8 @@ impl Kitchen {
         recipe.search = Some(search.to_owned());
         recipe.parameters.normalize = normalize.or(self.base.as_ref().map(|_| true));
         recipe.output.dtype = self.dtype.map(|d| d.name().to_owned());
-        recipe.output.max_shard_size = (self.max_shard_size != crate::plan::DEFAULT_MAX_SHARD_SIZE)
+        recipe.output.max_shard_size = (self.max_shard_size
+            != crate::engine::plan::DEFAULT_MAX_SHARD_SIZE)
             .then_some(self.max_shard_size);
         recipe.output.non_float =
             (self.non_float == NonFloatPolicy::TakeFirst).then(|| "first".to_owned());

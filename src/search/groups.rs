@@ -1,7 +1,7 @@
 //! Coefficient groups for layer-wise soups: which weight vector applies to which
 //! tensor.
 //!
-//! Tensors are classified by [`crate::layers::LayerGroup`] (embeddings, numbered
+//! Tensors are classified by [`crate::engine::layers::LayerGroup`] (embeddings, numbered
 //! transformer blocks, the rest); the blocks, in order, are then split into a few
 //! contiguous ranges, since a coefficient vector per block would give CMA-ES more
 //! dimensions than an evaluation budget can search. A model of unknown layout
@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::layers::{group_names, LayerGroup};
+use crate::engine::layers::{group_names, LayerGroup};
 
 /// A partition of a checkpoint's tensors into named groups.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,11 +14,11 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
 use crate::search::candidate::Mix;
 use crate::search::cmaes::{self, CmaEs};
 use crate::search::groups::Grouping;
 use crate::search::sequential::{score_in_parallel, Scored};
+use crate::search::Result;
 
 /// Scores learned-soup candidates (the real one materialises and runs the
 /// evaluator; tests use an in-process function).
@@ -86,7 +86,7 @@ pub fn learn(
 ) -> Result<Learned> {
     let k = config.start.first().map_or(0, Vec::len);
     if k == 0 || config.start.len() != grouping.names.len() {
-        return Err(Error::NoIngredients);
+        return Err(crate::Error::NoIngredients.into());
     }
     let mean: Vec<f64> = config.start.iter().flatten().map(|w| cmaes::ln(w.max(FLOOR))).collect();
     let mut cma = CmaEs::new(mean, config.sigma, config.seed);

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
 use crate::search::learned::Learned;
 use crate::search::sequential::{Finish, Scored};
+use crate::search::{Error, Result};
 
 /// A search's outcome in the form written to `report.json`.
 #[derive(Debug, Serialize)]
@@ -235,7 +235,7 @@ impl Report {
     /// Writes `report.json` and `report.md` into `dir`.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let json = dir.join("report.json");
-        let text = serde_json::to_string_pretty(self).map_err(Error::Json)?;
+        let text = serde_json::to_string_pretty(self).map_err(Error::Report)?;
         std::fs::write(&json, text + "\n").map_err(Error::io("write", &json))?;
         let md = dir.join("report.md");
         std::fs::write(&md, self.markdown()).map_err(Error::io("write", &md))

@@ -6,13 +6,13 @@ use std::fs;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::error::Result;
-use crate::evaluate::{self, Evaluator};
-use crate::journal::{self, Journal, Record};
-use crate::merge::Destination;
+use crate::engine::merge::Destination;
 use crate::recipe::Recipe;
 use crate::search::candidate::{Change, Kitchen, Mix, Soup};
+use crate::search::evaluate::{self, Evaluator};
+use crate::search::journal::{self, Journal, Record};
 use crate::search::sequential::{Scored, Scorer};
+use crate::search::Result;
 
 /// Scores candidates with an external evaluator, journaling every evaluation.
 pub struct EvalScorer<'a> {
@@ -102,7 +102,7 @@ impl EvalScorer<'_> {
         members: Vec<String>,
         weights: Vec<f64>,
         cancel: &AtomicBool,
-        write: impl FnOnce(&Destination, BTreeMap<String, String>) -> Result<()>,
+        write: impl FnOnce(&Destination, BTreeMap<String, String>) -> crate::Result<()>,
     ) -> Result<Scored> {
         let (members, weights) = self.kitchen.key(members, weights);
         let journaled = self.journal.find(&members, &weights, &self.template);

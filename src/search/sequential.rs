@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::error::{Error, Result};
 use crate::search::candidate::{Change, Kitchen, Soup};
+use crate::search::Result;
 
 /// Scores candidates: materialises `soup ⊕ change`, runs the evaluator (or finds
 /// the score in the journal) and reports the result. Implementations must stop
@@ -134,7 +134,7 @@ impl Search<'_> {
     /// Greedy soup: start from `order[0]` (scored `first_score`), then propose
     /// adding each next ingredient in `order`.
     pub fn greedy(&self, order: &[usize], first_score: f64) -> Result<Finish> {
-        let first = *order.first().ok_or(Error::NoIngredients)?;
+        let first = *order.first().ok_or(crate::Error::NoIngredients)?;
         let soup = self.kitchen.single(first);
         let mut finish = Finish {
             soup: soup.clone(),
@@ -205,7 +205,7 @@ impl Search<'_> {
                 let scored = self.wait(oldest.handle, &oldest.cancel, &inflight, &done_rx)?;
                 if scored.cancelled || self.interrupt.load(Ordering::SeqCst) {
                     cancel_all(inflight);
-                    return Err(Error::Cancelled);
+                    return Err(crate::Error::Cancelled.into());
                 }
                 let members = finish.soup.members_after(oldest.change);
                 let accepted =
@@ -274,6 +274,12 @@ fn cancel_all(jobs: VecDeque<InFlight>) {
     }
 }
 
+/// Greedy starts at `order[start]`, the first ingredient with a score of its own;
+/// those before it (whose evaluation failed) are still proposed, at the end.
+pub fn greedy_order(order: &[usize], start: usize) -> Vec<usize> {
+    order[start..].iter().chain(&order[..start]).copied().collect()
+}
+
 /// Scores every ingredient on its own, up to `jobs` at a time, skipping those in
 /// `known`; returns the results in ingredient order.
 pub fn score_individuals(
@@ -292,13 +298,13 @@ pub fn score_individuals(
     for (&i, scored) in todo.iter().zip(fresh) {
         all[i] = Some(scored);
     }
-    all.into_iter().collect::<Option<Vec<_>>>().ok_or(Error::Cancelled)
+    all.into_iter().collect::<Option<Vec<_>>>().ok_or(crate::Error::Cancelled.into())
 }
 
 /// Scores `items` up to `jobs` at a time and returns the results in order;
 /// `on_done(index, result)` is called as each finishes. A scorer error (not a
 /// failed evaluation: a broken scratch disk, say) stops new work and is returned;
-/// an interrupt gives [`Error::Cancelled`].
+/// an interrupt gives [`crate::Error::Cancelled`].
 pub fn score_in_parallel<T: Sync>(
     items: &[T],
     jobs: usize,
@@ -340,6 +346,6 @@ pub fn score_in_parallel<T: Sync>(
     if complete {
         Ok(out)
     } else {
-        Err(Error::Cancelled)
+        Err(crate::Error::Cancelled.into())
     }
 }

@@ -22,8 +22,8 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde::Deserialize;
 
+use crate::engine::mapped;
 use crate::error::{Error, Result};
-use crate::mapped;
 
 /// The file name of a single-file checkpoint in a directory.
 pub const SINGLE_FILE: &str = "model.safetensors";
@@ -223,7 +223,7 @@ impl Checkpoint {
     pub fn float_bytes(&self) -> u64 {
         self.tensors
             .iter()
-            .filter(|t| crate::dtype::FloatDtype::from_safetensors(t.dtype).is_some())
+            .filter(|t| crate::engine::dtype::FloatDtype::from_safetensors(t.dtype).is_some())
             .map(|t| t.len as u64)
             .sum()
     }

@@ -1,7 +1,7 @@
 //! One streaming pass over a base model and k ingredients that accumulates every
 //! pairwise dot product of the ingredients' deltas from the base (θᵢ − θ₀), or of
 //! their raw weights when there is no base, plus the base's squared norm: the Gram
-//! matrix from which angles and relative norms follow (see [`crate::angles`]).
+//! matrix from which angles and relative norms follow (see [`crate::analysis::angles`]).
 //!
 //! It reads every float tensor once, chunked and threaded like a merge
 //! (`stream`): inputs are widened exactly to f64 a tile at a time, the
@@ -10,13 +10,13 @@
 //! chunk order, so the result is the same at any thread count (never a parallel
 //! float `sum`). Consumed input pages are released as the merge releases them.
 
-use crate::checkpoint::Checkpoint;
-use crate::dtype::FloatDtype;
+use crate::engine::checkpoint::Checkpoint;
+use crate::engine::dtype::FloatDtype;
+use crate::engine::execute::RunOptions;
+use crate::engine::kernel::widen_into;
+use crate::engine::plan::check_compatible;
+use crate::engine::stream::{self, Read};
 use crate::error::{Error, Result};
-use crate::execute::RunOptions;
-use crate::kernel::widen_into;
-use crate::plan::check_compatible;
-use crate::stream::{self, Read};
 
 /// Elements widened per input at a time: k + 1 tiles of f64 (4 KiB each) stay in
 /// the L1 cache for k up to about 8, and in L2 beyond.

@@ -4,12 +4,12 @@
 
 use serde::Serialize;
 
-use crate::checkpoint::Checkpoint;
-use crate::dtype::FloatDtype;
+use crate::engine::checkpoint::Checkpoint;
+use crate::engine::dtype::FloatDtype;
+use crate::engine::execute::RunOptions;
+use crate::engine::kernel::widen_into;
+use crate::engine::stream::{self, Read};
 use crate::error::Result;
-use crate::execute::RunOptions;
-use crate::kernel::widen_into;
-use crate::stream::{self, Read};
 
 /// Elements widened at a time.
 const TILE: usize = 2048;

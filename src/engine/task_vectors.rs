@@ -19,9 +19,9 @@
 //! parameters. An element's fate in the sparsification depends on its global
 //! index, never on the chunk it falls in.
 
-use crate::dtype::FloatDtype;
-use crate::kernel::{narrow_into, widen_into};
-use crate::method::dropout::DropMask;
+use crate::engine::dropout::DropMask;
+use crate::engine::dtype::FloatDtype;
+use crate::engine::kernel::{narrow_into, widen_into};
 
 /// Elements widened per input at a time.
 const TILE: usize = 512;

@@ -32,7 +32,7 @@
 
 use half::{bf16, f16};
 
-use crate::dtype::FloatDtype;
+use crate::engine::dtype::FloatDtype;
 
 /// Elements per tile: the tile's f64 accumulator (16 KiB) stays in the L1 data
 /// cache while the inputs stream through it.
@@ -319,7 +319,7 @@ impl Layout for Pairs {
 
 /// Widens `out.len()` elements of `dtype` from the little-endian `bytes` into
 /// `out`, exactly and with the same conversions as [`Accumulator::mix`], for the
-/// passes that reduce chunks instead of writing them (see `crate::gram`).
+/// passes that reduce chunks instead of writing them (see `crate::analysis::gram`).
 ///
 /// # Panics
 /// If `bytes` is not `out.len()` elements long.
@@ -336,7 +336,7 @@ pub(crate) fn widen_into(dtype: FloatDtype, bytes: &[u8], out: &mut [f64]) {
 
 /// Rounds `values` to `dtype` (to nearest, ties to even, as [`Accumulator::mix`]
 /// does) and writes their little-endian bytes into `out`, for the reducers that
-/// compute their own f64 results (see `crate::method::task_vectors`).
+/// compute their own f64 results (see `crate::engine::task_vectors`).
 ///
 /// # Panics
 /// If `out` is not `values.len()` elements long.
@@ -546,7 +546,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::{Accumulator, Input, TILE};
-    use crate::dtype::FloatDtype::{self, BF16, F16, F32, F64};
+    use crate::engine::dtype::FloatDtype::{self, BF16, F16, F32, F64};
 
     const DTYPES: [FloatDtype; 4] = [F64, F32, F16, BF16];
 

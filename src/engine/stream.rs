@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::checkpoint::Checkpoint;
+use crate::engine::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 
 /// Chunks whose input pages are unmapped together: enough to make the system call

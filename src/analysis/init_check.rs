@@ -20,9 +20,9 @@
 
 use serde::Serialize;
 
-use crate::checkpoint::Checkpoint;
-use crate::dtype::FloatDtype;
-use crate::kernel::widen_into;
+use crate::engine::checkpoint::Checkpoint;
+use crate::engine::dtype::FloatDtype;
+use crate::engine::kernel::widen_into;
 
 /// Below this median cosine, two ingredients do not look fine-tuned from one
 /// model. Fine-tunes fall this low only when their deltas are as large as the

@@ -16,8 +16,8 @@
 
 use std::path::Path;
 
-use crate::checkpoint::{Checkpoint, TensorEntry};
-use crate::layers::LayerGroup;
+use crate::engine::checkpoint::{Checkpoint, TensorEntry};
+use crate::engine::layers::LayerGroup;
 
 /// Output heads that tie to the input embedding, by name.
 const HEADS: [&str; 2] = ["lm_head.weight", "embed_out.weight"];

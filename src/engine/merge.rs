@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, INDEX_FILE};
+use crate::engine::checkpoint::{Checkpoint, INDEX_FILE};
+use crate::engine::execute::{self, RunOptions};
+use crate::engine::output::{self, StagedDir};
+use crate::engine::plan::Plan;
 use crate::error::{Error, Result};
-use crate::execute::{self, RunOptions};
-use crate::output::{self, StagedDir};
-use crate::plan::Plan;
 
 /// Where and how to write a soup.
 #[derive(Debug, Clone)]

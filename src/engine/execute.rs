@@ -14,13 +14,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use crate::checkpoint::{Checkpoint, TensorEntry};
-use crate::dtype::FloatDtype;
+use crate::engine::checkpoint::{Checkpoint, TensorEntry};
+use crate::engine::dtype::FloatDtype;
+use crate::engine::kernel::{Accumulator, Input};
+use crate::engine::plan::{Plan, PlannedTensor, Produce};
+use crate::engine::stream;
+use crate::engine::task_vectors::{self, Scratch};
 use crate::error::{Error, Result};
-use crate::kernel::{Accumulator, Input};
-use crate::method::task_vectors::{self, Scratch};
-use crate::plan::{Plan, PlannedTensor, Produce};
-use crate::stream;
 
 /// Default chunk length in elements: 64 Ki elements keeps a worker's buffers
 /// (f64 accumulator, f32 scratch, output bytes) around 1 MiB, inside L2.
@@ -70,7 +70,7 @@ struct Chunk {
 }
 
 /// Writes the plan's shard files into `dir` (which must exist) and returns their
-/// paths. Syncing them to disk is the caller's choice (see [`crate::output`]).
+/// paths. Syncing them to disk is the caller's choice (see [`crate::engine::output`]).
 pub fn write_shards(
     plan: &Plan,
     ingredients: &[Checkpoint],

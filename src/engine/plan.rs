@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 use safetensors::Dtype;
 use serde::Serialize;
 
-use crate::checkpoint::{Checkpoint, TensorEntry};
-use crate::dtype::FloatDtype;
+use crate::engine::checkpoint::{Checkpoint, TensorEntry};
+use crate::engine::dtype::FloatDtype;
+use crate::engine::task_vectors::TaskParams;
 use crate::error::{Difference, Error, Result};
-use crate::method::task_vectors::TaskParams;
 
 /// What to do with tensors that are not averaged (integers, bool, 8-bit floats)
 /// when ingredients disagree on their bytes.
@@ -80,7 +80,7 @@ impl From<Weights> for Mixing {
 /// Chooses the task-vector parameters of a tensor, given its name.
 pub type TaskParamsFn = Box<dyn Fn(&str) -> TaskParams + Send + Sync>;
 
-/// A merge of task vectors `xᵢ − x_base` (see [`crate::method::task_vectors`]).
+/// A merge of task vectors `xᵢ − x_base` (see [`crate::engine::task_vectors`]).
 pub struct TaskVectors {
     /// Index of the base model among the inputs.
     pub base: usize,
@@ -411,7 +411,7 @@ fn assign_shards(
         // element size, so every tensor starts aligned (readers can view in place).
         group.sort_by_key(|t| std::cmp::Reverse(t.dtype.bitsize()));
         let file_name = if n == 1 {
-            crate::checkpoint::SINGLE_FILE.to_owned()
+            crate::engine::checkpoint::SINGLE_FILE.to_owned()
         } else {
             format!("model-{:05}-of-{:05}.safetensors", shard_no + 1, n)
         };

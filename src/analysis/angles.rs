@@ -4,15 +4,15 @@
 //! quantities of the raw weights θᵢ: a plain similarity, not the paper's angle.
 //!
 //! Everything follows from the Gram matrices of one streaming pass
-//! ([`crate::gram`]): `cos φ = Gᵢⱼ / √(Gᵢᵢ Gⱼⱼ)`.
+//! ([`crate::analysis::gram`]): `cos φ = Gᵢⱼ / √(Gᵢᵢ Gⱼⱼ)`.
 
 use serde::Serialize;
 
-use crate::checkpoint::Checkpoint;
+use crate::analysis::gram::{gram_pass, Gram};
+use crate::engine::checkpoint::Checkpoint;
+use crate::engine::execute::RunOptions;
+use crate::engine::layers::{group_names, LayerGroup};
 use crate::error::{Error, Result};
-use crate::execute::RunOptions;
-use crate::gram::{gram_pass, Gram};
-use crate::layers::{group_names, LayerGroup};
 
 /// Angles and norms over one set of tensors (the whole model or a layer group).
 #[derive(Debug, Clone, PartialEq, Serialize)]
