@@ -130,7 +130,7 @@ pub enum Error {
     },
 
     /// The number of weights does not match the number of ingredients.
-    #[error("{got} weights given for {expected} ingredients")]
+    #[error("{got} weight{} given for {expected} ingredient{}", plural(*.got), plural(*.expected))]
     WeightCount {
         /// Ingredients.
         expected: usize,

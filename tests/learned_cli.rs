@@ -172,7 +172,7 @@ impl Mixture {
     fn args(&self, out: &Path, eval: &str, extra: &[&str]) -> Vec<String> {
         let mut args = vec!["learned".to_owned()];
         args.extend(self.labels());
-        args.extend(["-o".into(), p(out), "--eval".into(), eval.into(), "-j".into(), "1".into()]);
+        args.extend(["-o".into(), p(out), "--eval".into(), eval.into(), "-t".into(), "1".into()]);
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         args
     }

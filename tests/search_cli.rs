@@ -458,7 +458,7 @@ fn check_report(world: &World, report: &Value, want: &Expected, method: Method, 
 fn search_args(world: &World, method: Method, out: &Path, eval: &str) -> Vec<String> {
     let mut args = method.args();
     args.extend(world.labels());
-    args.extend(["-o".into(), p(out), "--eval".into(), eval.into(), "-j".into(), "1".into()]);
+    args.extend(["-o".into(), p(out), "--eval".into(), eval.into(), "-t".into(), "1".into()]);
     args
 }
 
@@ -973,7 +973,7 @@ fn materialising_a_candidate_costs_the_same_for_2_or_8_members() {
             ["-o", &p(&out), "--eval", "echo 1", "--tie", "accept", "--order", "given"]
                 .map(String::from),
         );
-        args.extend(["-j".into(), "2".into()]);
+        args.extend(["-t".into(), "2".into()]);
         soup_ok_in(dir.path(), &args);
         let report = read_json(&dir.path().join(format!("soup{round}.run/report.json")));
         assert_eq!(report["members"].as_array().unwrap().len(), 8, "every ingredient kept");

@@ -73,7 +73,7 @@ fn bin_and_safetensors_ingredients_merge_together() {
     fs::copy(fixture("views.expected.safetensors"), &views).unwrap();
     let out = dir.path().join("views-soup");
     let bin = fixture("views.bin");
-    soup_ok(&["merge", s(&bin), s(&views), "-o", s(&out), "--chunk-elements", "3", "-j", "3"]);
+    soup_ok(&["merge", s(&bin), s(&views), "-o", s(&out), "--chunk-elements", "3", "-t", "3"]);
     assert_eq!(read_output(&out), expected("views"));
 }
 

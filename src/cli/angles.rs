@@ -11,6 +11,7 @@ use modelsoup::{Checkpoint, RunOptions};
 
 use super::args::{AnglesArgs, Format};
 use super::merge::open_all;
+use super::text::plural;
 use super::{init_check, progress, svg, Exit};
 
 /// Runs `soup angles`.
@@ -40,7 +41,8 @@ pub fn run(args: &AnglesArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> 
     let checked_names: Vec<String> = base_name.iter().chain(&names).cloned().collect();
     let check = check_shared_init(&checked);
 
-    let text = match args.format {
+    let format = if args.json { Format::Json } else { args.format };
+    let text = match format {
         Format::Table => {
             let summary = init_check::summary(&check, &checked_names);
             format!("{}\n{summary}\n", table(&result, &names, base_name.as_deref()))
@@ -91,7 +93,13 @@ fn table(result: &Angles, names: &[String], base: Option<&str>) -> String {
     }
     for m in std::iter::once(&result.overall).chain(&result.layers) {
         let _ = writeln!(out);
-        let _ = writeln!(out, "{} ({} tensors, {} parameters)", m.label, m.tensors, m.parameters);
+        let _ = writeln!(
+            out,
+            "{} ({}, {} parameters)",
+            m.label,
+            plural(m.tensors, "tensor"),
+            m.parameters
+        );
         matrix_table(&mut out, m);
     }
     out

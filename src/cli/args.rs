@@ -119,6 +119,7 @@ Examples:
   soup angles --base pretrained/ a/ b/ c/ d/             pairwise angles in degrees, delta norms
   soup angles --base pretrained/ a/ b/ --per-layer --format csv
   soup angles a/ b/ c/ --svg angles.svg                  no base: raw-weight similarity only
+  soup angles --base pretrained/ a/ b/ --json            everything as one JSON object on stdout
 
 With --base, the angle between ingredients i and j is the angle between their
 deltas θi − θ0 and θj − θ0 over every float tensor (Wortsman et al., 2022: larger
@@ -133,11 +134,13 @@ const INSPECT_EXAMPLES: &str = "\
 Examples:
   soup inspect ckpt/                     tensor table, totals by dtype, shards, metadata
   soup inspect ckpt/ --check-values      also count NaN and inf in every float tensor
-  soup inspect a/ b/ c/                  plus: can they be souped? what differs?
+  soup inspect a/ b/ c/                  can they be souped? what differs? (verdict first)
+  soup inspect a/ b/ c/ --tables         and every tensor of each
   soup inspect a/ b/ --json              everything as one JSON object on stdout
 
-With several checkpoints, the report ends with every difference that stops a
-merge (missing or extra tensors, shapes, dtypes) and the shared-init check.
+With several checkpoints, the report starts with the verdict: every difference
+that stops a merge (missing or extra tensors, shapes, dtypes) and the shared-init
+check; then one summary per checkpoint (tensor tables with --tables).
 
 Exit status: 0 nothing wrong, 1 the checkpoints cannot be souped together or
 --check-values found NaN or inf, 2 error (a checkpoint cannot be read).";
@@ -148,14 +151,16 @@ Examples:
   soup convert model.bin -o out/ --dtype bf16           and round every float tensor to bf16
   soup convert big/ -o resharded/ --max-shard-size 2GB
 
-PyTorch files are read without running their pickle: only state dicts of tensors are
-accepted (a whole pickled model, or a legacy pre-1.6 file, is refused with advice on
-re-saving it). Every archive entry's CRC is checked before its data is used.
-Transposed or sliced views are written as plain tensors. safetensors files cannot
-alias, so names sharing one storage get their own copies, except a tied output head
-stored on the input embedding's storage, which is left out when config.json ties the
-embeddings (as save_pretrained does; the loader ties it back). Values are copied exactly unless --dtype asks for
-rounding; config and tokenizer files are copied from the input's directory; the
+PyTorch files are read without running their pickle: only state dicts of tensors
+are accepted (a whole pickled model, or a legacy pre-1.6 file, is refused with
+advice on re-saving it). Every archive entry's CRC is checked before its data is
+used. Transposed or sliced views are written as plain tensors. safetensors files
+cannot alias, so names sharing one storage get their own copies, except a tied
+output head stored on the input embedding's storage, which is left out when
+config.json ties the embeddings (as save_pretrained does; the loader ties it back).
+
+Values are copied exactly unless --dtype asks for rounding (once, to nearest
+even). Config and tokenizer files are copied from the input's directory. The
 output is written beside the destination and renamed into place when complete.";
 
 /// Arguments of `soup convert`.
@@ -171,7 +176,7 @@ pub struct ConvertArgs {
 
     /// How the output is written.
     #[command(flatten)]
-    pub write: WriteArgs,
+    pub file: FileArgs,
 
     /// Print a JSON summary on stdout instead of the human one on stderr.
     #[arg(long)]
@@ -193,12 +198,17 @@ pub struct InspectArgs {
     #[arg(long)]
     pub check_values: bool,
 
+    /// With several checkpoints, also list every tensor of each (one checkpoint's
+    /// table is always shown).
+    #[arg(long)]
+    pub tables: bool,
+
     /// Print everything as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
 
     /// Worker threads for --check-values [default: one per core].
-    #[arg(short = 'j', long, value_name = "N")]
+    #[arg(short = 't', long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<usize>,
 
     /// No progress bar.
@@ -239,12 +249,16 @@ pub struct AnglesArgs {
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 
+    /// Print one JSON object on stdout (the same as --format json).
+    #[arg(long, conflicts_with = "format")]
+    pub json: bool,
+
     /// Also draw the angle matrix as an SVG heatmap into FILE.
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
 
     /// Worker threads [default: one per core].
-    #[arg(short = 'j', long, value_name = "N")]
+    #[arg(short = 't', long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<usize>,
 
     /// No progress bar.
@@ -388,8 +402,8 @@ pub struct SearchArgs {
     )]
     pub lambda: f64,
 
-    /// Evaluations to run at once.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    /// Evaluations to run at once (each in its own process).
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 1, value_parser = parse_jobs)]
     pub jobs: usize,
 
     /// Kill an evaluation (and its children) after this long: 90, 90s, 15m, 2h.
@@ -472,7 +486,8 @@ const MERGE_EXAMPLES: &str = "\
 Examples:
   soup merge run-a/ run-b/ run-c.safetensors -o soup/          uniform soup
   soup merge a/ b/ c/ -o soup/ --weights 0.5,0.3,0.2            weighted (normalised to sum 1)
-  soup merge a/ --base pretrained/ --weights 0.7,0.3 -o out/    WiSE-FT: the base's weight last
+  soup merge ft/ --base pretrained/ --lambda 0.7 -o out/        WiSE-FT: 70% of the way from the base
+  soup merge ft/ --base pretrained/ --weights 0.7,0.3 -o out/   the same, the base's weight given last
   soup merge a/ b/ c/ --base pre/ --method task-arithmetic --lambda 0.8 -o out/
   soup merge a/ b/ c/ --base pre/ --method ties --density 0.2 -o out/
   soup merge a/ b/ c/ --base pre/ --method dare-ties --density 0.3 --seed 7 -o out/
@@ -522,25 +537,23 @@ pub struct MergeArgs {
     #[arg(long, value_enum, default_value_t = MethodArg::Linear)]
     pub method: MethodArg,
 
-    /// The pretrained model the ingredients were fine-tuned from: task vectors are
-    /// taken from it (task-arithmetic, ties, dare-*, model-stock), or, with linear,
-    /// it takes part with the last of --weights.
+    /// The pretrained model the ingredients were fine-tuned from. Task vectors are
+    /// taken from it: with linear the soup becomes base + lambda x (soup - base), as
+    /// in the searches (lambda 1 is the plain soup, 0.7 WiSE-FT's 70% of the way
+    /// from the base), unless --weights gives the base a weight of its own (one
+    /// value more than the ingredients, last).
     #[arg(long, value_name = "MODEL")]
     pub base: Option<PathBuf>,
 
-    /// One weight per ingredient (and, with linear and --base, one more for the
-    /// base), comma-separated. Linear normalises them to sum to 1; the task-vector
-    /// methods weight each task vector [default: equal weights].
-    #[arg(
-        short,
-        long,
-        value_name = "W,W,...",
-        value_delimiter = ',',
-        allow_negative_numbers = true
-    )]
+    /// One weight per ingredient, comma-separated (negative values are allowed
+    /// where the method allows them: -0.5,1.5). Linear normalises them to sum to 1;
+    /// the task-vector methods weight each task vector; with linear and --base, one
+    /// more value mixes the base in directly [default: equal weights].
+    #[arg(short, long, value_name = "W,W,...", value_delimiter = ',', allow_hyphen_values = true)]
     pub weights: Option<Vec<f64>>,
 
-    /// Scale of the merged task vector (task-arithmetic, ties, dare-*) [default: 1].
+    /// Scale of the merged task vector (task-arithmetic, ties, dare-*, and linear
+    /// with --base) [default: 1].
     #[arg(long, value_name = "X", allow_negative_numbers = true)]
     pub lambda: Option<f64>,
 
@@ -601,10 +614,10 @@ pub enum MethodArg {
     ModelStock,
 }
 
-/// How a soup is written: options shared by `merge` and the searches.
-#[derive(Debug, Args)]
-pub struct WriteArgs {
-    /// Output dtype of merged tensors [default: each tensor's dtype in the first
+/// How output files are written: options of every command that writes a model.
+#[derive(Debug, Clone, Args)]
+pub struct FileArgs {
+    /// Output dtype of float tensors [default: each tensor's dtype in the first
     /// ingredient].
     #[arg(long, value_name = "DTYPE", value_parser = parse_dtype)]
     pub dtype: Option<FloatDtype>,
@@ -614,14 +627,22 @@ pub struct WriteArgs {
     #[arg(long, value_name = "SIZE", value_parser = super::size::parse_size)]
     pub max_shard_size: Option<u64>,
 
-    /// Worker threads writing the soup (each candidate, in a search) [default: one
-    /// per core].
-    #[arg(short = 'j', long, value_name = "N")]
+    /// Worker threads writing the output (each candidate, in a search) [default:
+    /// one per core].
+    #[arg(short = 't', long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<usize>,
 
     /// Replace the output directory if it exists and is not empty.
     #[arg(short, long)]
     pub force: bool,
+}
+
+/// How a soup is written: options shared by `merge` and the searches.
+#[derive(Debug, Args)]
+pub struct WriteArgs {
+    /// Dtype, shards, threads, replacing.
+    #[command(flatten)]
+    pub file: FileArgs,
 
     /// Copy config.json, tokenizer and other non-weight files from this directory
     /// instead of the first ingredient's.
@@ -649,4 +670,22 @@ pub enum NonFloat {
 
 fn parse_dtype(s: &str) -> Result<FloatDtype, String> {
     s.parse().map_err(|e: modelsoup::engine::dtype::UnknownDtype| e.to_string())
+}
+
+/// `--threads N`: at least 1; leaving the flag out means one per core.
+fn parse_threads(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (leave --threads out for one thread per core)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `--jobs N`: at least 1.
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (1 runs one evaluation at a time)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::args::InspectArgs;
 use super::merge::open_all;
+use super::text::plural;
 use super::{init_check, progress, Exit};
 
 /// Runs `soup inspect`.
@@ -61,9 +62,8 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
         println!("{doc}");
     } else {
         let mut out = String::new();
-        for ((ck, name), nf) in checkpoints.iter().zip(&names).zip(&non_finite) {
-            checkpoint_text(&mut out, ck, name, nf.as_deref());
-        }
+        // Several checkpoints: the verdict first, then a line per checkpoint, and
+        // the tensor tables (a real model's is ~1000 lines) only with --tables.
         if let Some(d) = &differences {
             if d.is_empty() {
                 let _ = writeln!(
@@ -72,14 +72,27 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
                     names.len()
                 );
             } else {
-                let _ = writeln!(out, "incompatible: {} difference(s) stop a merge:", d.len());
+                let _ = writeln!(
+                    out,
+                    "incompatible: {} {} a merge:",
+                    plural(d.len(), "difference"),
+                    if d.len() == 1 { "stops" } else { "stop" }
+                );
                 for line in d {
                     let _ = writeln!(out, "  - {line}");
                 }
             }
+            if let Some(check) = &check {
+                let _ = writeln!(out, "{}", init_check::summary(check, &names));
+            }
+            out.push('\n');
         }
-        if let Some(check) = &check {
-            let _ = writeln!(out, "{}", init_check::summary(check, &names));
+        let tables = args.tables || checkpoints.len() == 1;
+        for ((ck, name), nf) in checkpoints.iter().zip(&names).zip(&non_finite) {
+            checkpoint_text(&mut out, ck, name, nf.as_deref(), tables);
+        }
+        if !tables {
+            let _ = writeln!(out, "(--tables lists every tensor of each checkpoint)");
         }
         print!("{out}");
     }
@@ -152,18 +165,52 @@ fn checkpoint_text(
     ck: &Checkpoint,
     name: &str,
     non_finite: Option<&[NonFinite]>,
+    table: bool,
 ) {
     let parameters: u64 = ck.tensors().iter().map(|t| t.numel() as u64).sum();
     let bytes: u64 = ck.tensors().iter().map(|t| t.len as u64).sum();
     let _ = writeln!(
         out,
-        "{name}: {} tensors, {parameters} parameters, {bytes} bytes of tensor data in {} shard(s)",
-        ck.tensors().len(),
-        ck.shards().len()
+        "{name}: {}, {parameters} parameters, {bytes} bytes of tensor data in {}",
+        plural(ck.tensors().len(), "tensor"),
+        plural(ck.shards().len(), "shard")
     );
     for s in ck.shards() {
         let _ = writeln!(out, "  shard {} ({} bytes)", s.path().display(), s.len());
     }
+    if table {
+        tensor_table(out, ck);
+    }
+    for (dtype, (n, p, b)) in totals(ck) {
+        let _ =
+            writeln!(out, "  total {dtype}: {}, {p} parameters, {b} bytes", plural(n, "tensor"));
+    }
+    for (key, value) in metadata(ck) {
+        let label = if key == METADATA_KEY { " (soup recipe)" } else { "" };
+        let _ = writeln!(out, "  metadata {key}{label}: {value}");
+    }
+    match non_finite {
+        None => {}
+        Some([]) => {
+            let _ = writeln!(out, "  values: no NaN or inf in any float tensor");
+        }
+        Some(found) => {
+            for f in found {
+                let _ = writeln!(
+                    out,
+                    "  values: {} has {} NaN and {} inf",
+                    ck.tensors()[f.tensor].name,
+                    f.nan,
+                    f.inf
+                );
+            }
+        }
+    }
+    out.push('\n');
+}
+
+/// One row per tensor: name, dtype, shape, parameters, bytes.
+fn tensor_table(out: &mut String, ck: &Checkpoint) {
     let rows: Vec<[String; 5]> = ck
         .tensors()
         .iter()
@@ -197,29 +244,4 @@ fn checkpoint_text(
             w4 = widths[4]
         );
     }
-    for (dtype, (n, p, b)) in totals(ck) {
-        let _ = writeln!(out, "  total {dtype}: {n} tensors, {p} parameters, {b} bytes");
-    }
-    for (key, value) in metadata(ck) {
-        let label = if key == METADATA_KEY { " (soup recipe)" } else { "" };
-        let _ = writeln!(out, "  metadata {key}{label}: {value}");
-    }
-    match non_finite {
-        None => {}
-        Some([]) => {
-            let _ = writeln!(out, "  values: no NaN or inf in any float tensor");
-        }
-        Some(found) => {
-            for f in found {
-                let _ = writeln!(
-                    out,
-                    "  values: {} has {} NaN and {} inf",
-                    ck.tensors()[f.tensor].name,
-                    f.nan,
-                    f.inf
-                );
-            }
-        }
-    }
-    out.push('\n');
 }

@@ -11,6 +11,7 @@ use modelsoup::recipe::{Ingredient, Method, Recipe};
 use modelsoup::{write_soup, Checkpoint, Destination, MergeReport, RunOptions};
 
 use super::args::{MergeArgs, MethodArg, NonFloat, WriteArgs};
+use super::text::{human_bytes, human_count, plural};
 use super::Exit;
 use super::{init_check, progress};
 
@@ -31,7 +32,11 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         quiet: args.quiet,
         chunk_elements: args.chunk_elements,
     };
-    write_recipe(&recipe, &output, interrupted)
+    let written = write_recipe(&recipe, &output, interrupted)?;
+    if !args.json && !args.quiet {
+        eprintln!("{}", summary_line(&written, &recipe, &args.output));
+    }
+    Ok(Exit::Success)
 }
 
 /// Where and how a command writes its one merge.
@@ -48,13 +53,22 @@ pub struct Output<'a> {
     pub chunk_elements: usize,
 }
 
+/// What one merge did: the engine's report and the statistics passes before it.
+pub struct Written {
+    /// The merge pass.
+    pub report: MergeReport,
+    /// The statistics passes.
+    pub statistics: Statistics,
+}
+
 /// Opens a recipe's checkpoints, runs its statistics passes and writes its soup,
-/// with progress bars and the summary.
+/// with progress bars, and the JSON summary on stdout with `--json`; the caller
+/// prints its own summary line.
 pub fn write_recipe(
     recipe: &Recipe,
     out: &Output,
     interrupted: &AtomicBool,
-) -> anyhow::Result<Exit> {
+) -> anyhow::Result<Written> {
     let paths: Vec<&str> = recipe.ingredients.iter().map(|i| i.path.as_str()).collect();
     let ingredients = open_all(&paths)?;
     let base = match &recipe.base {
@@ -62,9 +76,10 @@ pub fn write_recipe(
         None => None,
     };
     let labels: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+    warn_repeated(&ingredients, &labels);
     init_check::warn_if_independent(&ingredients, &labels, out.write.no_init_check);
 
-    let threads = out.write.threads.unwrap_or(0);
+    let threads = out.write.file.threads.unwrap_or(0);
     let started = Instant::now();
     let statistics_read = AtomicU64::new(0);
     let prepared = {
@@ -108,7 +123,7 @@ pub fn write_recipe(
     };
     let dest = Destination {
         path: out.path,
-        force: out.write.force,
+        force: out.write.file.force,
         support_files_from: out.write.copy_files_from.as_deref(),
         durable: true,
     };
@@ -120,10 +135,8 @@ pub fn write_recipe(
     if out.json {
         let json = summary_json(&report, &statistics, out.path, recipe);
         println!("{}", serde_json::to_string(&json)?);
-    } else if !out.quiet {
-        eprintln!("{}", summary_line(&report, &statistics, recipe, out.path));
     }
-    Ok(Exit::Success)
+    Ok(Written { report, statistics })
 }
 
 /// The recipe the command-line options describe.
@@ -138,23 +151,45 @@ fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
         MethodArg::ModelStock => Method::ModelStock,
     };
     let mut ingredients: Vec<Ingredient> =
-        args.ingredients.iter().map(|p| Ingredient::path(p.display().to_string())).collect();
-    let mut base = args.base.as_ref().map(|p| Ingredient::path(p.display().to_string()));
+        args.ingredients.iter().map(|p| Ingredient::path(recorded_path(p))).collect();
+    let mut base = args.base.as_ref().map(|p| Ingredient::path(recorded_path(p)));
+    let k = ingredients.len();
+    // A linear merge with a base mixes the base in directly only when --weights
+    // gives it a weight of its own; otherwise --base means what it means in the
+    // searches: base + lambda x (soup - base), task arithmetic over the
+    // normalised weights.
+    let base_weighted = method == Method::Linear
+        && base.is_some()
+        && args.weights.as_ref().is_some_and(|w| w.len() == k + 1);
+    let method = if method == Method::Linear && base.is_some() && !base_weighted {
+        Method::TaskArithmetic
+    } else {
+        method
+    };
+    let as_soup_of_task_vectors =
+        args.method == MethodArg::Linear && method == Method::TaskArithmetic;
     if let Some(weights) = &args.weights {
-        let k = ingredients.len();
-        let with_base = method == Method::Linear && base.is_some();
-        let expected = k + usize::from(with_base);
-        if weights.len() != expected {
-            let base_note = if with_base { " plus one for the base" } else { "" };
+        let plausible = if args.method == MethodArg::Linear && base.is_some() {
+            weights.len() == k || weights.len() == k + 1
+        } else {
+            weights.len() == k
+        };
+        if !plausible {
+            let base_note = if args.method == MethodArg::Linear && base.is_some() {
+                " (or one more, for the base)"
+            } else {
+                ""
+            };
             bail!(
-                "--weights has {} values but there are {k} ingredients{base_note}",
-                weights.len()
+                "--weights has {} but there {}{base_note}",
+                plural(weights.len(), "value"),
+                if k == 1 { "is 1 ingredient".to_owned() } else { format!("are {k} ingredients") },
             );
         }
         if let Some(bad) = weights.iter().find(|x| !x.is_finite()) {
             bail!("--weights must be finite, got {bad}");
         }
-        if method == Method::Linear {
+        if args.method == MethodArg::Linear {
             if let Some(bad) = weights.iter().find(|x| **x < 0.0) {
                 bail!("--weights of a linear merge must be non-negative, got {bad}");
             }
@@ -165,7 +200,7 @@ fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
         for (ingredient, &w) in ingredients.iter_mut().zip(weights) {
             ingredient.weight = Some(w.into());
         }
-        if let (Some(b), true) = (base.as_mut(), with_base) {
+        if let (Some(b), true) = (base.as_mut(), base_weighted) {
             b.weight = weights.last().map(|&w| w.into());
         }
     }
@@ -176,7 +211,7 @@ fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
     p.density = args.density.map(Into::into);
     p.t = args.t.map(Into::into);
     p.seed = args.seed;
-    p.normalize = args.normalize;
+    p.normalize = args.normalize.or(as_soup_of_task_vectors.then_some(true));
     p.rescale = args.no_rescale.then_some(false);
     apply_write_options(&mut recipe, &args.write);
     Ok(recipe)
@@ -184,15 +219,21 @@ fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
 
 /// Output options given on the command line, over the recipe's own.
 pub fn apply_write_options(recipe: &mut Recipe, write: &WriteArgs) {
-    if let Some(dtype) = write.dtype {
+    if let Some(dtype) = write.file.dtype {
         recipe.output.dtype = Some(dtype.name().to_owned());
     }
-    if let Some(size) = write.max_shard_size {
+    if let Some(size) = write.file.max_shard_size {
         recipe.output.max_shard_size = Some(size);
     }
     if write.non_float == NonFloat::First {
         recipe.output.non_float = Some("first".to_owned());
     }
+}
+
+/// A model path as a recipe records it: absolute, so that the soup's recipe
+/// replays from any working directory (symbolic links are kept, not resolved).
+pub fn recorded_path(path: &Path) -> String {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
 }
 
 /// Opens every ingredient, naming the one that failed.
@@ -204,15 +245,38 @@ pub fn open_all(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Checkpoint>> {
         .collect()
 }
 
+/// Warns when one checkpoint is given twice (the same first shard file, by any
+/// path): it is then averaged in twice, which is rarely what was meant.
+pub fn warn_repeated(ingredients: &[Checkpoint], labels: &[String]) {
+    let mut seen: Vec<(std::path::PathBuf, usize)> = Vec::new();
+    for (i, ck) in ingredients.iter().enumerate() {
+        let Some(file) = ck.shards().first().and_then(|s| s.path().canonicalize().ok()) else {
+            continue;
+        };
+        match seen.iter().find(|(f, _)| *f == file) {
+            Some(&(_, first)) => eprintln!(
+                "warning: ingredient {} ({}) is the same checkpoint as ingredient {} ({}): \
+                 it counts twice",
+                i + 1,
+                labels[i],
+                first + 1,
+                labels[first]
+            ),
+            None => seen.push((file, i)),
+        }
+    }
+}
+
 /// What the statistics passes before the merge cost.
-struct Statistics {
+pub struct Statistics {
     /// Bytes they read.
     bytes_read: u64,
     /// Seconds from the start of planning to the start of the merge.
     seconds: f64,
 }
 
-fn summary_line(r: &MergeReport, st: &Statistics, recipe: &Recipe, output: &Path) -> String {
+fn summary_line(written: &Written, recipe: &Recipe, output: &Path) -> String {
+    let Written { report: r, statistics: st } = written;
     let k = recipe.ingredients.len();
     let passes = if st.bytes_read > 0 {
         format!("; statistics passes read {} in {:.2} s", human_bytes(st.bytes_read), st.seconds)
@@ -220,13 +284,12 @@ fn summary_line(r: &MergeReport, st: &Statistics, recipe: &Recipe, output: &Path
         String::new()
     };
     format!(
-        "{} {} ingredient(s) ({}{}) into {}: {} tensors, {} parameters, read {}, wrote {} in {:.2} s ({}/s)",
-        if k == 1 && recipe.base.is_none() { "wrote" } else { "merged" },
-        k,
+        "merged {} ({}{}) into {}: {}, {} parameters, read {}, wrote {} in {:.2} s ({}/s)",
+        plural(k, "ingredient"),
         recipe.method.name(),
         if recipe.base.is_some() { ", with a base" } else { "" },
         output.display(),
-        r.tensors,
+        plural(r.tensors, "tensor"),
         human_count(r.parameters),
         human_bytes(r.bytes_read),
         human_bytes(r.bytes_written),
@@ -262,24 +325,4 @@ fn summary_json(
         }
     }
     value
-}
-
-fn human_bytes(n: u64) -> String {
-    let n = n as f64;
-    match n {
-        _ if n >= 1e9 => format!("{:.2} GB", n / 1e9),
-        _ if n >= 1e6 => format!("{:.1} MB", n / 1e6),
-        _ if n >= 1e3 => format!("{:.1} kB", n / 1e3),
-        _ => format!("{n} B"),
-    }
-}
-
-fn human_count(n: u64) -> String {
-    let f = n as f64;
-    match f {
-        _ if f >= 1e9 => format!("{:.2} B", f / 1e9),
-        _ if f >= 1e6 => format!("{:.1} M", f / 1e6),
-        _ if f >= 1e3 => format!("{:.1} k", f / 1e3),
-        _ => n.to_string(),
-    }
 }

@@ -13,6 +13,7 @@ mod progress;
 mod search;
 mod size;
 mod svg;
+mod text;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};

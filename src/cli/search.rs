@@ -14,9 +14,10 @@ use modelsoup::search::scorer::EvalScorer;
 use modelsoup::search::sequential::{
     greedy_order, score_individuals, Finish, Policy, Scored, Scorer, Search, Step, Tie,
 };
-use modelsoup::{Checkpoint, Destination, NonFloatPolicy};
+use modelsoup::{Checkpoint, Destination, NonFloatPolicy, Recipe};
 
 use super::args::{NonFloat, Order, SearchArgs, TieArg};
+use super::merge::recorded_path;
 use super::{learned, Exit};
 
 /// Which search to run.
@@ -43,11 +44,13 @@ impl Method {
 /// Runs a search end to end: individual scores, the search, the final soup, the
 /// reports.
 pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
-    modelsoup::engine::output::check_destination(&args.output, args.write.force)?;
+    modelsoup::engine::output::check_destination(&args.output, args.write.file.force)?;
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
+    let recorded_labels: Vec<String> = args.ingredients.iter().map(|p| recorded_path(p)).collect();
     let ingredients =
         modelsoup::engine::tied::reconcile(&super::merge::open_all(&args.ingredients)?);
     plan::check_compatible(&ingredients)?;
+    super::merge::warn_repeated(&ingredients, &labels);
     super::init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
     let run_dir = args.run_dir.clone().unwrap_or_else(|| sibling_with_suffix(&args.output, ".run"));
     std::fs::create_dir_all(&run_dir)
@@ -145,7 +148,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     };
     let dest = Destination {
         path: &args.output,
-        force: args.write.force,
+        force: args.write.file.force,
         support_files_from: None,
         durable: true,
     };
@@ -181,7 +184,8 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
             );
             let (soup, change) = &finish.winner;
             let members = soup.members_after(*change);
-            let recipe = kitchen.recipe(method.name(), &labels, &members, None);
+            let recipe =
+                recorded(kitchen.recipe(method.name(), &recorded_labels, &members, None), args);
             kitchen.write_recipe(&recipe, &members, &dest)?;
             report
         }
@@ -203,7 +207,8 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
             );
             let all: Vec<usize> = (0..labels.len()).collect();
             let weights = all.iter().map(|&i| learned.best.setting(i)).collect();
-            let recipe = kitchen.recipe("learned", &labels, &all, Some(weights));
+            let recipe =
+                recorded(kitchen.recipe("learned", &recorded_labels, &all, Some(weights)), args);
             kitchen.write_recipe(&recipe, &all, &dest)?;
             report
         }
@@ -222,6 +227,15 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         run_dir.join("report.md").display()
     ));
     Ok(Exit::Success)
+}
+
+/// The final soup's recipe with the base's path absolute, like the ingredients'
+/// (see [`recorded_path`]).
+fn recorded(mut recipe: Recipe, args: &SearchArgs) -> Recipe {
+    if let (Some(base), Some(path)) = (recipe.base.as_mut(), &args.base) {
+        base.path = recorded_path(path);
+    }
+    recipe
 }
 
 /// Exit status 1 with a message pointing at the logs.
@@ -251,14 +265,15 @@ fn kitchen(
     let scratch = args.scratch.clone().unwrap_or_else(|| run_dir.join("scratch"));
     let mut kitchen = Kitchen::new(ingredients, &scratch)?;
     kitchen.base = base;
-    kitchen.dtype = args.write.dtype;
-    kitchen.max_shard_size = args.write.max_shard_size.unwrap_or(modelsoup::DEFAULT_MAX_SHARD_SIZE);
+    kitchen.dtype = args.write.file.dtype;
+    kitchen.max_shard_size =
+        args.write.file.max_shard_size.unwrap_or(modelsoup::DEFAULT_MAX_SHARD_SIZE);
     kitchen.non_float = match args.write.non_float {
         NonFloat::Error => NonFloatPolicy::RequireEqual,
         NonFloat::First => NonFloatPolicy::TakeFirst,
     };
     kitchen.support_files_from = args.write.copy_files_from.clone();
-    kitchen.threads = args.write.threads.unwrap_or(0);
+    kitchen.threads = args.write.file.threads.unwrap_or(0);
     Ok(kitchen)
 }
 

@@ -5,7 +5,8 @@
 //! The same record is the recipe file a user writes (YAML, see `docs/METHODS.md`;
 //! JSON is YAML too) and the `modelsoup.recipe` entry in every output file's
 //! `__metadata__`. Replaying a soup's recorded recipe with `soup merge --recipe`
-//! (same build, same working directory for relative paths) writes the same bytes.
+//! (same build, from any working directory: recorded paths are absolute) writes
+//! the same bytes.
 //! [`mergekit`] reads mergekit configurations into the same record.
 
 pub mod mergekit;
@@ -73,8 +74,8 @@ impl Method {
 /// One model of a recipe, with its own parameters.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Ingredient {
-    /// The checkpoint's path as given (relative paths are relative to the working
-    /// directory of the run).
+    /// The checkpoint's path. Recipes that `soup` records hold absolute paths;
+    /// relative ones in a recipe file are resolved by [`Recipe::load`].
     pub path: String,
     /// Its weight, overriding `parameters.weight`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,20 +257,69 @@ impl Recipe {
     /// Reads a recipe from `path`: a recipe file (YAML or JSON, ours or
     /// mergekit's), or a soup — a `.safetensors` file or a directory — whose
     /// metadata holds the recipe that made it.
+    ///
+    /// Every relative model path is made absolute, so the recipe can be used from
+    /// any working directory: a recipe file's paths are looked up beside the file
+    /// first, then in the working directory (as mergekit configurations are
+    /// usually written); a soup records absolute paths, and the relative ones of
+    /// older soups are looked up in the working directory. A path found in neither
+    /// place is an error naming the recipe and every place looked in.
     pub fn load(path: &Path) -> Result<Self> {
         let soup = path.is_dir() || path.extension().is_some_and(|e| e == "safetensors");
-        if soup {
+        let mut recipe = if soup {
             let checkpoint = crate::Checkpoint::open(path)?;
             let metadata = checkpoint.shards().first().map(|s| s.metadata().clone());
-            return metadata.as_ref().and_then(Recipe::from_metadata).ok_or_else(|| {
-                Error::Recipe {
-                    path: path.to_path_buf(),
-                    reason: format!("the soup's metadata has no {METADATA_KEY:?} entry"),
-                }
-            });
+            metadata.as_ref().and_then(Recipe::from_metadata).ok_or_else(|| Error::Recipe {
+                path: path.to_path_buf(),
+                reason: format!("the soup's metadata has no {METADATA_KEY:?} entry"),
+            })?
+        } else {
+            let text = crate::engine::checkpoint::read_bounded(path, MAX_RECIPE_BYTES)?;
+            Recipe::parse(&text, path)?
+        };
+        let beside = (!soup).then(|| path.parent().unwrap_or(Path::new(""))).filter(|d| {
+            // The working directory is looked in anyway.
+            !d.as_os_str().is_empty()
+        });
+        recipe.resolve_paths(path, beside)?;
+        Ok(recipe)
+    }
+
+    /// Makes every model path absolute: relative ones are looked up in `beside`
+    /// (when given), then in the working directory.
+    fn resolve_paths(&mut self, recipe: &Path, beside: Option<&Path>) -> Result<()> {
+        let models = self
+            .ingredients
+            .iter_mut()
+            .enumerate()
+            .map(|(i, m)| (format!("ingredient {}", i + 1), m));
+        let base = self.base.iter_mut().map(|m| ("base".to_owned(), m));
+        for (role, model) in models.chain(base) {
+            let given = Path::new(&model.path);
+            if given.is_absolute() {
+                continue;
+            }
+            let places: Vec<std::path::PathBuf> =
+                beside.map(|d| d.join(given)).into_iter().chain([given.to_path_buf()]).collect();
+            let found = places.iter().find(|p| p.exists()).ok_or_else(|| Error::Recipe {
+                path: recipe.to_path_buf(),
+                reason: format!(
+                    "{role}, {:?}, is not found {}",
+                    model.path,
+                    match beside {
+                        Some(d) => format!(
+                            "beside the recipe (in {}) or in the working directory",
+                            d.display()
+                        ),
+                        None => "in the working directory".to_owned(),
+                    }
+                ),
+            })?;
+            let absolute =
+                std::path::absolute(found).map_err(Error::io("resolve", found.clone()))?;
+            model.path = absolute.display().to_string();
         }
-        let text = crate::engine::checkpoint::read_bounded(path, MAX_RECIPE_BYTES)?;
-        Recipe::parse(&text, path)
+        Ok(())
     }
 }
 
