@@ -38,6 +38,24 @@ pub enum Error {
         hint: String,
     },
 
+    /// A Hugging Face model id (`org/name`) names no local path and is not in the
+    /// local cache.
+    #[error(
+        "{id}: no such file or directory, and not in the Hugging Face cache at {} \
+         ({reason}); to download it: {command}",
+        cache.display()
+    )]
+    NotCached {
+        /// The id as given.
+        id: String,
+        /// The cache directory looked in.
+        cache: PathBuf,
+        /// What is missing there.
+        reason: String,
+        /// The `hf download` command that fetches it.
+        command: String,
+    },
+
     /// A safetensors header is malformed: bad length, not JSON, offsets that do not
     /// tile the data, or a file length that disagrees with the header.
     #[error("{}: invalid safetensors file", path.display())]

@@ -231,9 +231,17 @@ pub fn apply_write_options(recipe: &mut Recipe, write: &WriteArgs) {
 }
 
 /// A model path as a recipe records it: absolute, so that the soup's recipe
-/// replays from any working directory (symbolic links are kept, not resolved).
+/// replays from any working directory (symbolic links are kept, not resolved); a
+/// Hub id from the local cache as `org/name@COMMIT`, the snapshot it used.
 pub fn recorded_path(path: &Path) -> String {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+    match modelsoup::engine::hub::locate(path) {
+        Ok(Some((id, snapshot))) => id.pinned(&snapshot),
+        // An id that is not cached: kept as given, for opening it to say so.
+        Err(_) => path.display().to_string(),
+        Ok(None) => {
+            std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+        }
+    }
 }
 
 /// Opens every ingredient, naming the one that failed.

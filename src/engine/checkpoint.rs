@@ -116,9 +116,14 @@ struct IndexFile {
 
 impl Checkpoint {
     /// Opens a `.safetensors` file or a Hugging Face checkpoint directory, maps every
-    /// shard and validates all headers (and the index against them).
+    /// shard and validates all headers (and the index against them). A path that
+    /// does not exist but reads as a Hub id (`org/name[@revision]`) opens that
+    /// model's snapshot in the local Hugging Face cache ([`crate::engine::hub`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
+        if let Some((_, snapshot)) = crate::engine::hub::locate(path)? {
+            return Self::open(&snapshot.dir);
+        }
         let meta = fs::metadata(path).map_err(Error::io("open", path))?;
         if meta.is_file() {
             let shard = open_shard(path.to_path_buf())?;

@@ -16,6 +16,7 @@ pub mod checkpoint;
 pub mod dropout;
 pub mod dtype;
 pub mod execute;
+pub mod hub;
 pub mod kernel;
 pub mod layers;
 pub(crate) mod mapped;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use setting::{layer_positions, Rule, Setting, Value};
 
+use crate::engine::hub::ModelId;
 use crate::error::{Error, Result};
 
 /// The `__metadata__` key under which the recipe's JSON is stored.
@@ -301,7 +302,18 @@ impl Recipe {
             }
             let places: Vec<std::path::PathBuf> =
                 beside.map(|d| d.join(given)).into_iter().chain([given.to_path_buf()]).collect();
-            let found = places.iter().find(|p| p.exists()).ok_or_else(|| Error::Recipe {
+            let local = places.iter().find(|p| p.exists());
+            if let (None, Some(id)) = (local, ModelId::parse(&model.path)) {
+                // A Hub id: pinned to the cached commit, so the soup's recipe names
+                // exactly the weights it used.
+                let snapshot = id.resolve().map_err(|e| Error::Recipe {
+                    path: recipe.to_path_buf(),
+                    reason: format!("{role}: {e}"),
+                })?;
+                model.path = id.pinned(&snapshot);
+                continue;
+            }
+            let found = local.ok_or_else(|| Error::Recipe {
                 path: recipe.to_path_buf(),
                 reason: format!(
                     "{role}, {:?}, is not found {}",
