@@ -146,10 +146,9 @@ fn angle_heatmaps_fit_their_picture_at_every_size() {
     ];
     let mut paths = Vec::new();
     for i in 0..12 {
-        let name = if i < 3 {
-            names[i].replace('/', "-")
-        } else {
-            format!("ft-seed{i}-{}", "x".repeat(i * 3))
+        let name = match names.get(i) {
+            Some(name) => name.replace('/', "-"),
+            None => format!("ft-seed{i}-{}", "x".repeat(i * 3)),
         };
         paths.push(model(dir.path(), &name, &base, i as u64 + 1));
     }
