@@ -7,6 +7,7 @@ Python, without activating it (so the venv's bin/ is not on PATH) and from a
 directory outside the source tree (so `modelsoup` is the installed copy)."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -180,6 +181,45 @@ class Inspect(TempDir):
         self.assertTrue(any("classifier.bias" in d for d in e.result["differences"]))
         info = modelsoup.run("inspect", TINY[0], bad, check=False, echo=False)
         self.assertEqual(info, e.result)
+
+
+class Angles(TempDir):
+    """Angles against cosines computed here over every float tensor, in f64."""
+
+    @staticmethod
+    def angle(x, y):
+        dot = sum(a * b for a, b in zip(x, y))
+        nx, ny = math.sqrt(sum(a * a for a in x)), math.sqrt(sum(b * b for b in y))
+        return dot / (nx * ny), nx
+
+    def test_raw_weights(self):
+        vectors = [support.float_vector(support.read_checkpoint(p)) for p in TINY]
+        result = modelsoup.run("angles", TINY)
+        self.assertEqual(result["names"], [str(p) for p in TINY])
+        self.assertEqual(result["parameters"], len(vectors[0]))
+        for i, x in enumerate(vectors):
+            for j, y in enumerate(vectors):
+                cos, norm = self.angle(x, y)
+                self.assertAlmostEqual(result["cosines"][i][j], cos, delta=1e-9)
+                degrees = math.degrees(math.acos(min(1.0, cos)))
+                self.assertAlmostEqual(result["angles_deg"][i][j], degrees, delta=1e-4 if i == j else 1e-6)
+            self.assertAlmostEqual(result["norms"][i], norm, delta=norm * 1e-9)
+        self.assertGreater(result["angles_deg"][0][1], 1.0)
+
+    def test_deltas_from_a_base(self):
+        # run-c stands for the pretrained model: the angles are between a - c and b - c.
+        base = support.float_vector(support.read_checkpoint(TINY[2]))
+        deltas = [
+            [v - b for v, b in zip(support.float_vector(support.read_checkpoint(p)), base)] for p in TINY[:2]
+        ]
+        result = modelsoup.run("angles", "--base", TINY[2], TINY[:2])
+        cos, norm = self.angle(deltas[0], deltas[1])
+        self.assertAlmostEqual(result["angles_deg"][0][1], math.degrees(math.acos(cos)), delta=1e-6)
+        base_norm = math.sqrt(sum(b * b for b in base))
+        self.assertEqual(result["measure"], "delta_angle")
+        self.assertAlmostEqual(result["base_norm"], base_norm, delta=base_norm * 1e-9)
+        self.assertAlmostEqual(result["norms"][0], norm, delta=norm * 1e-9)
+        self.assertAlmostEqual(result["delta_norms"][0], norm / base_norm, delta=norm / base_norm * 1e-9)
 
 
 class Greedy(TempDir):
