@@ -50,6 +50,7 @@ impl MixScorer for Synthetic {
             reused: false,
             cancelled: false,
             metrics: Default::default(),
+            log: None,
         })
     }
 }
@@ -77,7 +78,7 @@ fn run(
         sigma: 1.0,
         start: vec![vec![1.0 / k as f64; k]; groups],
     };
-    learn(scorer, &grouping(groups), &config, &AtomicBool::new(false), &|_, _| {}).unwrap()
+    learn(scorer, &grouping(groups), &config, &AtomicBool::new(false), &|_| {}).unwrap()
 }
 
 fn best_weights(l: &Learned) -> Vec<Vec<f64>> {

@@ -300,6 +300,7 @@ fn read_scores(
                     reused: true,
                     cancelled: false,
                     metrics: Default::default(),
+                    log: None,
                 })
             }
             None => say(format!(
