@@ -1164,7 +1164,7 @@ mod tests {
         drop(held);
 
         // Without devices: SOUP_SLOT only, and {devices} is refused.
-        let e = eval_once(r#"echo "$SOUP_SLOT ${CUDA_VISIBLE_DEVICES-unset} {slot}"; echo 1"#).1;
+        let (_kept, e) = eval_once(r#"echo "$SOUP_SLOT ${CUDA_VISIBLE_DEVICES-unset} {slot}"; echo 1"#);
         let inherited = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or("unset".into());
         assert_eq!(fs::read_to_string(&e.stdout_log).unwrap(), format!("0 {inherited} 0\n1\n"));
         let err = Evaluator::new("run {devices}", tmp.path(), Options::default()).unwrap_err();
@@ -1173,7 +1173,10 @@ mod tests {
 
     #[test]
     fn substitution_never_rereads_what_it_substituted() {
-        let (_tmp, eval) = setup("x {model} {slot} {devices} {other}", None, 0);
+        let tmp = TempDir::new().unwrap();
+        let slots = Arc::new(Slots::with_devices(vec![vec!["0".into()]]));
+        let options = Options { slots, ..Options::default() };
+        let eval = Evaluator::new("x {model} {slot} {devices} {other}", tmp.path(), options).unwrap();
         let line = eval.command_line(Path::new("/a/{slot}/{devices}"), 3, "{model}");
         assert_eq!(line, OsString::from("x '/a/{slot}/{devices}' 3 {model} {other}"));
     }

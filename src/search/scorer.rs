@@ -65,6 +65,11 @@ pub enum Event<'a> {
         /// Seconds spent writing and evaluating it.
         seconds: f64,
     },
+    /// A result was taken from the journal instead of evaluating.
+    Reused {
+        /// What was found.
+        scored: &'a Scored,
+    },
     /// An evaluation was stopped before its result.
     Cancelled {
         /// The candidate's id.
@@ -228,14 +233,16 @@ impl EvalScorer<'_> {
         {
             self.tally.reused.fetch_add(1, Ordering::SeqCst);
             self.tally.failed.fetch_add(usize::from(record.outcome.score().is_none()), Ordering::SeqCst);
-            return Ok(Scored {
+            let scored = Scored {
                 candidate: record.candidate,
                 score: record.outcome.score().ok_or_else(|| failure_reason(&record.outcome)),
                 reused: true,
                 cancelled: false,
                 metrics: record.metrics,
                 log: None,
-            });
+            };
+            self.observe(Event::Reused { scored: &scored });
+            return Ok(scored);
         }
         let id = format!("{}-{:04}", self.method, self.next_id.fetch_add(1, Ordering::SeqCst));
         let dir = self.kitchen.scratch().join(&id);
