@@ -572,7 +572,7 @@ fn searches_match_brute_force_for_every_order_tie_rule_and_job_count() {
                             // Every evaluation run is one evaluator call. (Pruned:
                             // see pruned_report_counts_the_uniform_evaluation.)
                             let new_ends = all[calls_before..].iter().filter(|c| c.event == "end");
-                            assert_eq!(report["evaluations"]["run"], new_ends.count(), "{name}");
+                            assert_eq!(report["evaluations"]["finished"], new_ends.count(), "{name}");
                         }
                     } else {
                         // Evaluations started (each makes its log files) against
@@ -595,6 +595,15 @@ fn searches_match_brute_force_for_every_order_tie_rule_and_job_count() {
                         }
                         assert!(started >= needed.len(), "{name}: {started} < {}", needed.len());
                         wasted += started - needed.len();
+                        // Honest accounting: every evaluation started (one log
+                        // file each) either finished, and then is in the journal,
+                        // or was cancelled.
+                        let counts = &report["evaluations"];
+                        let count = |key: &str| counts[key].as_u64().unwrap() as usize;
+                        assert_eq!(count("started"), started, "{name}: {counts}");
+                        assert_eq!(count("started"), count("finished") + count("cancelled"));
+                        assert_eq!(count("journaled"), count("finished"), "{name}");
+                        assert_eq!(journal(&run_dir).len(), count("finished"), "{name}");
                     }
                     configs += 1;
                 }
@@ -652,7 +661,7 @@ fn pruned_report_counts_the_uniform_evaluation() {
     let ends = calls(&log).iter().filter(|c| c.event == "end").count();
     let report = read_json(&dir.path().join("soup.run/report.json"));
     assert_eq!(journal(&dir.path().join("soup.run")).len(), ends);
-    assert_eq!(report["evaluations"]["run"], ends, "evaluator calls vs evaluations.run");
+    assert_eq!(report["evaluations"]["finished"], ends, "evaluator calls vs evaluations.finished");
 }
 
 // ---------------------------------------------------------------------------
@@ -851,7 +860,7 @@ fn a_killed_search_resumes_without_paying_twice() {
     resume.push("--force".into());
     let run = soup_ok_in(dir.path(), &resume);
     let stderr = stderr_of(&run);
-    assert!(stderr.contains(&format!("resuming: {} evaluation(s)", before.len())), "{stderr}");
+    assert!(stderr.contains(&format!("resuming: {} evaluations", before.len())), "{stderr}");
 
     // Nothing journaled before the kill was evaluated again.
     let after = calls(&log);
@@ -917,7 +926,7 @@ fn a_torn_journal_line_is_ignored_and_its_evaluation_rerun() {
     args.push("--force".into());
     let run = soup_ok_in(dir.path(), &args);
     let stderr = stderr_of(&run);
-    assert!(stderr.contains("warning: ignored 1 damaged line(s)"), "{stderr}");
+    assert!(stderr.contains("warning: ignored 1 damaged line "), "{stderr}");
     let rerun: Vec<Call> =
         calls(&log)[calls_before..].iter().filter(|c| c.event == "end").cloned().collect();
     assert_eq!(rerun.len(), 1, "{rerun:?}");
@@ -927,10 +936,17 @@ fn a_torn_journal_line_is_ignored_and_its_evaluation_rerun() {
         "the torn record's evaluation is the one re-run"
     );
     let second = read_json(&run_dir.join("report.json"));
-    assert_eq!(second["evaluations"]["run"], 1);
-    for key in ["members", "weights", "score", "individual_scores", "uniform"] {
+    assert_eq!(second["evaluations"]["finished"], 1);
+    for key in ["members", "weights", "score", "individual_scores"] {
         assert_eq!(first[key], second[key], "{key}");
     }
+    assert_eq!(first["uniform"]["score"], second["uniform"]["score"]);
+    assert_eq!(second["uniform"]["reused"], true, "the uniform soup came from the journal");
+    // The first run's report is kept beside the new one, and linked from it.
+    assert_eq!(read_json(&run_dir.join("report.1.json")), first, "history of reruns");
+    let md = fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(md.contains("Earlier runs in this directory: report.1.md."), "{md}");
+    assert!(run_dir.join("report.1.md").exists() && run_dir.join("search.1.svg").exists());
     let decisions = |r: &Value| -> Vec<(Value, Value, Value)> {
         r["steps"]
             .as_array()
@@ -1090,7 +1106,9 @@ fn a_scores_file_skips_individual_evaluations() {
     assert!(all.iter().all(|c| c.members.len() >= 2), "an ingredient was evaluated alone: {all:?}");
     let report = read_json(&dir.path().join("soup.run/report.json"));
     check_report(&world, &report, &want, Method::Greedy, "--scores");
-    assert_eq!(report["evaluations"]["run"], want.steps.len());
+    assert_eq!(report["evaluations"]["finished"], want.steps.len());
+    assert_eq!(report["evaluations"]["given"], world.n());
+    assert_eq!(report["evaluations"]["reused"], 0, "given scores are not reused ones");
 }
 
 #[test]

@@ -258,7 +258,8 @@ pub struct Evaluation {
     pub outcome: Outcome,
     /// Wall time of all attempts together, in seconds.
     pub seconds: f64,
-    /// Attempts made (1 + retries used).
+    /// Attempts started (1 + retries used); 0 when the evaluation was cancelled
+    /// before its command started.
     pub attempts: u32,
     /// The last attempt's stdout log.
     pub stdout_log: PathBuf,
@@ -396,6 +397,13 @@ impl Evaluator {
         let command = self.command_line(&model_dir, slot.index(), devices.as_deref().unwrap_or(""));
         let mut attempts = 0u32;
         loop {
+            if is_raised(cancel) {
+                // Not started (again): the last attempt's logs, if any, stay.
+                let (stdout_log, stderr_log) = self.log_paths(candidate, attempts.max(1));
+                let seconds = started.elapsed().as_secs_f64();
+                let outcome = Outcome::Cancelled;
+                return Ok(Evaluation { outcome, seconds, attempts, stdout_log, stderr_log });
+            }
             attempts = attempts.saturating_add(1);
             let (stdout_log, stderr_log) = self.log_paths(candidate, attempts);
             let attempt = Attempt {
@@ -427,9 +435,6 @@ impl Evaluator {
 
     /// One run of the command, from spawn to score.
     fn run(&self, attempt: &Attempt, cancel: Option<&AtomicBool>) -> Result<Outcome, EvalError> {
-        if is_raised(cancel) {
-            return Ok(Outcome::Cancelled);
-        }
         let (stdout_log, stderr_log) = (&attempt.stdout_log, &attempt.stderr_log);
         let stdout = File::create(stdout_log).map_err(EvalError::io("create", stdout_log))?;
         let stderr = File::create(stderr_log).map_err(EvalError::io("create", stderr_log))?;

@@ -251,7 +251,6 @@ impl EvalScorer<'_> {
             Destination { path: &dir, force: true, support_files_from: None, durable: false };
         write(&dest, self.recipe(&members, &weights))?;
         let materialise_seconds = started.elapsed().as_secs_f64();
-        self.tally.started.fetch_add(1, Ordering::SeqCst);
         self.observe(Event::Started { candidate: &id, proposal });
         let request = Request { candidate: &id, model_dir: &dir, members: &members, weights: &weights };
         let evaluation = self.evaluator.evaluate(&request, Some(cancel));
@@ -261,11 +260,14 @@ impl EvalScorer<'_> {
         let evaluation = match evaluation {
             Ok(evaluation) => evaluation,
             Err(e) => {
-                self.tally.cancelled.fetch_add(1, Ordering::SeqCst);
                 self.observe(Event::Cancelled { candidate: &id });
                 return Err(e.into());
             }
         };
+        // Counted only when the evaluator did start: a cancel can come first.
+        if evaluation.attempts > 0 {
+            self.tally.started.fetch_add(1, Ordering::SeqCst);
+        }
         let mut log = None;
         let (outcome, metrics) = match evaluation.outcome {
             evaluate::Outcome::Score { score, metrics } => {
@@ -276,7 +278,9 @@ impl EvalScorer<'_> {
                 (journal::Outcome::Failure(reason.to_string()), Default::default())
             }
             evaluate::Outcome::Cancelled => {
-                self.tally.cancelled.fetch_add(1, Ordering::SeqCst);
+                if evaluation.attempts > 0 {
+                    self.tally.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
                 self.observe(Event::Cancelled { candidate: &id });
                 return Ok(Scored {
                     candidate: id,

@@ -164,9 +164,6 @@ impl Server {
         attempt: u32,
         cancel: Option<&AtomicBool>,
     ) -> Result<Outcome, EvalError> {
-        if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
-            return Ok(Outcome::Cancelled);
-        }
         if instance.running.is_none() {
             if let Err(e) = self.start(instance, slot) {
                 return Ok(Outcome::Failed { reason: Failure::Spawn(e.to_string()) });
@@ -294,6 +291,10 @@ impl Evaluate for Server {
         if let Some(slot) = self.options.slots.acquire(cancel) {
             let mut instance = lock(&self.instances[slot.index()]);
             loop {
+                if cancel.is_some_and(|c| c.load(Ordering::SeqCst)) {
+                    outcome = Outcome::Cancelled;
+                    break;
+                }
                 attempts = attempts.saturating_add(1);
                 outcome = self.attempt(&mut instance, &slot, request, model, attempts, cancel)?;
                 logs.clone_from(&instance.logs);
