@@ -14,11 +14,11 @@ use modelsoup::search::journal::Journal;
 use modelsoup::search::process::Stop;
 use modelsoup::search::report::{format_score, Report};
 use modelsoup::search::scorer::{Counts, EvalScorer, Event};
-use modelsoup::search::server::Server;
-use modelsoup::search::slots::{parse_devices, Slots};
 use modelsoup::search::sequential::{
     greedy_order, score_individuals, Finish, Policy, Scored, Scorer, Search, Step, Tie,
 };
+use modelsoup::search::server::Server;
+use modelsoup::search::slots::{parse_devices, Slots};
 use modelsoup::{Checkpoint, Destination, NonFloatPolicy};
 
 use super::args::{NonFloat, Order, SearchArgs, TieArg};
@@ -177,7 +177,8 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     };
     let evaluator_name = evaluator.journal_key();
     let all: Vec<usize> = (0..labels.len()).collect();
-    let counts = |scorer: &EvalScorer| Counts { given: known.iter().flatten().count(), ..scorer.counts() };
+    let counts =
+        |scorer: &EvalScorer| Counts { given: known.iter().flatten().count(), ..scorer.counts() };
     let mut report = match method {
         Method::Greedy | Method::Pruned { .. } => {
             let (finish, uniform) = match method {

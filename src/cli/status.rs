@@ -53,8 +53,7 @@ impl Status {
             summary.enable_steady_tick(Duration::from_millis(250));
             Bars { multi, summary }
         });
-        let status =
-            Status { quiet, bars, minimize, jobs: jobs.max(1), state: Mutex::default() };
+        let status = Status { quiet, bars, minimize, jobs: jobs.max(1), state: Mutex::default() };
         status.redraw(&status.lock());
         status
     }

@@ -143,7 +143,10 @@ pub enum EvalError {
 }
 
 impl EvalError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| EvalError::Io { action, path, source }
     }
@@ -1169,7 +1172,8 @@ mod tests {
         drop(held);
 
         // Without devices: SOUP_SLOT only, and {devices} is refused.
-        let (_kept, e) = eval_once(r#"echo "$SOUP_SLOT ${CUDA_VISIBLE_DEVICES-unset} {slot}"; echo 1"#);
+        let (_kept, e) =
+            eval_once(r#"echo "$SOUP_SLOT ${CUDA_VISIBLE_DEVICES-unset} {slot}"; echo 1"#);
         let inherited = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or("unset".into());
         assert_eq!(fs::read_to_string(&e.stdout_log).unwrap(), format!("0 {inherited} 0\n1\n"));
         let err = Evaluator::new("run {devices}", tmp.path(), Options::default()).unwrap_err();
@@ -1181,7 +1185,8 @@ mod tests {
         let tmp = TempDir::new().unwrap();
         let slots = Arc::new(Slots::with_devices(vec![vec!["0".into()]]));
         let options = Options { slots, ..Options::default() };
-        let eval = Evaluator::new("x {model} {slot} {devices} {other}", tmp.path(), options).unwrap();
+        let eval =
+            Evaluator::new("x {model} {slot} {devices} {other}", tmp.path(), options).unwrap();
         let line = eval.command_line(Path::new("/a/{slot}/{devices}"), 3, "{model}");
         assert_eq!(line, OsString::from("x '/a/{slot}/{devices}' 3 {model} {other}"));
     }

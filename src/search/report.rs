@@ -323,7 +323,9 @@ impl Report {
             );
             for name in &metrics {
                 let value = match s.metrics.get(*name) {
-                    Some(serde_json::Value::Number(n)) => n.as_f64().map_or(n.to_string(), format_score),
+                    Some(serde_json::Value::Number(n)) => {
+                        n.as_f64().map_or(n.to_string(), format_score)
+                    }
                     Some(serde_json::Value::String(text)) => cell(text),
                     Some(other) => cell(&other.to_string()),
                     None => String::new(),
@@ -375,7 +377,9 @@ fn cell(text: &str) -> String {
 /// number; returns how many earlier reports the directory now keeps.
 fn keep_previous(dir: &Path) -> Result<usize> {
     let mut n = 1;
-    while dir.join(format!("report.{n}.json")).exists() || dir.join(format!("report.{n}.md")).exists() {
+    while dir.join(format!("report.{n}.json")).exists()
+        || dir.join(format!("report.{n}.md")).exists()
+    {
         n += 1;
     }
     let mut moved = false;

@@ -232,7 +232,9 @@ impl EvalScorer<'_> {
             journaled.filter(|r| r.outcome.score().is_some() || !self.retry_failures)
         {
             self.tally.reused.fetch_add(1, Ordering::SeqCst);
-            self.tally.failed.fetch_add(usize::from(record.outcome.score().is_none()), Ordering::SeqCst);
+            self.tally
+                .failed
+                .fetch_add(usize::from(record.outcome.score().is_none()), Ordering::SeqCst);
             let scored = Scored {
                 candidate: record.candidate,
                 score: record.outcome.score().ok_or_else(|| failure_reason(&record.outcome)),
@@ -252,7 +254,8 @@ impl EvalScorer<'_> {
         write(&dest, self.recipe(&members, &weights))?;
         let materialise_seconds = started.elapsed().as_secs_f64();
         self.observe(Event::Started { candidate: &id, proposal });
-        let request = Request { candidate: &id, model_dir: &dir, members: &members, weights: &weights };
+        let request =
+            Request { candidate: &id, model_dir: &dir, members: &members, weights: &weights };
         let evaluation = self.evaluator.evaluate(&request, Some(cancel));
         if !self.keep_candidates {
             let _ = fs::remove_dir_all(&dir);

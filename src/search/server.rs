@@ -190,8 +190,10 @@ impl Server {
         if let Some(stdin) = &running.stdin {
             let _ = stdin.send(bytes);
         }
-        let ended = wait_for_reply(running, request.candidate, deadline, cancel)
-            .map_err(|source| EvalError::Wait { candidate: request.candidate.to_owned(), source })?;
+        let ended =
+            wait_for_reply(running, request.candidate, deadline, cancel).map_err(|source| {
+                EvalError::Wait { candidate: request.candidate.to_owned(), source }
+            })?;
         Ok(match ended {
             Waited::Reply(outcome) => outcome,
             Waited::Exited => {
@@ -204,7 +206,9 @@ impl Server {
             }
             Waited::TimedOut => {
                 self.stop(instance);
-                Outcome::Failed { reason: Failure::Timeout(self.options.timeout.unwrap_or_default()) }
+                Outcome::Failed {
+                    reason: Failure::Timeout(self.options.timeout.unwrap_or_default()),
+                }
             }
             Waited::Cancelled => {
                 self.stop(instance);
@@ -244,10 +248,11 @@ impl Server {
             .stderr(stderr);
         slot_environment(&mut shell, &self.run_dir, slot);
         process::isolate(&mut shell);
-        let mut child = self
-            .spawner
-            .spawn(shell)
-            .map_err(|source| EvalError::Io { action: "start", path: SHELL.into(), source })?;
+        let mut child = self.spawner.spawn(shell).map_err(|source| EvalError::Io {
+            action: "start",
+            path: SHELL.into(),
+            source,
+        })?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = process::stop_group(&mut child, &self.options.stop);
             return Err(EvalError::Io {
