@@ -1078,7 +1078,28 @@ fn reports_have_every_field_and_the_soup_its_recipe() {
         for label in world.label_set(&want.members) {
             assert!(md.contains(&label), "{label} not in report.md");
         }
+        // The figure: one mark per step, accepted ones filled, linked from report.md.
+        assert!(md.contains("![score of every candidate](search.svg)"), "{md}");
+        let svg = fs::read_to_string(run_dir.join("search.svg")).unwrap();
+        let steps = report["steps"].as_array().unwrap();
+        let accepted = steps.iter().filter(|s| s["accepted"] == true).count();
+        assert_eq!(svg.matches("<circle class=\"accepted\"").count(), accepted, "{svg}");
+        assert_eq!(svg.matches("<circle class=").count(), steps.len());
+        assert!(svg.contains("best individual") && svg.ends_with("</svg>\n"));
+        assert_eq!(svg.contains("uniform soup"), method == Method::Pruned(2));
     }
+    // A greedy search in a run directory where the uniform soup was evaluated
+    // (by pruned, above) shows it, from the journal.
+    let out = dir.path().join("greedy-again");
+    let mut args = search_args(&world, Method::Greedy, &out, &eval);
+    args.extend(["--run-dir".into(), p(&dir.path().join("pruned.run"))]);
+    soup_ok_in(dir.path(), &args);
+    let report = read_json(&dir.path().join("pruned.run/report.json"));
+    assert_eq!(report["method"], "greedy");
+    assert_eq!(report["uniform"]["reused"], true, "{report}");
+    let md = fs::read_to_string(dir.path().join("pruned.run/report.md")).unwrap();
+    assert!(md.contains("| uniform | ") && md.contains("(journal) | 5 |"), "{md}");
+    assert!(dir.path().join("pruned.run/report.1.md").exists(), "the pruned report is kept");
 }
 
 #[test]
@@ -1415,9 +1436,11 @@ fn server_failures_fail_one_evaluation_and_restart_the_server() {
     let starts = dir.path().join("starts");
     // Candidates with in1 kill the server, with in2 hang it, with in3 make
     // score_fn raise; those with in5 print noise before their reply.
+    let trap = dir.path().join("trap");
     let server = world.server(&format!(
-        "--starts {} --fault in1=exit --fault in2=hang --fault in3=error --fault in5=noise",
-        sh_quote(&p(&starts))
+        "--starts {} --trap {} --fault in1=exit --fault in2=hang --fault in3=error --fault in5=noise",
+        sh_quote(&p(&starts)),
+        sh_quote(&p(&trap))
     ));
     let fails = |m: &[usize]| m.contains(&1) || m.contains(&2) || m.contains(&3);
     let score = |m: &[usize]| if fails(m) { None } else { Some(world.score(m)) };
@@ -1447,8 +1470,36 @@ fn server_failures_fail_one_evaluation_and_restart_the_server() {
     let stderr = stderr_of(&run);
     assert!(stderr.contains("ValueError: cannot score in3\n"), "{stderr}");
     assert!(stderr.contains("| giving up on"), "{stderr}");
+    // Not a terminal: plain lines, one as each evaluation starts.
+    assert!(stderr.contains("  started greedy-0001 ("), "{stderr}");
+    assert!(!stderr.contains('\r') && !stderr.contains("\u{1b}["), "no live lines: {stderr}");
     let md = fs::read_to_string(run_dir.join("report.md")).unwrap();
     assert!(md.contains("evaluation servers restarted"), "{md}");
+    // The hung server was stopped with SIGTERM, which serve() turns into
+    // SystemExit, so its clean-up ran before the grace period ended.
+    assert!(fs::read_to_string(&trap).unwrap_or_default().contains("term"), "no clean-up");
+}
+
+#[test]
+fn only_a_reply_naming_the_candidate_answers_it() {
+    let dir = common::tempdir();
+    let mut world = find_world(3, 0.0);
+    world.write(dir.path(), false);
+    // A server in sh: noise, a reply for another candidate, then the answer.
+    let server = r#"while read -r line; do
+        id=$(printf '%s' "$line" | sed 's/^{"candidate":"\([^"]*\)".*/\1/')
+        echo "loading $id"; echo '{"candidate": "someone-else", "score": 9}'
+        printf '{"candidate": "%s", "score": 0.5, "note": "ok"}\n' "$id"
+    done"#;
+    let out = dir.path().join("soup");
+    let args = with_server(search_args(&world, Method::Greedy, &out, "unused"), server);
+    soup_ok_in(dir.path(), &args);
+    let report = read_json(&dir.path().join("soup.run/report.json"));
+    let steps = report["steps"].as_array().unwrap();
+    assert!(steps.iter().all(|s| s["score"] == 0.5 && s["metrics"]["note"] == "ok"), "{steps:?}");
+    assert_eq!(strings(&report["members"]).len(), 3, "ties are accepted");
+    let log = fs::read_to_string(dir.path().join("soup.run/logs/server-0.1.stdout")).unwrap();
+    assert!(log.contains("loading greedy-0001\n") && log.contains("someone-else"), "{log}");
 }
 
 #[test]

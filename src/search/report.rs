@@ -446,3 +446,106 @@ fn proposal(change: crate::search::candidate::Change, labels: &[String]) -> Stri
         Change::Same => "uniform".to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(candidate: &str, score: Option<f64>, metrics: serde_json::Value) -> StepReport {
+        StepReport {
+            candidate: candidate.into(),
+            proposal: format!("add {candidate}|x"),
+            members: vec!["a".into(), "b".into()],
+            score,
+            error: score.is_none().then(|| "exited with code 1".into()),
+            accepted: score.is_some(),
+            reused: false,
+            metrics: metrics.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn report() -> Report {
+        let members = vec!["a".to_owned(), "b".to_owned()];
+        Report {
+            method: "learned".into(),
+            evaluator: "eval {model}".into(),
+            minimize: false,
+            members: members.clone(),
+            weights: vec![0.5, 0.5],
+            score: -9e-9,
+            individual_scores: Default::default(),
+            best_individual: Summary::of(vec!["a".into()], -1.2345678912e-8),
+            uniform: Some(Summary { members, score: 0.8312, reused: true }),
+            steps: vec![
+                step("c1", Some(-9e-9), serde_json::json!({"loss": 0.25, "task": "q|a"})),
+                step("c2", None, serde_json::json!({})),
+            ],
+            evaluations: Counts {
+                started: 3,
+                finished: 2,
+                journaled: 2,
+                cancelled: 1,
+                ..Counts::default()
+            },
+            coefficients: Some(vec![
+                ("embeddings".into(), vec![0.5, 0.5]),
+                ("layers.2-9".into(), vec![0.25, 0.75]),
+                ("layers.10-17".into(), vec![0.75, 0.25]),
+                ("head".into(), vec![1.0, 0.0]),
+            ]),
+            curve: None,
+            figure: Some(FIGURE.into()),
+        }
+    }
+
+    #[test]
+    fn scores_keep_every_digit_they_need() {
+        assert_eq!(format_score(-9e-9), "-9e-9");
+        assert_eq!(format_score(0.8312), "0.8312");
+        assert_eq!(format_score(1.0 / 3.0), "0.3333333333333333");
+        assert_eq!(format_score(1234.5), "1234.5");
+        assert_eq!(format_score(f64::NAN), "none");
+        let md = report().markdown();
+        assert!(md.contains("| learned | -9e-9 | 2 |"), "{md}");
+        assert!(md.contains("| best individual | -1.2345678912e-8 | 1 |"), "{md}");
+        assert!(!md.contains("0.000000"), "{md}");
+    }
+
+    #[test]
+    fn markdown_has_the_uniform_row_metrics_counts_figure_and_model_order() {
+        let md = report().markdown();
+        assert!(md.contains("| uniform | 0.8312 (journal) | 2 |"), "{md}");
+        assert!(
+            md.contains("| step | candidate | proposal | score | accepted | size | loss | task |")
+        );
+        assert!(md.contains("| 1 | c1 | add c1\\|x | -9e-9 | yes | 2 | 0.25 | q\\|a |"), "{md}");
+        assert!(md.contains("| 2 | c2 | add c2\\|x | failed: exited with code 1 | no | 2 |  |  |"));
+        assert!(md.contains("3 started, 2 finished (2 journaled), 1 cancelled, 0 reused"), "{md}");
+        assert!(md.contains("![score of every candidate](search.svg)"), "{md}");
+        let at = |group: &str| md.find(&format!("| {group} |")).unwrap();
+        assert!(at("embeddings") < at("layers.2-9"));
+        assert!(at("layers.2-9") < at("layers.10-17") && at("layers.10-17") < at("head"));
+        // report.json keeps that order too.
+        let json = serde_json::to_string(&report()).unwrap();
+        let pos = |k: &str| json.find(&format!("\"{k}\":[")).unwrap();
+        assert!(pos("layers.2-9") < pos("layers.10-17"), "{json}");
+    }
+
+    #[test]
+    fn writing_keeps_earlier_reports() {
+        let dir = tempfile::TempDir::new().unwrap();
+        for run in 0..3 {
+            let mut r = report();
+            r.score = f64::from(run);
+            r.write(dir.path(), Some("<svg/>")).unwrap();
+        }
+        let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+        assert!(read("report.1.json").contains("\"score\": 0.0"));
+        assert!(read("report.2.json").contains("\"score\": 1.0"));
+        assert!(read("report.json").contains("\"score\": 2.0"));
+        assert_eq!(read("search.2.svg"), "<svg/>");
+        assert!(
+            read("report.md").contains("Earlier runs in this directory: report.1.md, report.2.md.")
+        );
+    }
+}
