@@ -1666,3 +1666,37 @@ fn ctrl_c_stops_evaluations_gracefully() {
     assert_eq!(cleaned.lines().count(), 3, "every running evaluation cleaned up: {cleaned:?}");
     assert!(journal(&dir.path().join("soup.run")).is_empty(), "nothing cancelled is journaled");
 }
+
+#[test]
+fn a_terminal_gets_live_status_lines() {
+    let dir = common::tempdir();
+    let mut world = find_world(3, 0.0);
+    world.write(dir.path(), false);
+    let out = dir.path().join("soup");
+    let mut args = search_args(&world, Method::Greedy, &out, &world.eval("--sleep 0.6"));
+    args.extend(["--jobs".into(), "2".into()]);
+    // `script` (util-linux) runs soup on a pseudo-terminal.
+    let command: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_soup").to_owned())
+        .chain(args)
+        .map(|a| sh_quote(&a))
+        .collect();
+    let run = std::process::Command::new("script")
+        .args(["-qec", &command.join(" "), "/dev/null"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) runs a command on a terminal");
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{text}");
+    // The summary line and one line per running evaluation, with elapsed time.
+    assert!(text.contains("best none yet · 0/5 evaluations"), "{text}");
+    assert!(text.contains("2 running"), "{text}");
+    assert!(text.contains("greedy-0001 (") && text.contains("ETA "), "{text}");
+    assert!(!text.contains("  started greedy-"), "plain lines are for pipes: {text}");
+    check_soup(
+        &world,
+        &out,
+        &world_reference(&world, Method::Greedy, Order::Sorted, Rule::MAX).members,
+        "greedy",
+    );
+}

@@ -157,7 +157,9 @@ impl Status {
         if state.done != 1 {
             msg.push('s');
         }
-        if let Some(total) = state.expected {
+        if let Some(expected) = state.expected {
+            // Speculative evaluations re-run after an acceptance add to the plan.
+            let total = expected.max(state.done + state.running.len());
             msg = format!("best {best} · {}/{total} evaluations", state.done);
             if state.timed > 0 && total > state.done {
                 let mean = state.seconds / state.timed as f64;
