@@ -210,4 +210,14 @@ fn only_a_forwarded_signal_lets_a_task_clean_up() {
     assert_eq!(run.status.code(), Some(1), "{}", show(&args, &run));
     assert_eq!(fs::read_to_string(&cleaned).unwrap_or_default(), "cleaned\n", "no clean-up");
     assert_eq!(drains("soup-int", Duration::from_secs(15)), "");
+
+    // SIGUSR1 is passed on by a plain srun.
+    let (eval, cleaned) = trapped_task(dir.path(), "soup-usr1", "USR1", "");
+    let out = dir.path().join("usr1");
+    let extra = ["--timeout", "3s", "--stop-signal", "USR1", "--kill-grace", "20s"];
+    let args = search(&paths[..1], &out, &eval, &extra);
+    let run = soup_in(dir.path(), &args);
+    assert_eq!(run.status.code(), Some(1), "{}", show(&args, &run));
+    assert_eq!(fs::read_to_string(&cleaned).unwrap_or_default(), "cleaned\n", "no clean-up");
+    assert_eq!(drains("soup-usr1", Duration::from_secs(15)), "");
 }
