@@ -27,7 +27,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     let digits = text.trim().trim_end_matches(['s', 'm', 'h']).trim();
     match digits.parse::<f64>() {
-        Ok(v) if v == 0.0 => Ok(Duration::ZERO),
+        Ok(0.0) => Ok(Duration::ZERO),
         _ => parse_duration(text),
     }
 }

@@ -240,8 +240,6 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
             report
         }
     };
-    drop(search);
-    drop(scorer);
     drop(evaluator); // evaluation servers are shut down here
     status.finish();
     let figure = search_svg::plot(&report);

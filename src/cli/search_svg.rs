@@ -24,6 +24,9 @@ const FAILED: &str = "#c0392b";
 const INDIVIDUAL: &str = "#1f5fbf";
 const UNIFORM: &str = "#d9822b";
 
+/// Draws one legend mark at a given height.
+type Mark = Box<dyn Fn(f64) -> String>;
+
 /// The figure of `report` as an SVG document.
 pub fn plot(report: &Report) -> String {
     let learned = report.curve.is_some();
@@ -160,7 +163,7 @@ pub fn plot(report: &Report) -> String {
     let lx = right + 16.0;
     let accepted = if learned { "new best" } else { "accepted" };
     let rejected = if learned { "evaluated" } else { "rejected" };
-    let mut rows: Vec<(Box<dyn Fn(f64) -> String>, String)> = vec![
+    let mut rows: Vec<(Mark, String)> = vec![
         (
             Box::new(move |ly| {
                 format!(r#"<circle cx="{:.1}" cy="{ly:.1}" r="4.5" fill="{ACCEPTED}"/>"#, lx + 10.0)
