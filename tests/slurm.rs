@@ -184,40 +184,32 @@ fn trapped_task(dir: &Path, name: &str, signal: &str, srun_options: &str) -> (St
     (eval, p(&cleaned))
 }
 
+/// Runs a search whose one evaluation (a task under `srun SRUN_OPTIONS` trapping
+/// `signal`) times out and is stopped with `--stop-signal`; returns whether the
+/// task's clean-up ran to its end. Asserts that no step is left either way.
+fn cleans_up(dir: &Path, name: &str, signal: &str, srun_options: &str) -> bool {
+    let (paths, _) = ingredients(dir);
+    let (eval, cleaned) = trapped_task(dir, name, signal, srun_options);
+    let out = dir.join(name);
+    let extra = ["--timeout", "3s", "--stop-signal", signal, "--kill-grace", "20s"];
+    let args = search(&paths[..1], &out, &eval, &extra);
+    let run = soup_in(dir, &args);
+    assert_eq!(run.status.code(), Some(1), "{}", show(&args, &run));
+    assert_eq!(drains(name, Duration::from_secs(15)), "", "{name}: steps left behind");
+    fs::read_to_string(&cleaned).unwrap_or_default() == "cleaned\n"
+}
+
 #[test]
 #[ignore = "needs a running Slurm: .ci/run starts one"]
 fn only_a_forwarded_signal_lets_a_task_clean_up() {
     slurm_is_up();
     let dir = common::tempdir();
-    let (paths, _) = ingredients(dir.path());
     // Default: soup sends SIGTERM to srun, which kills its tasks with SIGKILL at
     // once: the task's TERM trap never runs.
-    let (eval, cleaned) = trapped_task(dir.path(), "soup-term", "TERM", "");
-    let out = dir.path().join("term");
-    let args = search(&paths[..1], &out, &eval, &["--timeout", "3s"]);
-    let run = soup_in(dir.path(), &args);
-    assert_eq!(run.status.code(), Some(1), "{}", show(&args, &run));
-    assert_eq!(drains("soup-term", Duration::from_secs(15)), "");
-    assert!(!Path::new(&cleaned).exists(), "srun passed SIGTERM on: CLUSTER.md is wrong");
-
-    // --stop-signal INT with `srun -X`: SIGINT reaches the task as is, its trap
-    // runs to the end within --kill-grace, and the step ends with it.
-    let (eval, cleaned) = trapped_task(dir.path(), "soup-int", "INT", "-X");
-    let out = dir.path().join("int");
-    let extra = ["--timeout", "3s", "--stop-signal", "INT", "--kill-grace", "20s"];
-    let args = search(&paths[..1], &out, &eval, &extra);
-    let run = soup_in(dir.path(), &args);
-    assert_eq!(run.status.code(), Some(1), "{}", show(&args, &run));
-    assert_eq!(fs::read_to_string(&cleaned).unwrap_or_default(), "cleaned\n", "no clean-up");
-    assert_eq!(drains("soup-int", Duration::from_secs(15)), "");
-
+    assert!(!cleans_up(dir.path(), "soup-term", "TERM", ""), "srun passed SIGTERM on");
+    // With `srun -X`, SIGINT reaches the task as is: its trap runs to the end
+    // within --kill-grace, and the step ends with it.
+    assert!(cleans_up(dir.path(), "soup-int", "INT", "-X"), "SIGINT was not passed on");
     // SIGUSR1 is passed on by a plain srun.
-    let (eval, cleaned) = trapped_task(dir.path(), "soup-usr1", "USR1", "");
-    let out = dir.path().join("usr1");
-    let extra = ["--timeout", "3s", "--stop-signal", "USR1", "--kill-grace", "20s"];
-    let args = search(&paths[..1], &out, &eval, &extra);
-    let run = soup_in(dir.path(), &args);
-    assert_eq!(run.status.code(), Some(1), "{}", show(&args, &run));
-    assert_eq!(fs::read_to_string(&cleaned).unwrap_or_default(), "cleaned\n", "no clean-up");
-    assert_eq!(drains("soup-usr1", Duration::from_secs(15)), "");
+    assert!(cleans_up(dir.path(), "soup-usr1", "USR1", ""), "SIGUSR1 was not passed on");
 }

@@ -163,15 +163,7 @@ impl<'a> EvalScorer<'a> {
         let labels: Vec<String> = members.iter().map(|&i| self.labels[i].clone()).collect();
         let weights = vec![1.0 / labels.len() as f64; labels.len()];
         let (labels, weights) = self.kitchen.key(labels, weights);
-        let record = self.journal.find(&labels, &weights, &self.template)?;
-        Some(Scored {
-            candidate: record.candidate,
-            score: record.outcome.score().ok_or_else(|| failure_reason(&record.outcome)),
-            reused: true,
-            cancelled: false,
-            metrics: record.metrics,
-            log: None,
-        })
+        self.journal.find(&labels, &weights, &self.template).map(reused)
     }
 
     fn observe(&self, event: Event<'_>) {
@@ -235,14 +227,7 @@ impl EvalScorer<'_> {
             self.tally
                 .failed
                 .fetch_add(usize::from(record.outcome.score().is_none()), Ordering::SeqCst);
-            let scored = Scored {
-                candidate: record.candidate,
-                score: record.outcome.score().ok_or_else(|| failure_reason(&record.outcome)),
-                reused: true,
-                cancelled: false,
-                metrics: record.metrics,
-                log: None,
-            };
+            let scored = reused(record);
             self.observe(Event::Reused { scored: &scored });
             return Ok(scored);
         }
@@ -339,6 +324,18 @@ impl Scorer for EvalScorer<'_> {
         self.evaluate(members, weights, &proposal, cancel, |dest, metadata| {
             self.kitchen.materialise(soup, change, dest, metadata).map(|_| ())
         })
+    }
+}
+
+/// A journaled result, as a score taken from the journal.
+fn reused(record: Record) -> Scored {
+    Scored {
+        candidate: record.candidate,
+        score: record.outcome.score().ok_or_else(|| failure_reason(&record.outcome)),
+        reused: true,
+        cancelled: false,
+        metrics: record.metrics,
+        log: None,
     }
 }
 
