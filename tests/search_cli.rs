@@ -1478,6 +1478,17 @@ fn server_failures_fail_one_evaluation_and_restart_the_server() {
     // The hung server was stopped with SIGTERM, which serve() turns into
     // SystemExit, so its clean-up ran before the grace period ended.
     assert!(fs::read_to_string(&trap).unwrap_or_default().contains("term"), "no clean-up");
+    // What score_fn prints goes to the server's stderr, never among the replies.
+    let logs = |ext: &str| -> String {
+        fs::read_dir(run_dir.join("logs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|x| x.to_str().unwrap().ends_with(ext) && p(x).contains("/server-"))
+            .map(|x| fs::read_to_string(x).unwrap())
+            .collect()
+    };
+    assert!(logs(".stderr").contains("progress: 100%"), "{}", logs(".stderr"));
+    assert!(!logs(".stdout").contains("progress") && logs(".stdout").contains("\"score\""));
 }
 
 #[test]
