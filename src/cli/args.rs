@@ -382,8 +382,8 @@ pub struct SearchArgs {
 
     /// Evaluation command, run with `sh -c`; {model} becomes the candidate's
     /// directory.
-    #[arg(long = "eval", value_name = "COMMAND")]
-    pub eval: String,
+    #[arg(long = "eval", value_name = "COMMAND", required_unless_present = "eval_server")]
+    pub eval: Option<String>,
 
     /// The pretrained model, for soups of task vectors: every candidate (single
     /// ingredients included) and the final soup become base + lambda x (soup -
@@ -460,6 +460,36 @@ pub struct SearchArgs {
     /// No progress lines or summary (errors are still printed).
     #[arg(short, long)]
     pub quiet: bool,
+
+    // Persistent evaluators, devices and stopping (docs/EVALUATOR.md, docs/CLUSTER.md).
+    /// A persistent evaluation server instead of --eval: started once per job with
+    /// `sh -c` and kept for the whole search, it reads one JSON request per line on
+    /// stdin and answers each with a JSON line on stdout.
+    #[arg(long, value_name = "COMMAND", conflicts_with = "eval")]
+    pub eval_server: Option<String>,
+
+    /// Devices for the jobs, one slot per job: `0,1,2,3` (one each) or `0,1:2,3`
+    /// (two each). Sets --jobs; every evaluation (or server) gets its slot's
+    /// CUDA_VISIBLE_DEVICES, SOUP_SLOT, and {devices} and {slot} in the command.
+    #[arg(long, value_name = "LIST", conflicts_with = "jobs")]
+    pub devices: Option<String>,
+
+    /// How long a stopped evaluation (timeout, Ctrl-C, stale speculation) gets to
+    /// end after the stop signal, before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "10s",
+          value_parser = super::duration::parse_duration_or_zero)]
+    pub kill_grace: std::time::Duration,
+
+    /// The signal that asks an evaluation to stop: TERM, INT (what `srun -X`
+    /// passes on to its tasks), HUP, USR1 or USR2.
+    #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
+    pub stop_signal: modelsoup::search::process::StopSignal,
+
+    /// Journal results under KEY instead of the evaluator command: evaluators
+    /// given the same KEY are declared to score alike and share results (a --eval
+    /// script and its --eval-server twin).
+    #[arg(long, value_name = "KEY")]
+    pub journal_key: Option<String>,
 }
 
 /// The order in which ingredients are proposed.
