@@ -289,10 +289,15 @@ fn other_objects_are_refused_with_advice() {
     let (kind, message) = pickle_error("nested.bin");
     assert_eq!(
         kind,
-        PickleErrorKind::NestedDict { keys: vec!["state_dict".into(), "epoch".into()] }
+        PickleErrorKind::NestedDict {
+            key: None,
+            keys: vec!["state_dict".into(), "epoch".into()],
+            candidates: vec![("state_dict".into(), 9)],
+        }
     );
     assert!(message.contains("\"state_dict\", \"epoch\""), "{message}");
-    assert!(message.contains("model.state_dict()"), "{message}");
+    assert!(message.contains("\"state_dict\" (9 tensors)"), "{message}");
+    assert!(message.contains("--key state_dict"), "{message}");
 
     let (kind, message) = pickle_error("neg_view.bin");
     assert_eq!(kind, PickleErrorKind::LazyTensorBits);
