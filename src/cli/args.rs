@@ -166,9 +166,19 @@ output is written beside the destination and renamed into place when complete.";
 /// Arguments of `soup convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// A checkpoint: a .bin or .safetensors file, or a checkpoint directory.
+    /// A checkpoint: a .bin or .safetensors file, a checkpoint directory, or a
+    /// LoRA adapter directory (written out as its base with the adapter merged).
     #[arg(value_name = "CHECKPOINT")]
     pub input: PathBuf,
+
+    /// For a LoRA adapter: the model it applies to [default: the adapter
+    /// config's base_model_name_or_path].
+    #[arg(long, value_name = "MODEL")]
+    pub base: Option<PathBuf>,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
 
     /// Output directory (must not exist or be empty, unless --force).
     #[arg(short, long, value_name = "DIR")]
@@ -193,6 +203,10 @@ pub struct InspectArgs {
     /// Checkpoints: .safetensors or PyTorch .bin files, or checkpoint directories.
     #[arg(required = true, value_name = "CHECKPOINT")]
     pub checkpoints: Vec<PathBuf>,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
 
     /// Read every float tensor and count NaN and infinite values.
     #[arg(long)]
@@ -239,6 +253,10 @@ pub struct AnglesArgs {
     /// similarity is shown.
     #[arg(long, value_name = "CHECKPOINT")]
     pub base: Option<PathBuf>,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
 
     /// Also give the angles per layer group: embeddings, each numbered block, the
     /// rest.
@@ -402,6 +420,10 @@ pub struct SearchArgs {
     )]
     pub lambda: f64,
 
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
+
     /// Evaluations to run at once (each in its own process).
     #[arg(short = 'j', long, value_name = "N", default_value_t = 1, value_parser = parse_jobs)]
     pub jobs: usize,
@@ -530,7 +552,7 @@ pub struct MergeArgs {
 
     /// A recipe to replay instead of ingredients and method options: a recipe file
     /// (YAML or JSON, ours or a mergekit config), or a soup whose metadata holds one.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["ingredients", "method", "base", "weights", "lambda", "density", "seed", "t", "normalize", "no_rescale"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ingredients", "method", "base", "weights", "lambda", "density", "seed", "t", "normalize", "no_rescale", "key", "rename"])]
     pub recipe: Option<PathBuf>,
 
     /// Merge method.
@@ -577,6 +599,10 @@ pub struct MergeArgs {
     /// Do not rescale DARE's surviving entries by 1/density.
     #[arg(long)]
     pub no_rescale: bool,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
 
     /// How the soup is written.
     #[command(flatten)]
@@ -645,9 +671,10 @@ pub struct WriteArgs {
     pub file: FileArgs,
 
     /// Copy config.json, tokenizer and other non-weight files from this directory
-    /// instead of the first ingredient's.
-    #[arg(long, value_name = "DIR")]
-    pub copy_files_from: Option<PathBuf>,
+    /// [default: the base's with task arithmetic, TIES, DARE and Model Stock (as
+    /// mergekit does), else the first ingredient's; an adapter's are its base's].
+    #[arg(long, value_name = "DIR", alias = "copy-files-from")]
+    pub support_files_from: Option<PathBuf>,
 
     /// What to do when a tensor that is not averaged (integers, bool) differs
     /// between ingredients.
@@ -657,6 +684,23 @@ pub struct WriteArgs {
     /// Skip the check that the ingredients share one pretrained initialisation.
     #[arg(long)]
     pub no_init_check: bool,
+}
+
+/// How ingredients are read: options of every command that opens them.
+#[derive(Debug, Clone, Args)]
+pub struct IngredientArgs {
+    /// The dotted key of the state dict inside PyTorch training checkpoints:
+    /// state_dict (Lightning, most loops), model, module… Files that are a state
+    /// dict already are read as they are.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<String>,
+
+    /// Rename tensors before matching ingredients to each other and to the base:
+    /// s/PATTERN/REPLACEMENT/, PATTERN a regular expression (s/^module\.// drops
+    /// DDP's prefix, s/^/model./ adds one); applied to every model; repeatable,
+    /// in order.
+    #[arg(long, value_name = "s/PATTERN/REPLACEMENT/")]
+    pub rename: Vec<String>,
 }
 
 /// Handling of non-averaged tensors that differ.

@@ -20,7 +20,7 @@ use super::{init_check, progress, Exit};
 /// Runs `soup inspect`.
 pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let names: Vec<String> = args.checkpoints.iter().map(|p| p.display().to_string()).collect();
-    let checkpoints = open_all(&args.checkpoints)?;
+    let checkpoints = open_all(&args.checkpoints, &args.read, None)?;
     let mut non_finite: Vec<Option<Vec<NonFinite>>> = vec![None; checkpoints.len()];
     if args.check_values {
         let total: u64 = checkpoints.iter().map(Checkpoint::float_bytes).sum();

@@ -58,16 +58,24 @@ const PREFIX: &str = "base_model.model.";
 /// Elements of the right factor widened at once (64 KiB of f64).
 pub const TILE_ELEMENTS: usize = 8192;
 
-/// Whether `path` is a LoRA adapter directory (it holds `adapter_config.json`).
+/// Whether `path` is a LoRA adapter directory (it holds `adapter_config.json`),
+/// or a Hub id whose cached snapshot is one.
 pub fn is_adapter(path: &Path) -> bool {
-    path.is_dir() && path.join(CONFIG_FILE).is_file()
+    let dir = match crate::engine::hub::locate(path) {
+        Ok(Some((_, snapshot))) => snapshot.dir,
+        _ => path.to_path_buf(),
+    };
+    dir.is_dir() && dir.join(CONFIG_FILE).is_file()
 }
 
 /// The base model an adapter's config names (`base_model_name_or_path`), as
 /// written: a path or a Hub id. `None` when it names none.
-pub fn configured_base(dir: &Path) -> Result<Option<String>> {
-    let config = Config::read(dir)?;
-    Ok(config.base)
+pub fn configured_base(adapter: &Path) -> Result<Option<String>> {
+    let dir = match crate::engine::hub::locate(adapter)? {
+        Some((_, snapshot)) => snapshot.dir,
+        None => adapter.to_path_buf(),
+    };
+    Ok(Config::read(&dir)?.base)
 }
 
 /// The settings of an adapter that decide its weights.

@@ -1200,7 +1200,7 @@ impl<'a> Machine<'a> {
             }
             let Some(entries) = self.dict_entries(&value) else { continue };
             let tensors = entries.iter().filter(|(_, v)| matches!(v, Value::Tensor(_))).count();
-            if tensors > 0 && !path.is_empty() && self.is_flat(entries) {
+            if tensors > 0 && tensors == entries.len() && !path.is_empty() {
                 found.push((path.clone(), tensors));
             }
             if depth >= MAX_CANDIDATE_DEPTH {
