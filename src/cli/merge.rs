@@ -283,7 +283,10 @@ pub fn open_recipe(recipe: &Recipe) -> anyhow::Result<(Vec<Checkpoint>, Option<C
         None => None,
     };
     let ingredients = modelsoup::recipe::open_ingredients(&recipe.ingredients, base.as_ref())
-        .map_err(|(i, e)| anyhow::Error::new(e).context(format!("ingredient {}", i + 1)))?;
+        .map_err(|b| {
+            let (i, e) = *b;
+            anyhow::Error::new(e).context(format!("ingredient {}", i + 1))
+        })?;
     Ok((ingredients, base))
 }
 
@@ -299,8 +302,10 @@ pub fn open_all(
         .iter()
         .map(|p| ingredient_from(p.as_ref(), read, base.is_some(), None))
         .collect::<anyhow::Result<_>>()?;
-    modelsoup::recipe::open_ingredients(&ingredients, base)
-        .map_err(|(i, e)| anyhow::Error::new(e).context(format!("ingredient {}", i + 1)))
+    modelsoup::recipe::open_ingredients(&ingredients, base).map_err(|b| {
+        let (i, e) = *b;
+        anyhow::Error::new(e).context(format!("ingredient {}", i + 1))
+    })
 }
 
 /// Warns when one checkpoint is given twice (the same first shard file, by any

@@ -172,20 +172,20 @@ impl Ingredient {
 pub fn open_ingredients(
     ingredients: &[Ingredient],
     base: Option<&Checkpoint>,
-) -> std::result::Result<Vec<Checkpoint>, (usize, Error)> {
+) -> std::result::Result<Vec<Checkpoint>, Box<(usize, Error)>> {
     let mut bases: BTreeMap<&str, Checkpoint> = BTreeMap::new();
     let mut opened = Vec::with_capacity(ingredients.len());
     for (i, ingredient) in ingredients.iter().enumerate() {
         let own = match ingredient.adapter_base.as_deref() {
             Some(path) if is_adapter(Path::new(&ingredient.path)) => {
                 if !bases.contains_key(path) {
-                    bases.insert(path, Checkpoint::open(path).map_err(|e| (i, e))?);
+                    bases.insert(path, Checkpoint::open(path).map_err(|e| Box::new((i, e)))?);
                 }
                 bases.get(path)
             }
             _ => None,
         };
-        opened.push(ingredient.open_over(own.or(base)).map_err(|e| (i, e))?);
+        opened.push(ingredient.open_over(own.or(base)).map_err(|e| Box::new((i, e)))?);
     }
     Ok(opened)
 }
