@@ -152,27 +152,32 @@ impl Config {
         };
         let peft_type = get("peft_type").as_str().unwrap_or("");
         if peft_type != "LORA" {
-            let found = if peft_type.is_empty() { "no peft_type" } else { peft_type };
+            let found = if peft_type.is_empty() { "none" } else { peft_type };
             return Err(fail(format!(
-                "a {found} adapter; only LoRA adapters (peft_type LORA) can be souped as \
-                 W₀ + s·B·A"
+                "peft_type {found}: only LoRA adapters (peft_type LORA) can be souped, as \
+                 W₀ + s·B·A; other PEFT methods are not supported"
             )));
         }
         let refusals = [
-            ("use_dora", "DoRA (use_dora): its magnitude vector rescales every column of W₀ + ΔW"),
-            ("lora_bias", "LoRA with a bias on B (lora_bias)"),
-            ("layer_replication", "layer replication (layer_replication)"),
-            ("target_parameters", "LoRA on parameters (target_parameters)"),
-            ("trainable_token_indices", "trainable tokens (trainable_token_indices)"),
+            (
+                "use_dora",
+                "DoRA (use_dora)",
+                ": its magnitude vector rescales every column of W₀ + ΔW",
+            ),
+            ("lora_bias", "LoRA with a bias on B (lora_bias)", ""),
+            ("layer_replication", "layer replication (layer_replication)", ""),
+            ("target_parameters", "LoRA on parameters (target_parameters)", ""),
+            ("trainable_token_indices", "trainable tokens (trainable_token_indices)", ""),
             (
                 "alora_invocation_tokens",
-                "aLoRA (alora_invocation_tokens): it acts on some tokens only",
+                "aLoRA (alora_invocation_tokens)",
+                ": it acts on some tokens only",
             ),
-            ("use_qalora", "QA-LoRA (use_qalora)"),
-            ("use_bdlora", "BD-LoRA (use_bdlora)"),
+            ("use_qalora", "QA-LoRA (use_qalora)", ""),
+            ("use_bdlora", "BD-LoRA (use_bdlora)", ""),
         ];
-        if let Some((_, what)) = refusals.iter().find(|(key, _)| set(key)) {
-            return Err(fail(format!("{what} is not supported, only plain LoRA")));
+        if let Some((_, what, why)) = refusals.iter().find(|(key, _, _)| set(key)) {
+            return Err(fail(format!("{what} is not supported{why}; only plain LoRA is")));
         }
         let r = get("r")
             .as_u64()
