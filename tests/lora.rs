@@ -126,6 +126,73 @@ fn every_method_sees_an_adapter_as_its_merged_model() {
     }
 }
 
+#[test]
+fn a_recipe_gives_each_adapter_its_base_for_methods_without_one() {
+    let dir = tempdir();
+    let base = fixture("bert_base");
+    let full = [fixture("bert_a.merged.safetensors"), fixture("bert_b.merged.safetensors")];
+    let recipe = dir.path().join("slerp.yaml");
+    fs::write(
+        &recipe,
+        format!(
+            "method: slerp\nparameters: {{t: 0.3}}\noutput: {{dtype: f32}}\ningredients:\n\
+             - {{path: {}, adapter_base: {}}}\n- {{path: {}, adapter_base: {}}}\n",
+            s(&fixture("bert_a")),
+            s(&base),
+            s(&fixture("bert_b")),
+            s(&base),
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("slerp");
+    soup_ok(&["merge", "--recipe", s(&recipe), "-o", s(&out), "--no-init-check"]);
+    let plain = dir.path().join("slerp-full");
+    soup_ok(&[
+        "merge",
+        s(&full[0]),
+        s(&full[1]),
+        "--method",
+        "slerp",
+        "--t",
+        "0.3",
+        "--dtype",
+        "f32",
+        "--no-init-check",
+        "-o",
+        s(&plain),
+    ]);
+    assert_eq!(read_output(&out), read_output(&plain));
+    assert_recipe_replays(&out);
+    // DARE (linear) too, with the recipe's base serving the adapters.
+    let out = dir.path().join("dare");
+    let run = |a: &Path, b: &Path, out: &Path| {
+        soup_ok(&[
+            "merge",
+            s(a),
+            s(b),
+            "--base",
+            s(&base),
+            "--method",
+            "dare-linear",
+            "--density",
+            "0.6",
+            "--seed",
+            "9",
+            "--dtype",
+            "f32",
+            "--no-init-check",
+            "-o",
+            s(out),
+        ]);
+        read_output(out)
+    };
+    let full_out = dir.path().join("dare-full");
+    assert_eq!(
+        run(&fixture("bert_a"), &fixture("bert_b"), &out),
+        run(&full[0], &full[1], &full_out)
+    );
+}
+
 /// A fake Hugging Face cache holding `bert_base` as `tiny-org/bert-base`.
 fn hub_cache(root: &Path) -> (PathBuf, String) {
     let commit = "0123456789abcdef0123456789abcdef01234567".to_owned();
@@ -193,6 +260,17 @@ fn searches_and_angles_take_adapters() {
         assert!(bytes == mean, "{name}");
     }
     assert_recipe_replays(&out);
+
+    // Pruned and learned searches take them too, and their soups replay.
+    let (fa, fb) = (fixture("bert_a"), fixture("bert_b"));
+    for (search, extra) in [("pruned", &[][..]), ("learned", &["--budget", "4"][..])] {
+        let out = dir.path().join(search);
+        let mut args = vec![search, s(&fa), s(&fb), "--base", s(&base)];
+        args.extend(["--eval", "echo 1", "-q", "-o", s(&out)]);
+        args.extend(extra);
+        soup_ok(&args);
+        assert_recipe_replays(&out);
+    }
 
     // The angle of two adapters is the angle of their merged deltas.
     let angles = |inputs: [PathBuf; 2]| -> serde_json::Value {

@@ -150,6 +150,8 @@ Examples:
   soup convert old-run/ -o old-run-st/                  pytorch_model.bin (or shards) to safetensors
   soup convert model.bin -o out/ --dtype bf16           and round every float tensor to bf16
   soup convert big/ -o resharded/ --max-shard-size 2GB
+  soup convert lora-run/ --base base/ -o merged/        a LoRA adapter merged into its base
+  soup convert epoch=3.ckpt --key state_dict -o st/     the state dict of a training checkpoint
 
 PyTorch files are read without running their pickle: only state dicts of tensors
 are accepted (a whole pickled model, or a legacy pre-1.6 file, is refused with
@@ -518,6 +520,9 @@ Examples:
   soup merge --recipe recipe.yaml -o out/                       a recipe file, ours or mergekit's
   soup merge --recipe old-soup/ -o rebuilt/                     replay the recipe a soup records
   soup merge a/ b/ -o soup/ --dtype bf16 --max-shard-size 2GB   convert and re-shard
+  soup merge runs/*/last.ckpt --key state_dict --rename 's/^model\\.//' -o soup/
+                                                                Lightning training checkpoints
+  soup merge lora-a/ lora-b/ --base base/ -o soup/              LoRA adapters (peft) over their base
 
 An ingredient is a .safetensors or PyTorch .bin file, or a Hugging Face checkpoint
 directory (model.safetensors, or shards listed in model.safetensors.index.json;
@@ -526,7 +531,16 @@ sharded differently, mix formats, and mix F32, F16 and BF16. Float tensors are c
 in f64 and rounded once (to nearest even) to the output dtype; integer and bool
 tensors must be identical and are copied. The output directory holds
 model.safetensors (or shards and an index), the recipe in each file's metadata
-(replay it with --recipe), and the first ingredient's config and tokenizer files.
+(replay it with --recipe), and the config and tokenizer files of the first
+ingredient (of the base, for methods built on one), the config naming the dtype
+written.
+
+A PyTorch training checkpoint (optimizer, epoch, callbacks beside the weights) is
+read at --key, the dotted path of its state dict; --rename maps tensor names
+before ingredients are matched (s/^module\\.// drops DDP's prefix). A LoRA
+adapter directory (adapter_config.json + adapter_model.safetensors) reads as its
+base (--base, or the base its config names) with each adapted matrix computed as
+W0 + (alpha/r)·B·A, chunk by chunk.
 It is written beside the destination and renamed into place only when complete.
 
 Methods (definitions and papers in docs/METHODS.md): linear (the default: the
