@@ -289,7 +289,8 @@ impl Computed {
     pub(crate) fn bytes(&self, ck: &Checkpoint, start: usize, len: usize) -> Vec<u8> {
         let (first, end) = (start / 8, (start + len).div_ceil(8));
         let values = self.lora.elements(ck, first..end);
-        let mut out: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        // Little-endian target (lib.rs): the f64s' bytes are their safetensors bytes.
+        let mut out: Vec<u8> = bytemuck::cast_slice::<f64, u8>(&values).to_vec();
         let skip = start - first * 8;
         out.truncate(skip + len);
         out.drain(..skip);
@@ -361,20 +362,42 @@ impl Lora {
                 } else {
                     widen_into(self.b_dtype, &read(&self.b, self.b_dtype, i * r, r), &mut left);
                 }
-                let (from, to) = (lo - e0, hi - e0);
                 let col = lo - i * cols - ja;
-                for (k, &l) in left.iter().enumerate() {
-                    let row = &tile[k * t + col..k * t + col + (to - from)];
-                    for (s, &x) in sums[from..to].iter_mut().zip(row) {
-                        *s += l * x;
-                    }
-                }
+                accumulate(&mut sums[lo - e0..hi - e0], &left, &tile[..r * t], t, col);
             }
         }
         for (w, s) in out.iter_mut().zip(&sums) {
             *w += self.scale * s;
         }
         out
+    }
+}
+
+/// `sums[j] += Σₖ left[k]·tile[k·t + col + j]`, adding in order of `k`. Four
+/// values of `k` per pass keep the partial sum in a register, with the same
+/// roundings as one pass per `k` (no fused multiply-add), so every instruction
+/// set gives the same bits.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma+f16c+bmi1+bmi2+lzcnt+popcnt+sse4.2",
+    "x86_64+avx2+fma+f16c+bmi1+bmi2+lzcnt+popcnt+sse4.2",
+    "x86_64+sse4.2+popcnt",
+))]
+fn accumulate(sums: &mut [f64], left: &[f64], tile: &[f64], t: usize, col: usize) {
+    let n = sums.len();
+    let row = |k: usize| &tile[k * t + col..k * t + col + n];
+    let mut k = 0;
+    while k + 4 <= left.len() {
+        let (l0, l1, l2, l3) = (left[k], left[k + 1], left[k + 2], left[k + 3]);
+        let (x0, x1, x2, x3) = (row(k), row(k + 1), row(k + 2), row(k + 3));
+        for ((((s, &a), &b), &c), &d) in sums.iter_mut().zip(x0).zip(x1).zip(x2).zip(x3) {
+            *s = (((*s + l0 * a) + l1 * b) + l2 * c) + l3 * d;
+        }
+        k += 4;
+    }
+    for (k, &l) in left.iter().enumerate().skip(k) {
+        for (s, &x) in sums.iter_mut().zip(row(k)) {
+            *s += l * x;
+        }
     }
 }
 
