@@ -27,7 +27,7 @@
 //! from a tile of at most [`TILE_ELEMENTS`] elements of the right factor, widened
 //! once per chunk and tile: the whole ΔW is never in memory. Per worker and
 //! adapted input the memory is two f64 buffers of the chunk (the result and the
-//! running sums; 1 MiB at the default 64 Ki elements) plus the tile (64 KiB),
+//! running sums; 1 MiB at the default 64 Ki elements) plus the tile (16 KiB),
 //! whatever the model's size. The adapter's own files stay mapped (their size is
 //! the adapter's: `r·(in + out)` per matrix).
 //!
@@ -55,8 +55,8 @@ const WEIGHT_FILES: [&str; 2] = ["adapter_model.safetensors", "adapter_model.bin
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// The prefix `peft` gives every saved name.
 const PREFIX: &str = "base_model.model.";
-/// Elements of the right factor widened at once (64 KiB of f64).
-pub const TILE_ELEMENTS: usize = 8192;
+/// Elements of the right factor widened at once (16 KiB of f64: it stays in L1).
+pub const TILE_ELEMENTS: usize = 2048;
 
 /// Whether `path` is a LoRA adapter directory (it holds `adapter_config.json`),
 /// or a Hub id whose cached snapshot is one.
