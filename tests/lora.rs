@@ -224,7 +224,16 @@ fn an_adapter_finds_its_base_in_the_hub_cache_and_the_recipe_pins_it() {
     for (name, (_, _, bytes)) in read_output(&out) {
         assert!(bytes == rounded(Fmt::F32, &merged("bert_a")[&name].2), "{name}");
     }
-    // Without the cache, or with no base named, the error says to give --base.
+    // Not cached: the error names the adapter and the command that fetches its base.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_soup"))
+        .env("HF_HUB_CACHE", dir.path().join("empty"))
+        .args(["convert", s(&fixture("bert_a")), "-o", s(&dir.path().join("c"))])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("bert_a") && err.contains("hf download tiny-org/bert-base"), "{err}");
+    // With no base named, the error says to give --base.
     let err = soup_err(&["convert", s(&fixture("bert_b")), "-o", s(&dir.path().join("b"))]);
     assert!(err.contains("names no base model") && err.contains("--base"), "{err}");
 }
@@ -355,7 +364,7 @@ fn synthetic(
 #[test]
 fn chunks_and_tiles_agree_with_an_f64_reference() {
     let dir = tempdir();
-    // 3000 columns at r = 5: tiles of 1638 columns, so rows cross tiles; chunks of
+    // 3000 columns at r = 5: tiles of 409 columns, so rows cross tiles; chunks of
     // 1000 elements cross rows.
     let (rows, cols, r, alpha) = (7, 3000, 5, 3.0);
     let (w, a, b) = synthetic(dir.path(), rows, cols, r, alpha);

@@ -149,10 +149,18 @@ impl Ingredient {
     /// the one its config names).
     pub fn open(&self, base: Option<&Checkpoint>) -> Result<Checkpoint> {
         let adapter_base = match &self.adapter_base {
-            Some(path) if is_adapter(Path::new(&self.path)) => Some(Checkpoint::open(path)?),
+            Some(path) if is_adapter(Path::new(&self.path)) => Some(self.open_base(path)?),
             _ => None,
         };
         self.open_over(adapter_base.as_ref().or(base))
+    }
+
+    /// Opens an adapter's base, naming the adapter when it fails.
+    fn open_base(&self, base: &str) -> Result<Checkpoint> {
+        Checkpoint::open(base).map_err(|e| Error::Adapter {
+            path: self.path.clone().into(),
+            reason: format!("its base model {base:?}: {e}"),
+        })
     }
 
     /// [`Ingredient::open`] with the adapter's base given (ignored by a model
@@ -179,7 +187,8 @@ pub fn open_ingredients(
         let own = match ingredient.adapter_base.as_deref() {
             Some(path) if is_adapter(Path::new(&ingredient.path)) => {
                 if !bases.contains_key(path) {
-                    bases.insert(path, Checkpoint::open(path).map_err(|e| Box::new((i, e)))?);
+                    let base = ingredient.open_base(path).map_err(|e| Box::new((i, e)))?;
+                    bases.insert(path, base);
                 }
                 bases.get(path)
             }
