@@ -13,6 +13,12 @@ use super::Exit;
 /// Runs `soup convert`: the linear "soup" of one ingredient with weight 1, which
 /// reproduces every value exactly (or rounds it once, with `--dtype`).
 pub fn run(args: &ConvertArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
+    if args.base.is_some() && !modelsoup::engine::adapter::is_adapter(&args.input) {
+        anyhow::bail!(
+            "--base applies to LoRA adapter directories (adapter_config.json), and {} is not one",
+            args.input.display()
+        );
+    }
     let ingredient = ingredient_from(&args.input, &args.read, false, args.base.as_deref())?;
     let mut recipe = Recipe::new(Method::Linear, vec![ingredient]);
     // One input: nothing to check across ingredients, nothing to choose between.
