@@ -80,9 +80,15 @@ fn a_soup_of_adapters_is_the_mean_of_their_merged_models() {
         "-o",
         s(&out),
     ]);
+    assert_mean_of_merged(&out);
+    assert_recipe_replays(&out);
+}
+
+/// The soup in `out` is the f32 mean of peft's merges of `bert_a` and `bert_b`:
+/// ½x + ½y is exact in f64, so the soup is the correctly rounded mean.
+fn assert_mean_of_merged(out: &Path) {
     let (a, b) = (merged("bert_a"), merged("bert_b"));
-    for (name, (_, _, bytes)) in read_output(&out) {
-        // ½x + ½y is exact in f64: the soup is the correctly rounded mean.
+    for (name, (_, _, bytes)) in read_output(out) {
         let mean: Vec<u8> = Fmt::F64
             .decode(&a[&name].2)
             .iter()
@@ -91,7 +97,6 @@ fn a_soup_of_adapters_is_the_mean_of_their_merged_models() {
             .collect();
         assert!(bytes == mean, "{name}");
     }
-    assert_recipe_replays(&out);
 }
 
 #[test]
@@ -258,16 +263,7 @@ fn searches_and_angles_take_adapters() {
         s(&out),
     ]);
     // Equal scores keep both: the soup of the two adapters.
-    let (a, b) = (merged("bert_a"), merged("bert_b"));
-    for (name, (_, _, bytes)) in read_output(&out) {
-        let mean: Vec<u8> = Fmt::F64
-            .decode(&a[&name].2)
-            .iter()
-            .zip(Fmt::F64.decode(&b[&name].2))
-            .flat_map(|(x, y)| Fmt::F32.round(0.5 * x + 0.5 * y))
-            .collect();
-        assert!(bytes == mean, "{name}");
-    }
+    assert_mean_of_merged(&out);
     assert_recipe_replays(&out);
 
     // Pruned and learned searches take them too, and their soups replay.
