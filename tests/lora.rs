@@ -297,6 +297,11 @@ fn other_peft_methods_and_mismatched_bases_are_refused_by_name() {
         let err = soup_err(&["convert", s(&fixture(adapter)), "--base", s(&base), "-o", s(&out)]);
         assert!(err.contains(says) && err.contains(adapter), "{err}");
     }
+    // inspect shows an adapter as stored: the base's dtypes and sizes.
+    let o = soup_ok(&["inspect", s(&fixture("bert_b")), "--base", s(&base), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let text = report.to_string();
+    assert!(!text.contains("F64") && text.contains("\"bytes\":21324"), "{text}");
     let err = soup_err(&[
         "convert",
         s(&fixture("bert_a")),

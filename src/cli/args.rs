@@ -210,6 +210,11 @@ pub struct InspectArgs {
     #[command(flatten)]
     pub read: IngredientArgs,
 
+    /// For LoRA adapter directories: the model they apply to [default: the one
+    /// each adapter's config names].
+    #[arg(long, value_name = "MODEL")]
+    pub base: Option<PathBuf>,
+
     /// Read every float tensor and count NaN and infinite values.
     #[arg(long)]
     pub check_values: bool,

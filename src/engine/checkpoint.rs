@@ -258,6 +258,15 @@ impl Checkpoint {
         }
     }
 
+    /// The bytes a tensor takes where it is stored: its own, or for a computed
+    /// tensor those of the matrix it starts from.
+    pub fn declared_len(&self, tensor: &TensorEntry) -> usize {
+        match tensor.computed {
+            Some(_) => tensor.numel() * (self.declared_dtype(tensor).bitsize() / 8),
+            None => tensor.len,
+        }
+    }
+
     /// The shard and the file bytes `start..end` that reading `len` bytes of
     /// `tensor` from byte `start` touches (for releasing pages). A computed
     /// tensor's span is that of the stored matrix it starts from.
