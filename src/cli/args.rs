@@ -150,6 +150,8 @@ Examples:
   soup convert old-run/ -o old-run-st/                  pytorch_model.bin (or shards) to safetensors
   soup convert model.bin -o out/ --dtype bf16           and round every float tensor to bf16
   soup convert big/ -o resharded/ --max-shard-size 2GB
+  soup convert lora-run/ --base base/ -o merged/        a LoRA adapter merged into its base
+  soup convert epoch=3.ckpt --key state_dict -o st/     the state dict of a training checkpoint
 
 PyTorch files are read without running their pickle: only state dicts of tensors
 are accepted (a whole pickled model, or a legacy pre-1.6 file, is refused with
@@ -166,9 +168,19 @@ output is written beside the destination and renamed into place when complete.";
 /// Arguments of `soup convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// A checkpoint: a .bin or .safetensors file, or a checkpoint directory.
+    /// A checkpoint: a .bin or .safetensors file, a checkpoint directory, or a
+    /// LoRA adapter directory (written out as its base with the adapter merged).
     #[arg(value_name = "CHECKPOINT")]
     pub input: PathBuf,
+
+    /// For a LoRA adapter: the model it applies to [default: the adapter
+    /// config's base_model_name_or_path].
+    #[arg(long, value_name = "MODEL")]
+    pub base: Option<PathBuf>,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
 
     /// Output directory (must not exist or be empty, unless --force).
     #[arg(short, long, value_name = "DIR")]
@@ -193,6 +205,15 @@ pub struct InspectArgs {
     /// Checkpoints: .safetensors or PyTorch .bin files, or checkpoint directories.
     #[arg(required = true, value_name = "CHECKPOINT")]
     pub checkpoints: Vec<PathBuf>,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
+
+    /// For LoRA adapter directories: the model they apply to [default: the one
+    /// each adapter's config names].
+    #[arg(long, value_name = "MODEL")]
+    pub base: Option<PathBuf>,
 
     /// Read every float tensor and count NaN and infinite values.
     #[arg(long)]
@@ -239,6 +260,10 @@ pub struct AnglesArgs {
     /// similarity is shown.
     #[arg(long, value_name = "CHECKPOINT")]
     pub base: Option<PathBuf>,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
 
     /// Also give the angles per layer group: embeddings, each numbered block, the
     /// rest.
@@ -402,6 +427,10 @@ pub struct SearchArgs {
     )]
     pub lambda: f64,
 
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
+
     /// Evaluations to run at once (each in its own process).
     #[arg(short = 'j', long, value_name = "N", default_value_t = 1, value_parser = parse_jobs)]
     pub jobs: usize,
@@ -526,6 +555,9 @@ Examples:
   soup merge --recipe recipe.yaml -o out/                       a recipe file, ours or mergekit's
   soup merge --recipe old-soup/ -o rebuilt/                     replay the recipe a soup records
   soup merge a/ b/ -o soup/ --dtype bf16 --max-shard-size 2GB   convert and re-shard
+  soup merge runs/*/last.ckpt --key state_dict --rename 's/^model\\.//' -o soup/
+                                                                Lightning training checkpoints
+  soup merge lora-a/ lora-b/ --base base/ -o soup/              LoRA adapters (peft) over their base
 
 An ingredient is a .safetensors or PyTorch .bin file, or a Hugging Face checkpoint
 directory (model.safetensors, or shards listed in model.safetensors.index.json;
@@ -534,7 +566,16 @@ sharded differently, mix formats, and mix F32, F16 and BF16. Float tensors are c
 in f64 and rounded once (to nearest even) to the output dtype; integer and bool
 tensors must be identical and are copied. The output directory holds
 model.safetensors (or shards and an index), the recipe in each file's metadata
-(replay it with --recipe), and the first ingredient's config and tokenizer files.
+(replay it with --recipe), and the config and tokenizer files of the first
+ingredient (of the base, for methods built on one), the config naming the dtype
+written.
+
+A PyTorch training checkpoint (optimizer, epoch, callbacks beside the weights) is
+read at --key, the dotted path of its state dict; --rename maps tensor names
+before ingredients are matched (s/^module\\.// drops DDP's prefix). A LoRA
+adapter directory (adapter_config.json + adapter_model.safetensors) reads as its
+base (--base, or the base its config names) with each adapted matrix computed as
+W0 + (alpha/r)·B·A, chunk by chunk.
 It is written beside the destination and renamed into place only when complete.
 
 Methods (definitions and papers in docs/METHODS.md): linear (the default: the
@@ -560,7 +601,7 @@ pub struct MergeArgs {
 
     /// A recipe to replay instead of ingredients and method options: a recipe file
     /// (YAML or JSON, ours or a mergekit config), or a soup whose metadata holds one.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["ingredients", "method", "base", "weights", "lambda", "density", "seed", "t", "normalize", "no_rescale"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ingredients", "method", "base", "weights", "lambda", "density", "seed", "t", "normalize", "no_rescale", "key", "rename"])]
     pub recipe: Option<PathBuf>,
 
     /// Merge method.
@@ -607,6 +648,10 @@ pub struct MergeArgs {
     /// Do not rescale DARE's surviving entries by 1/density.
     #[arg(long)]
     pub no_rescale: bool,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
 
     /// How the soup is written.
     #[command(flatten)]
@@ -675,9 +720,10 @@ pub struct WriteArgs {
     pub file: FileArgs,
 
     /// Copy config.json, tokenizer and other non-weight files from this directory
-    /// instead of the first ingredient's.
-    #[arg(long, value_name = "DIR")]
-    pub copy_files_from: Option<PathBuf>,
+    /// [default: the base's with task arithmetic, TIES, DARE and Model Stock (as
+    /// mergekit does), else the first ingredient's; an adapter's are its base's].
+    #[arg(long, value_name = "DIR", alias = "copy-files-from")]
+    pub support_files_from: Option<PathBuf>,
 
     /// What to do when a tensor that is not averaged (integers, bool) differs
     /// between ingredients.
@@ -687,6 +733,23 @@ pub struct WriteArgs {
     /// Skip the check that the ingredients share one pretrained initialisation.
     #[arg(long)]
     pub no_init_check: bool,
+}
+
+/// How ingredients are read: options of every command that opens them.
+#[derive(Debug, Clone, Args)]
+pub struct IngredientArgs {
+    /// The dotted key of the state dict inside PyTorch training checkpoints:
+    /// state_dict (Lightning, most loops), model, module… Files that are a state
+    /// dict already are read as they are.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<String>,
+
+    /// Rename tensors before matching ingredients to each other and to the base:
+    /// s/PATTERN/REPLACEMENT/, PATTERN a regular expression (s/^module\.// drops
+    /// DDP's prefix, s/^/model./ adds one); applied to every model; repeatable,
+    /// in order.
+    #[arg(long, value_name = "s/PATTERN/REPLACEMENT/")]
+    pub rename: Vec<String>,
 }
 
 /// Handling of non-averaged tensors that differ.

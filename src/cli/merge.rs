@@ -10,7 +10,9 @@ use modelsoup::method::{self, Prepared};
 use modelsoup::recipe::{Ingredient, Method, Recipe};
 use modelsoup::{write_soup, Checkpoint, Destination, MergeReport, RunOptions};
 
-use super::args::{MergeArgs, MethodArg, NonFloat, WriteArgs};
+use modelsoup::engine::adapter;
+
+use super::args::{IngredientArgs, MergeArgs, MethodArg, NonFloat, WriteArgs};
 use super::text::{human_bytes, human_count, plural};
 use super::Exit;
 use super::{init_check, progress};
@@ -69,13 +71,8 @@ pub fn write_recipe(
     out: &Output,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<Written> {
-    let paths: Vec<&str> = recipe.ingredients.iter().map(|i| i.path.as_str()).collect();
-    let ingredients = open_all(&paths)?;
-    let base = match &recipe.base {
-        Some(b) => Some(Checkpoint::open(&b.path).context("base model")?),
-        None => None,
-    };
-    let labels: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+    let (ingredients, base) = open_recipe(recipe)?;
+    let labels: Vec<String> = recipe.ingredients.iter().map(|i| i.path.clone()).collect();
     warn_repeated(&ingredients, &labels);
     init_check::warn_if_independent(&ingredients, &labels, out.write.no_init_check);
 
@@ -121,10 +118,13 @@ pub fn write_recipe(
         progress: Some(&on_chunk),
         cancel: Some(interrupted),
     };
+    // Methods built on a base take its config and tokenizer, as mergekit does.
+    let base_files =
+        base.as_ref().filter(|_| recipe.method.needs_base()).and_then(|b| b.directory());
     let dest = Destination {
         path: out.path,
         force: out.write.file.force,
-        support_files_from: out.write.copy_files_from.as_deref(),
+        support_files_from: out.write.support_files_from.as_deref().or(base_files),
         durable: true,
     };
     // Library errors name the file, tensor and output path themselves.
@@ -150,9 +150,14 @@ fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
         MethodArg::Slerp => Method::Slerp,
         MethodArg::ModelStock => Method::ModelStock,
     };
-    let mut ingredients: Vec<Ingredient> =
-        args.ingredients.iter().map(|p| Ingredient::path(recorded_path(p))).collect();
-    let mut base = args.base.as_ref().map(|p| Ingredient::path(recorded_path(p)));
+    let has_base = args.base.is_some();
+    let mut ingredients: Vec<Ingredient> = args
+        .ingredients
+        .iter()
+        .map(|p| ingredient_from(p, &args.read, has_base, None))
+        .collect::<anyhow::Result<_>>()?;
+    let mut base =
+        args.base.as_ref().map(|p| ingredient_from(p, &args.read, false, None)).transpose()?;
     let k = ingredients.len();
     // A linear merge with a base mixes the base in directly only when --weights
     // gives it a weight of its own; otherwise --base means what it means in the
@@ -244,13 +249,63 @@ pub fn recorded_path(path: &Path) -> String {
     }
 }
 
-/// Opens every ingredient, naming the one that failed.
-pub fn open_all(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Checkpoint>> {
-    paths
+/// The recipe entry of a model named on the command line: its recorded path,
+/// how it is read (`--key`, `--rename`), and for a LoRA adapter the base it is
+/// applied to: `adapter_base` when given, none when the recipe's base serves
+/// (`recipe_base`), else the one the adapter's config names, recorded like a
+/// path (absolute, or a Hub id pinned to its commit).
+pub fn ingredient_from(
+    path: &Path,
+    read: &IngredientArgs,
+    recipe_base: bool,
+    adapter_base: Option<&Path>,
+) -> anyhow::Result<Ingredient> {
+    for rule in &read.rename {
+        modelsoup::engine::rename::Rename::parse(rule)?;
+    }
+    let mut ingredient = Ingredient::path(recorded_path(path));
+    ingredient.key = read.key.clone();
+    ingredient.rename = read.rename.clone();
+    if adapter::is_adapter(path) {
+        ingredient.adapter_base = match adapter_base {
+            Some(base) => Some(recorded_path(base)),
+            None if recipe_base => None,
+            None => adapter::configured_base(path)?.map(|b| recorded_path(Path::new(&b))),
+        };
+    }
+    Ok(ingredient)
+}
+
+/// Opens a recipe's ingredients and base, naming the one that failed.
+pub fn open_recipe(recipe: &Recipe) -> anyhow::Result<(Vec<Checkpoint>, Option<Checkpoint>)> {
+    let base = match &recipe.base {
+        Some(b) => Some(b.open(None).context("base model")?),
+        None => None,
+    };
+    let ingredients = modelsoup::recipe::open_ingredients(&recipe.ingredients, base.as_ref())
+        .map_err(|b| {
+            let (i, e) = *b;
+            anyhow::Error::new(e).context(format!("ingredient {}", i + 1))
+        })?;
+    Ok((ingredients, base))
+}
+
+/// Opens models named on the command line with `--key` and `--rename` (an
+/// adapter over `base`, or the base its config names), naming the one that
+/// failed.
+pub fn open_all(
+    paths: &[impl AsRef<Path>],
+    read: &IngredientArgs,
+    base: Option<&Checkpoint>,
+) -> anyhow::Result<Vec<Checkpoint>> {
+    let ingredients: Vec<Ingredient> = paths
         .iter()
-        .enumerate()
-        .map(|(i, p)| Checkpoint::open(p).with_context(|| format!("ingredient {}", i + 1)))
-        .collect()
+        .map(|p| ingredient_from(p.as_ref(), read, base.is_some(), None))
+        .collect::<anyhow::Result<_>>()?;
+    modelsoup::recipe::open_ingredients(&ingredients, base).map_err(|b| {
+        let (i, e) = *b;
+        anyhow::Error::new(e).context(format!("ingredient {}", i + 1))
+    })
 }
 
 /// Warns when one checkpoint is given twice (the same first shard file, by any

@@ -22,7 +22,7 @@ use modelsoup::search::slots::{parse_devices, Slots};
 use modelsoup::{Checkpoint, Destination, NonFloatPolicy, Recipe};
 
 use super::args::{NonFloat, Order, SearchArgs, TieArg};
-use super::merge::recorded_path;
+use super::merge::{ingredient_from, recorded_path};
 use super::status::Status;
 use super::text::plural;
 use super::{learned, search_svg, Exit};
@@ -54,8 +54,18 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     modelsoup::engine::output::check_destination(&args.output, args.write.file.force)?;
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
     let recorded_labels: Vec<String> = args.ingredients.iter().map(|p| recorded_path(p)).collect();
-    let ingredients =
-        modelsoup::engine::tied::reconcile(&super::merge::open_all(&args.ingredients)?);
+    let base = match &args.base {
+        Some(path) => {
+            let base = ingredient_from(path, &args.read, false, None)?;
+            Some(base.open(None).context("base model")?)
+        }
+        None => None,
+    };
+    let ingredients = modelsoup::engine::tied::reconcile(&super::merge::open_all(
+        &args.ingredients,
+        &args.read,
+        base.as_ref(),
+    )?);
     plan::check_compatible(&ingredients)?;
     super::merge::warn_repeated(&ingredients, &labels);
     super::init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
@@ -89,7 +99,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         (None, Some(template)) => Box::new(Server::new(template, &run_dir, options)?),
         _ => bail!("give one of --eval and --eval-server"),
     };
-    let kitchen = kitchen(args, ingredients, &run_dir)?;
+    let kitchen = kitchen(args, ingredients, base, &run_dir)?;
     let observer = |event: Event<'_>| status.event(event);
     let mut scorer =
         EvalScorer::new(&kitchen, evaluator.as_ref(), &journal, labels.clone(), method.name());
@@ -219,7 +229,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
             let (soup, change) = &finish.winner;
             let members = soup.members_after(*change);
             let recipe =
-                recorded(kitchen.recipe(method.name(), &recorded_labels, &members, None), args);
+                recorded(kitchen.recipe(method.name(), &recorded_labels, &members, None), args)?;
             kitchen.write_recipe(&recipe, &members, &dest)?;
             report
         }
@@ -241,7 +251,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
             );
             let weights = all.iter().map(|&i| learned.best.setting(i)).collect();
             let recipe =
-                recorded(kitchen.recipe("learned", &recorded_labels, &all, Some(weights)), args);
+                recorded(kitchen.recipe("learned", &recorded_labels, &all, Some(weights)), args)?;
             kitchen.write_recipe(&recipe, &all, &dest)?;
             report
         }
@@ -266,12 +276,21 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
 }
 
 /// The final soup's recipe with the base's path absolute, like the ingredients'
-/// (see [`recorded_path`]).
-fn recorded(mut recipe: Recipe, args: &SearchArgs) -> Recipe {
-    if let (Some(base), Some(path)) = (recipe.base.as_mut(), &args.base) {
-        base.path = recorded_path(path);
+/// (see [`recorded_path`]), and every model's reading options (`--key`,
+/// `--rename`, an adapter's base).
+fn recorded(mut recipe: Recipe, args: &SearchArgs) -> anyhow::Result<Recipe> {
+    let has_base = args.base.is_some();
+    for ingredient in &mut recipe.ingredients {
+        let read = ingredient_from(Path::new(&ingredient.path), &args.read, has_base, None)?;
+        ingredient.key = read.key;
+        ingredient.rename = read.rename;
+        ingredient.adapter_base = read.adapter_base;
     }
-    recipe
+    if let (Some(base), Some(path)) = (recipe.base.as_mut(), &args.base) {
+        let read = ingredient_from(path, &args.read, false, None)?;
+        *base = modelsoup::recipe::Ingredient { weight: base.weight.take(), ..read };
+    }
+    Ok(recipe)
 }
 
 /// Exit status 1 with a message pointing at the logs.
@@ -283,20 +302,21 @@ fn no_soup(what: &str, run_dir: &Path) -> anyhow::Result<Exit> {
 fn kitchen(
     args: &SearchArgs,
     ingredients: Vec<Checkpoint>,
+    base: Option<Checkpoint>,
     run_dir: &Path,
 ) -> anyhow::Result<Kitchen> {
-    let base = match &args.base {
-        Some(path) => {
+    let base_files = base.as_ref().and_then(|b| b.directory().map(Path::to_path_buf));
+    let base = match (&args.base, base) {
+        (Some(path), Some(checkpoint)) => {
             if !args.lambda.is_finite() {
                 bail!("--lambda must be finite, got {}", args.lambda);
             }
-            let checkpoint = Checkpoint::open(path).context("base model")?;
             let mut all = ingredients.clone();
             all.push(checkpoint.clone());
             plan::check_compatible(&all).context("the base and the ingredients")?;
             Some(Base { checkpoint, label: path.display().to_string(), lambda: args.lambda })
         }
-        None => None,
+        _ => None,
     };
     let scratch = args.scratch.clone().unwrap_or_else(|| run_dir.join("scratch"));
     let mut kitchen = Kitchen::new(ingredients, &scratch)?;
@@ -308,7 +328,8 @@ fn kitchen(
         NonFloat::Error => NonFloatPolicy::RequireEqual,
         NonFloat::First => NonFloatPolicy::TakeFirst,
     };
-    kitchen.support_files_from = args.write.copy_files_from.clone();
+    // A soup of task vectors takes the base's config and tokenizer, as mergekit does.
+    kitchen.support_files_from = args.write.support_files_from.clone().or(base_files);
     kitchen.threads = args.write.file.threads.unwrap_or(0);
     Ok(kitchen)
 }

@@ -8,9 +8,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::engine::checkpoint::{Checkpoint, INDEX_FILE};
+use crate::engine::dtype::FloatDtype;
 use crate::engine::execute::{self, RunOptions};
 use crate::engine::output::{self, StagedDir};
-use crate::engine::plan::Plan;
+use crate::engine::plan::{Plan, Produce};
 use crate::error::{Error, Result};
 
 /// Where and how to write a soup.
@@ -74,6 +75,9 @@ pub fn write_soup(
         Some(dir) => output::copy_support_files(dir, staged.path())?,
         None => Vec::new(),
     };
+    if let Some(dtype) = main_float_dtype(plan) {
+        output::set_config_dtype(staged.path(), dtype)?;
+    }
     staged.commit(dest.durable)?;
     Ok(MergeReport {
         tensors: plan.tensors.len(),
@@ -86,6 +90,23 @@ pub fn write_soup(
     })
 }
 
+/// The float dtype most of the soup's merged elements are written in, for
+/// `config.json` to say (`None` without float tensors).
+fn main_float_dtype(plan: &Plan) -> Option<FloatDtype> {
+    let mut elements: Vec<(FloatDtype, u64)> = Vec::new();
+    for t in &plan.tensors {
+        let dtype = match &t.produce {
+            Produce::Average { dtype, .. } | Produce::TaskVectors { dtype, .. } => *dtype,
+            Produce::Copy { .. } => continue,
+        };
+        match elements.iter_mut().find(|(d, _)| *d == dtype) {
+            Some((_, n)) => *n += t.numel as u64,
+            None => elements.push((dtype, t.numel as u64)),
+        }
+    }
+    elements.into_iter().max_by_key(|&(_, n)| n).map(|(d, _)| d)
+}
+
 /// Refuses an output that is an ingredient, lies inside one, or contains one:
 /// replacing it would destroy the user's checkpoint.
 fn refuse_overlap(dest: &Path, ingredients: &[Checkpoint]) -> Result<()> {
@@ -93,14 +114,18 @@ fn refuse_overlap(dest: &Path, ingredients: &[Checkpoint]) -> Result<()> {
         return Ok(());
     };
     for ck in ingredients {
-        let Ok(source) = ck.path().canonicalize() else {
-            continue;
-        };
-        if source.starts_with(&dest_abs) || dest_abs.starts_with(&source) {
-            return Err(Error::Output {
-                path: dest.to_path_buf(),
-                reason: format!("overlaps the ingredient {}", ck.path().display()),
-            });
+        // An adapter's shards include its base's files.
+        let files = ck.shards().iter().map(|s| s.path());
+        for path in std::iter::once(ck.path()).chain(files) {
+            let Ok(source) = path.canonicalize() else {
+                continue;
+            };
+            if source.starts_with(&dest_abs) || dest_abs.starts_with(&source) {
+                return Err(Error::Output {
+                    path: dest.to_path_buf(),
+                    reason: format!("overlaps the ingredient {}", path.display()),
+                });
+            }
         }
     }
     Ok(())

@@ -361,7 +361,12 @@ impl Model {
     }
 
     fn ingredient(self) -> Ingredient {
-        Ingredient { path: self.path, weight: self.weight, density: self.density }
+        Ingredient {
+            path: self.path,
+            weight: self.weight,
+            density: self.density,
+            ..Default::default()
+        }
     }
 }
 
@@ -635,6 +640,7 @@ mod tests {
             path: path.to_owned(),
             weight: weight.map(Setting::from),
             density: density.map(Setting::from),
+            ..Default::default()
         }
     }
 
@@ -826,6 +832,7 @@ mod tests {
                         rule(None, Value::Number(0.4)),
                     ])),
                     density: Some(gradient(&[0.2, 0.5, 0.8])),
+                    ..Default::default()
                 },
                 ingredient("b", None, Some(0.5)),
             ],
