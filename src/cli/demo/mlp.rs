@@ -101,7 +101,7 @@ impl Mlp {
             let (input, out) = (&done[l], &mut rest[0]);
             out.clear();
             for (row, bias) in layer.w.chunks_exact(layer.inputs).zip(&layer.b) {
-                let z = bias + row.iter().zip(input).map(|(w, v)| w * v).sum::<f32>();
+                let z = bias + dot(row, input);
                 out.push(if last { z } else { z.max(0.0) });
             }
         }
@@ -168,14 +168,15 @@ impl Mlp {
             }
             let input = &acts[l];
             let (gw, gb) = &mut grad[l];
-            for ((row, gb), d) in gw.chunks_exact_mut(layer.inputs).zip(gb.iter_mut()).zip(&delta) {
+            for ((row, gb), &d) in gw.chunks_exact_mut(layer.inputs).zip(gb.iter_mut()).zip(&delta)
+            {
                 *gb += d;
-                row.iter_mut().zip(input).for_each(|(g, v)| *g += d * v);
+                axpy(row, d, input);
             }
             if l > recipe.frozen {
                 let mut back = vec![0.0; layer.inputs];
-                for (row, d) in layer.w.chunks_exact(layer.inputs).zip(&delta) {
-                    back.iter_mut().zip(row).for_each(|(b, w)| *b += d * w);
+                for (row, &d) in layer.w.chunks_exact(layer.inputs).zip(&delta) {
+                    axpy(&mut back, d, row);
                 }
                 back.iter_mut().zip(input).filter(|(_, v)| **v <= 0.0).for_each(|(b, _)| *b = 0.0);
                 delta = back;
@@ -197,6 +198,24 @@ impl Mlp {
                 *b -= *v;
             }
         }
+    }
+}
+
+/// `Σ a[k]·b[k]`, in index order. The hot loops are plain `for` loops over zipped
+/// slices rather than adaptor chains: as fast when optimised, and about twice as
+/// fast in the unoptimised build the test suite runs the demo with.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sum = 0.0;
+    for (x, y) in a.iter().zip(b) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// `y += alpha · x`.
+fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
     }
 }
 

@@ -45,30 +45,31 @@ struct Size {
 
 impl Size {
     fn new(small: bool, seed: u64) -> Size {
+        let pick = |full: usize, reduced: usize| if small { reduced } else { full };
         let spec = Spec {
             seed,
-            inputs: 32,
-            content: 16,
-            source_classes: 32,
+            inputs: pick(32, 16),
+            content: pick(16, 8),
+            source_classes: pick(32, 16),
             classes: 8,
-            concepts_per_class: 8,
-            source_train: if small { 4000 } else { 20000 },
-            target_train: 300,
-            val: if small { 1000 } else { 5000 },
-            test: if small { 600 } else { 2000 },
+            concepts_per_class: pick(8, 4),
+            source_train: pick(20000, 2000),
+            target_train: pick(300, 200),
+            val: pick(5000, 500),
+            test: pick(2000, 400),
         };
-        let hidden = if small { 48 } else { 96 };
+        let hidden = pick(96, 32);
         let plan = Plan {
             seed,
             pretrain_sizes: [spec.inputs, hidden, hidden, spec.source_classes],
             classes: spec.classes,
-            pretrain_epochs: if small { 10 } else { 20 },
+            pretrain_epochs: pick(20, 10),
             probe_epochs: 20,
-            fine_tunes: if small { 6 } else { 12 },
-            scratch: if small { 6 } else { 10 },
-            scratch_epochs: if small { 30 } else { 60 },
+            fine_tunes: pick(12, 5),
+            scratch: pick(10, 6),
+            scratch_epochs: pick(60, 30),
         };
-        Size { spec, plan, learned_evaluations: if small { 8 } else { 40 } }
+        Size { spec, plan, learned_evaluations: pick(40, 8) }
     }
 }
 
