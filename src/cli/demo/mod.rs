@@ -270,15 +270,40 @@ fn check(interrupted: &AtomicBool) -> anyhow::Result<()> {
 /// one split, printed as the evaluator protocol asks.
 pub fn eval(args: &DemoEvalArgs) -> anyhow::Result<Exit> {
     let (model, spec) = checkpoint::load(&args.model)?;
-    let split = match args.split {
+    let accuracy = model.accuracy(&generate(&spec, split_of(args.split)));
+    println!("{}", serde_json::json!({ "score": accuracy }));
+    Ok(Exit::Success)
+}
+
+/// The data split `soup demo-eval --split` names.
+fn split_of(split: DemoSplit) -> Split {
+    match split {
         DemoSplit::Val => Split::Val,
         DemoSplit::Test => Split::Test,
         DemoSplit::HeavyStyle => Split::Shifted(Shift::HeavyStyle),
         DemoSplit::StyleOffset => Split::Shifted(Shift::StyleOffset),
         DemoSplit::Noise => Split::Shifted(Shift::Noise),
         DemoSplit::Faint => Split::Shifted(Shift::Faint),
-    };
-    let accuracy = model.accuracy(&generate(&spec, split));
-    println!("{}", serde_json::json!({ "score": accuracy }));
-    Ok(Exit::Success)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    #[test]
+    fn every_split_the_tables_name_is_a_demo_eval_split() {
+        for (k, name) in evaluate::splits().into_iter().enumerate() {
+            let split = DemoSplit::from_str(name, false).unwrap();
+            let expected = match k {
+                0 => Split::Val,
+                1 => Split::Test,
+                _ => Split::Shifted(Shift::ALL[k - 2]),
+            };
+            assert_eq!(split_of(split), expected, "{name}");
+        }
+        assert_eq!(DemoSplit::value_variants().len(), evaluate::splits().len());
+    }
 }

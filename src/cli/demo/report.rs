@@ -284,9 +284,9 @@ pub fn tables_json(summary: &Summary) -> Value {
     json!({ "seed": summary.seed, "sets": sets })
 }
 
-/// `report.json`: the tables of [`tables_json`], plus the checks, every
-/// ingredient's and the pretrained model's accuracies, the greedy soup's path,
-/// angles and warnings.
+/// `report.json`: the tables of [`tables_json`], plus the checks, the shifts in
+/// table order, every ingredient's and the pretrained model's accuracies, the
+/// greedy soup's path, angles and warnings.
 fn report_json(summary: &Summary) -> Value {
     let mut report = tables_json(summary);
     let points = |points: &[Point]| -> Vec<Value> {
@@ -322,6 +322,7 @@ fn report_json(summary: &Summary) -> Value {
     let extra = json!({
         "work_dir": summary.work_dir,
         "seconds": summary.seconds,
+        "shifts": summary.shifts,
         "pretrained": scores_json(&summary.pretrained, &summary.shifts),
         "checks": checks,
     });
