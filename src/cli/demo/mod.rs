@@ -170,6 +170,12 @@ pub fn run(args: &DemoArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         sets,
     };
     report::write(&summary, &dir)?;
+    if let Some(tuned) = summary.sets.first() {
+        let figure1 = figures::id_vs_shift(summary.seed, tuned, &summary.pretrained);
+        std::fs::write(dir.join("figure1.svg"), figure1).context("cannot write figure1.svg")?;
+        let greedy = figures::greedy_growth(summary.seed, tuned);
+        std::fs::write(dir.join("greedy.svg"), greedy).context("cannot write greedy.svg")?;
+    }
     if args.json {
         println!("{}", report::tables_json(&summary));
     } else {

@@ -1,8 +1,7 @@
 //! The demo's results as the model-soups paper prints them (method | val | ID test
 //! | each shift | avg shift | ingredients) for the fine-tuned and the from-scratch
 //! sets, the story's checks measured on them, on the terminal, as JSON on stdout
-//! (`--json`), and in `report.md`, `report.json` and the pictures of the work
-//! directory.
+//! (`--json`), and in `report.md` and `report.json` in the work directory.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -11,7 +10,6 @@ use anyhow::Context;
 use serde_json::{json, Map, Value};
 
 use super::evaluate::Scores;
-use super::figures;
 
 /// One row of a table: a soup, or the best individual.
 #[derive(Debug, Clone)]
@@ -332,7 +330,7 @@ fn report_json(summary: &Summary) -> Value {
     report
 }
 
-/// Writes report.md, report.json, figure1.svg and greedy.svg into `dir`.
+/// Writes report.md and report.json into `dir`.
 pub fn write(summary: &Summary, dir: &Path) -> anyhow::Result<()> {
     let md = format!(
         "# soup demo (seed {})\n\nAccuracy of soups chosen on val, reported on the \
@@ -349,10 +347,5 @@ pub fn write(summary: &Summary, dir: &Path) -> anyhow::Result<()> {
         std::fs::write(dir.join(name), text).with_context(|| format!("cannot write {name}"))
     };
     write("report.md", md)?;
-    write("report.json", serde_json::to_string_pretty(&report_json(summary))? + "\n")?;
-    if let Some(tuned) = summary.sets.first() {
-        write("figure1.svg", figures::id_vs_shift(summary.seed, tuned, &summary.pretrained))?;
-        write("greedy.svg", figures::greedy_growth(summary.seed, tuned))?;
-    }
-    Ok(())
+    write("report.json", serde_json::to_string_pretty(&report_json(summary))? + "\n")
 }
