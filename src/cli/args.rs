@@ -67,15 +67,20 @@ const DEMO_EXAMPLES: &str = "\
 Examples:
   soup demo                      everything in a fresh temporary directory (kept)
   soup demo --dir demo/          in demo/ (new or empty)
+  soup demo --seed 3             another draw of the data, the sweep and the inits
+  soup demo --json               the tables as JSON on stdout
   soup demo --small              a reduced run, for tests
 
-A small MLP is pretrained on a synthetic source task, then fine-tuned on a related
-target task with varied learning rate, weight decay, epochs, input noise and seed;
-a control set is trained from scratch. Every model is written as a checkpoint, and
-the soups are built by this program's merge, greedy, pruned, learned and angles
-commands, scoring candidates with `soup demo-eval MODEL --split val` as the
-evaluator. Prints the accuracy table; writes report.md, report.json, accuracy.svg
-and the angle heatmaps into the work directory.";
+A small MLP is pretrained on a broad synthetic source task, then fine-tuned on a
+small target set with a random sweep of learning rate, weight decay, epochs, input
+noise, label smoothing and seed; a control set is trained from scratch. Every model
+is written as a checkpoint, and the soups are built by this program's merge,
+greedy, pruned, learned and angles commands, scoring candidates with
+`soup demo-eval MODEL --split val` as the evaluator. Every soup is then scored on
+the in-distribution test set and on four shifted test sets (heavy-style,
+style-offset, noise, faint) by the same evaluator. Prints the tables and the
+story's checks; writes report.md, report.json, the pictures (figure1.svg,
+greedy.svg) and the angle heatmaps into the work directory.";
 
 /// Arguments of `soup demo`.
 #[derive(Debug, Args)]
@@ -87,6 +92,14 @@ pub struct DemoArgs {
     /// A reduced run: fewer ingredients and examples.
     #[arg(long)]
     pub small: bool,
+
+    /// Seed of the data, the hyperparameter sweep and every initialisation.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub seed: u64,
+
+    /// Print the tables as JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
 
     /// No progress lines.
     #[arg(short, long)]
@@ -110,8 +123,16 @@ pub struct DemoEvalArgs {
 pub enum DemoSplit {
     /// Validation: where soups are chosen.
     Val,
-    /// Test: where they are reported.
+    /// Test, in distribution: where they are reported.
     Test,
+    /// Test with styles four times heavier.
+    HeavyStyle,
+    /// Test with every style moved by one offset.
+    StyleOffset,
+    /// Test with noise on every input.
+    Noise,
+    /// Test with the content pulled toward its mean.
+    Faint,
 }
 
 const ANGLES_EXAMPLES: &str = "\
