@@ -316,7 +316,8 @@ const GREEDY_EXAMPLES: &str = "\
 Examples:
   soup greedy runs/*/ -o best-soup/ --eval 'python eval.py --model {model} --split val'
   soup greedy runs/*/ -o best-soup/ --eval '...' --scores individual.json
-  soup greedy runs/*/ -o out/ --eval 'srun --gres=gpu:1 python eval.py {model}' --jobs 8
+  soup greedy runs/*/ -o out/ --eval 'exec srun -n1 --gres=gpu:1 python eval.py {model}' -j 8
+  soup greedy runs/*/ -o out/ --eval-server 'python serve.py' --devices 0,1,2,3
 
 Every candidate is written to a scratch directory and scored by running --eval
 with `sh -c`; {model} is replaced by the candidate's directory (shell-quoted),
@@ -324,7 +325,12 @@ which is also in $SOUP_MODEL. The score is the last non-empty line of the
 command's stdout: a number, or a JSON object with a numeric \"score\". Failed
 evaluations count as \"not better\". Every evaluation is journaled in the run
 directory (default OUT.run/): rerun the same command to resume after a crash
-without paying for an evaluation twice. See docs/EVALUATOR.md.
+without paying for an evaluation twice. --eval-server keeps one evaluator per
+job running for the whole search (a line-based JSON protocol; modelsoup.serve in
+Python speaks it); --devices gives each job its own GPUs ({devices} and
+$CUDA_VISIBLE_DEVICES). A timeout or an interrupt stops an evaluation with
+SIGTERM, then SIGKILL after --kill-grace. See docs/EVALUATOR.md and, for Slurm,
+docs/CLUSTER.md.
 
 Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130
 interrupted.";
