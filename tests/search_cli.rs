@@ -1547,14 +1547,18 @@ fn devices_give_each_job_its_own_slot() {
     let mut world = find_world(6, 0.0);
     world.write(dir.path(), false);
     let slots = dir.path().join("slots.log");
-    // Every evaluation logs its slot and devices when it starts and ends.
-    let mark = |event: &str| {
-        format!(
-            r#"echo "{event} {{slot}} {{devices}} $SOUP_SLOT $CUDA_VISIBLE_DEVICES" >> {}"#,
-            sh_quote(&p(&slots))
-        )
-    };
-    let eval = format!("{}; {} --sleep 0.2 && {}", mark("start"), world.eval(""), mark("end"));
+    // Every evaluation logs its slot, devices and candidate when it starts and
+    // when its shell exits, including when soup stops it (a speculative
+    // evaluation made stale): the shell traps SIGTERM and exits, which runs its
+    // EXIT trap. soup gives a slot back only once the evaluation's whole process
+    // group has ended, so a slot's end line always comes before the next start.
+    let eval = format!(
+        "mark() {{ echo \"$1 {{slot}} {{devices}} $SOUP_SLOT $CUDA_VISIBLE_DEVICES \
+         $SOUP_CANDIDATE\" >> {}; }}; trap 'mark end' EXIT; trap 'exit 143' TERM; \
+         mark start; {} --sleep 0.2",
+        sh_quote(&p(&slots)),
+        world.eval("")
+    );
     let out = dir.path().join("soup");
     let mut args = search_args(&world, Method::Greedy, &out, &eval);
     args.extend(["--devices".into(), "0:1,2".into()]);
@@ -1562,22 +1566,34 @@ fn devices_give_each_job_its_own_slot() {
     let want = world_reference(&world, Method::Greedy, Order::Sorted, Rule::MAX);
     check_soup(&world, &out, &want.members, "greedy");
     let text = fs::read_to_string(&slots).unwrap();
-    let mut busy = [false, false];
+    let mut holder: [Option<&str>; 2] = [None, None];
+    let mut started = BTreeSet::new();
     let mut used = [0, 0];
     for line in text.lines() {
         let f: Vec<&str> = line.split(' ').collect();
         let slot: usize = f[1].parse().unwrap();
         let devices = ["0", "1,2"][slot];
-        assert_eq!(f[1..], [f[1], devices, f[1], devices], "{line}");
+        assert_eq!(f[1..5], [f[1], devices, f[1], devices], "{line}");
+        let candidate = f[5];
         match f[0] {
             "start" => {
-                assert!(!busy[slot], "slot {slot} used twice at once:\n{text}");
-                busy[slot] = true;
+                assert_eq!(holder[slot], None, "slot {slot} used twice at once:\n{text}");
+                holder[slot] = Some(candidate);
+                assert!(started.insert(candidate), "{candidate} started twice:\n{text}");
                 used[slot] += 1;
             }
-            _ => busy[slot] = false,
+            // An evaluation stopped before it logged its start ends without one,
+            // still holding its slot.
+            _ if !started.contains(candidate) => {
+                assert_eq!(holder[slot], None, "slot {slot} used twice at once:\n{text}");
+            }
+            _ => {
+                assert_eq!(holder[slot], Some(candidate), "{line} ends another's slot:\n{text}");
+                holder[slot] = None;
+            }
         }
     }
+    assert_eq!(holder, [None, None], "every evaluation ended:\n{text}");
     assert!(used[0] > 0 && used[1] > 0, "--devices implies two jobs: {used:?}");
     // --devices sets the number of jobs, so --jobs cannot be given too.
     let err = soup_in(dir.path(), &[args, vec!["--jobs".into(), "3".into()]].concat());
