@@ -1197,7 +1197,10 @@ fn minimize_flips_the_comparison() {
 fn candidate_ids_stay_unique_in_a_reused_run_directory() {
     let dir = common::tempdir();
     // A huge quantum: every candidate scores 0, so with --tie accept every
-    // proposal is kept; candidates with in3 hang until the timeout.
+    // proposal is kept. In the given order, greedy proposes adding in1, in2, in3
+    // and in4 to in0, four at a time; the candidate in0 + in2 hangs until it is
+    // stopped, so it is still running (or waiting to start) when in0 + in1 is
+    // kept, and is cancelled whatever the timing: its id is taken, never journaled.
     let mut world = World::generate(0, 5, 1000.0);
     world.write(dir.path(), false);
     let run_dir = dir.path().join("soup.run");
@@ -1205,14 +1208,19 @@ fn candidate_ids_stay_unique_in_a_reused_run_directory() {
         &world,
         Method::Greedy,
         &dir.path().join("soup"),
-        &world.eval("--fault in3=hang"),
+        &world.eval("--fault-exactly in0,in2=hang"),
     );
-    args.extend(["--jobs", "4", "--order", "given", "--timeout", "1s"].map(String::from));
+    args.extend(["--jobs", "4", "--order", "given"].map(String::from));
     soup_ok_in(dir.path(), &args);
     let ids = |records: &[Value]| -> Vec<String> {
         records.iter().map(|r| r["candidate"].as_str().unwrap().to_owned()).collect()
     };
-    let first = ids(&journal(&run_dir));
+    let records = journal(&run_dir);
+    assert!(
+        records.iter().all(|r| strings(&r["members"]) != world.label_set(&[0, 2])),
+        "precondition: in0 + in2 was cancelled, not journaled: {records:?}"
+    );
+    let first = ids(&records);
     let max: usize =
         first.iter().map(|id| id.rsplit('-').next().unwrap().parse().unwrap()).max().unwrap();
     assert!(max > first.len(), "precondition: cancelled speculative ids leave gaps: {first:?}");
