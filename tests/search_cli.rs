@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -1416,14 +1416,9 @@ fn a_server_scores_like_the_command_and_stays_warm() {
         let report = read_json(&run_dir.join("report.json"));
         check_report(&world, &report, &want, method, method.name());
         check_soup(&world, &out, &want.members, method.name());
-        // Warm: one server per slot for the whole search (plus a restart for
-        // each speculative evaluation cancelled while it ran).
-        let started = fs::read_to_string(&starts).unwrap();
-        let slots: BTreeSet<&str> = started.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
-        assert!(slots.iter().all(|s| ["0", "1"].contains(s)), "{started}");
-        let restarts = count(&report, "server_restarts") as usize;
-        assert_eq!(started.lines().count(), slots.len() + restarts, "{started}");
-        assert!(restarts as u64 <= count(&report, "cancelled"), "{report}");
+        // Warm: one server per slot for the whole search, plus a restart for
+        // each speculative evaluation cancelled while it ran.
+        check_server_starts(&run_dir, &starts, &report);
         assert_eq!(
             count(&report, "started"),
             count(&report, "finished") + count(&report, "cancelled")
@@ -1433,6 +1428,52 @@ fn a_server_scores_like_the_command_and_stays_warm() {
         assert_eq!(records.len() as u64, count(&report, "journaled"));
         assert!(records.iter().all(|r| r["evaluator"] == format!("--eval-server {server}")));
         assert!(records.iter().all(|r| r["metrics"]["distance"].is_f64()), "{records:?}");
+    }
+}
+
+/// Checks that `server_restarts` counts every server start after a slot's first,
+/// and that only cancelled evaluations caused them. soup gives each start its own
+/// logs (`server-SLOT.N`, N = 1, 2, … per slot); each server that got as far as
+/// its first line appended `PID SLOT DEVICES STDERR-LOG` to `starts`
+/// (distance_server.py --starts), which ties every process that ran to one of
+/// those starts. A server stopped before that line (its evaluation cancelled while
+/// it was still starting, as happens under load) wrote nothing at all.
+fn check_server_starts(run_dir: &Path, starts: &Path, report: &Value) {
+    let mut logs: BTreeMap<String, String> = BTreeMap::new();
+    for entry in fs::read_dir(run_dir.join("logs")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if let Some(stem) = name.strip_prefix("server-").and_then(|n| n.strip_suffix(".stderr")) {
+            let text = |ext: &str| {
+                fs::read_to_string(run_dir.join("logs").join(format!("server-{stem}.{ext}")))
+            };
+            logs.insert(stem.to_owned(), text("stdout").unwrap() + &text("stderr").unwrap());
+        }
+    }
+    let mut per_slot: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for stem in logs.keys() {
+        let (slot, n) = stem.split_once('.').unwrap();
+        per_slot.entry(slot).or_default().push(n.parse().unwrap());
+    }
+    assert!(per_slot.keys().all(|s| ["0", "1"].contains(s)), "{logs:?}");
+    for (slot, mut numbers) in per_slot.clone() {
+        numbers.sort();
+        assert_eq!(numbers, (1..=numbers.len()).collect::<Vec<_>>(), "slot {slot}: {logs:?}");
+    }
+    let restarts = count(report, "server_restarts") as usize;
+    assert_eq!(logs.len(), per_slot.len() + restarts, "{logs:?}\n{report}");
+    assert!(restarts as u64 <= count(report, "cancelled"), "{report}");
+    let started = fs::read_to_string(starts).unwrap();
+    let mut ran = BTreeSet::new();
+    for line in started.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let stem = f[3].strip_prefix("server-").and_then(|n| n.strip_suffix(".stderr"));
+        let stem = stem.unwrap_or_else(|| panic!("{line}"));
+        assert_eq!(stem.split_once('.').map(|s| s.0), Some(f[1]), "{line}");
+        assert!(logs.contains_key(stem), "a start soup did not count: {line}\n{logs:?}");
+        assert!(ran.insert(stem), "two servers for one start: {started}");
+    }
+    for (stem, text) in &logs {
+        assert!(ran.contains(stem.as_str()) || text.is_empty(), "server-{stem} ran: {text}");
     }
 }
 
