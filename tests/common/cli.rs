@@ -149,6 +149,30 @@ pub fn dies(pid: u32, patience: Duration) -> bool {
     }
 }
 
+/// Waits up to `patience` until no evaluator of the search in `run_dir` runs: no
+/// process has `SOUP_RUN_DIR=RUN_DIR` in its environment. After soup is killed
+/// with SIGKILL its evaluators run on (the parent-death signal reaches only their
+/// shell), including any that was started but has not logged anything yet; once
+/// soup is reaped it starts no more, so this sees every one of them.
+pub fn evaluators_end(run_dir: &Path, patience: Duration) -> bool {
+    let mut entry = format!("SOUP_RUN_DIR={}", p(run_dir)).into_bytes();
+    entry.push(0);
+    let deadline = Instant::now() + patience;
+    loop {
+        let running = fs::read_dir("/proc").unwrap().flatten().any(|process| {
+            let environ = fs::read(process.path().join("environ")).unwrap_or_default();
+            environ.split_inclusive(|&b| b == 0).any(|e| e == entry)
+        });
+        if !running {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Starts `soup args` in `cwd` and kills it with SIGKILL once `run_dir`'s journal
 /// holds at least `records` good lines (within a minute, and before the search
 /// ends by itself).
