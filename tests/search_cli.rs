@@ -1714,25 +1714,6 @@ fn devices_give_each_job_its_own_slot() {
     assert!(stderr_of(&err).contains("--devices"), "{}", stderr_of(&err));
 }
 
-/// Starts `soup args` in `cwd` and waits (up to a minute) until `file` exists.
-fn start_until(cwd: &Path, args: &[String], file: &Path) -> std::process::Child {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_soup"))
-        .args(args)
-        .current_dir(cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !file.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", file.display());
-        assert!(child.try_wait().unwrap().is_none(), "soup ended early");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
 fn pid_in(file: &Path) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

@@ -196,20 +196,7 @@ fn cleans_up(dir: &Path, name: &str, signal: &str, srun_options: &str) -> bool {
     let out = dir.join(name);
     let extra = ["--stop-signal", signal, "--kill-grace", "20s"];
     let args = search(&paths[..1], &out, &eval, &extra);
-    let mut soup = Command::new(env!("CARGO_BIN_EXE_soup"))
-        .args(&args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !Path::new(&started).exists() {
-        assert!(Instant::now() < deadline, "{name}: the task did not start");
-        assert!(soup.try_wait().unwrap().is_none(), "{name}: soup ended before the task started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let soup = start_until(dir, &args, Path::new(&started));
     let pid = rustix::process::Pid::from_raw(soup.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
     let run = soup.wait_with_output().unwrap();
