@@ -521,16 +521,7 @@ fn a_killed_learned_search_resumes_without_paying_twice() {
     kill_after_journaled(dir.path(), &args, &run_dir, world.k() + 8);
     // The evaluators running at the kill outlive soup; let them finish first,
     // including one that was spawned but had not logged its start yet.
-    loop {
-        let seen = calls(&log).len();
-        for call in calls(&log).iter().filter(|c| c.event == "start") {
-            assert!(dies(call.pid, Duration::from_secs(20)), "evaluator {} still runs", call.pid);
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        if calls(&log).len() == seen {
-            break;
-        }
-    }
+    assert!(evaluators_end(&run_dir, Duration::from_secs(60)), "evaluators still run");
     let before = journal(&run_dir);
     assert!(before.len() >= world.k() + 8 && before.len() < budget - 4, "{}", before.len());
     assert!(!out.exists(), "no soup yet");

@@ -171,8 +171,9 @@ fn sigterm_ctrl_c_or_sigkill_to_soup_end_running_steps() {
 }
 
 /// What a task under `srun` sees when soup stops it: a trap that needs a second
-/// to clean up, and the file it writes when it gets to finish.
-fn trapped_task(dir: &Path, name: &str, signal: &str, srun_options: &str) -> (String, String) {
+/// to clean up, the file it touches once the trap is set, and the file it writes
+/// when it gets to finish its clean-up.
+fn trapped_task(dir: &Path, name: &str, signal: &str, srun_options: &str) -> [String; 3] {
     let cleaned = dir.join(format!("{name}.cleaned"));
     let started = dir.join(format!("{name}.started"));
     let task = format!(
@@ -181,20 +182,25 @@ fn trapped_task(dir: &Path, name: &str, signal: &str, srun_options: &str) -> (St
         sh_quote(&p(&started))
     );
     let eval = format!("srun -J {name} -n1 --quiet {srun_options} sh -c {}", sh_quote(&task));
-    (eval, p(&cleaned))
+    [eval, p(&started), p(&cleaned)]
 }
 
-/// Runs a search whose one evaluation (a task under `srun SRUN_OPTIONS` trapping
-/// `signal`) times out and is stopped with `--stop-signal`; returns whether the
-/// task's clean-up ran to its end. Asserts that no step is left either way.
+/// Runs a search whose one evaluation is a task under `srun SRUN_OPTIONS`
+/// trapping `signal`, and interrupts soup (SIGINT) once the task runs with its
+/// trap set, so that soup stops the evaluation with `--stop-signal` however long
+/// Slurm took to start the task; returns whether the task's clean-up ran to its
+/// end. Asserts that no step is left either way.
 fn cleans_up(dir: &Path, name: &str, signal: &str, srun_options: &str) -> bool {
     let (paths, _) = ingredients(dir);
-    let (eval, cleaned) = trapped_task(dir, name, signal, srun_options);
+    let [eval, started, cleaned] = trapped_task(dir, name, signal, srun_options);
     let out = dir.join(name);
-    let extra = ["--timeout", "3s", "--stop-signal", signal, "--kill-grace", "20s"];
+    let extra = ["--stop-signal", signal, "--kill-grace", "20s"];
     let args = search(&paths[..1], &out, &eval, &extra);
-    let run = soup_in(dir, &args);
-    assert_eq!(run.status.code(), Some(1), "{}", show(&args, &run));
+    let soup = start_until(dir, &args, Path::new(&started));
+    let pid = rustix::process::Pid::from_raw(soup.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let run = soup.wait_with_output().unwrap();
+    assert_eq!(run.status.code(), Some(130), "{}", show(&args, &run));
     assert_eq!(drains(name, Duration::from_secs(15)), "", "{name}: steps left behind");
     fs::read_to_string(&cleaned).unwrap_or_default() == "cleaned\n"
 }

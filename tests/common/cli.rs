@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -149,18 +149,59 @@ pub fn dies(pid: u32, patience: Duration) -> bool {
     }
 }
 
-/// Starts `soup args` in `cwd` and kills it with SIGKILL once `run_dir`'s journal
-/// holds at least `records` good lines (within a minute, and before the search
-/// ends by itself).
-pub fn kill_after_journaled(cwd: &Path, args: &[String], run_dir: &Path, records: usize) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_soup"))
+/// Waits up to `patience` until no evaluator of the search in `run_dir` runs: no
+/// process has `SOUP_RUN_DIR=RUN_DIR` in its environment. After soup is killed
+/// with SIGKILL its evaluators run on (the parent-death signal reaches only their
+/// shell), including any that was started but has not logged anything yet; once
+/// soup is reaped it starts no more, so this sees every one of them.
+pub fn evaluators_end(run_dir: &Path, patience: Duration) -> bool {
+    let mut entry = format!("SOUP_RUN_DIR={}", p(run_dir)).into_bytes();
+    entry.push(0);
+    let deadline = Instant::now() + patience;
+    loop {
+        let running = fs::read_dir("/proc").unwrap().flatten().any(|process| {
+            let environ = fs::read(process.path().join("environ")).unwrap_or_default();
+            environ.split_inclusive(|&b| b == 0).any(|e| e == entry)
+        });
+        if !running {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `soup args` in `cwd` without waiting for it, stdin and stdout closed.
+fn spawn_soup(cwd: &Path, args: &[String], stderr: Stdio) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_soup"))
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Starts `soup args` in `cwd` and waits (up to a minute) until `file` exists.
+pub fn start_until(cwd: &Path, args: &[String], file: &Path) -> Child {
+    let mut child = spawn_soup(cwd, args, Stdio::piped());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", file.display());
+        assert!(child.try_wait().unwrap().is_none(), "soup ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Starts `soup args` in `cwd` and kills it with SIGKILL once `run_dir`'s journal
+/// holds at least `records` good lines (within a minute, and before the search
+/// ends by itself).
+pub fn kill_after_journaled(cwd: &Path, args: &[String], run_dir: &Path, records: usize) {
+    let mut child = spawn_soup(cwd, args, Stdio::null());
     let deadline = Instant::now() + Duration::from_secs(60);
     while journal(run_dir).len() < records {
         assert!(Instant::now() < deadline, "the search made no progress");

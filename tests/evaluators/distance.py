@@ -28,6 +28,9 @@ Options:
   --fault NAME=KIND   misbehave when the candidate contains ingredient NAME
   --fault-alone NAME=KIND
                       misbehave when the candidate is ingredient NAME alone
+  --fault-exactly NAMES=KIND
+                      misbehave when the candidate's members are exactly NAMES
+                      (comma-separated, in any order)
 KIND is `exit` (exit code 3 after printing a score), `hang` (start `sleep 1000` in
 the background, write its pid to $SOUP_RUN_DIR/hang-<candidate>.pid, then sleep),
 `garbage` (print `accuracy: 0.9`) or `nan` (print `nan`).
@@ -141,6 +144,7 @@ def main():
     parser.add_argument("--metrics", action="store_true")
     parser.add_argument("--fault", action="append", default=[])
     parser.add_argument("--fault-alone", action="append", default=[])
+    parser.add_argument("--fault-exactly", action="append", default=[])
     args = parser.parse_args()
 
     members, values = read_model(args.model)
@@ -154,6 +158,10 @@ def main():
     for spec in args.fault_alone:
         name, kind = spec.split("=", 1)
         if members == [name]:
+            misbehave(kind)
+    for spec in args.fault_exactly:
+        names, kind = spec.split("=", 1)
+        if sorted(members) == sorted(names.split(",")):
             misbehave(kind)
 
     score, dist = score_of(values, read_target(args.target), args.quantum, args.sign)

@@ -8,7 +8,8 @@ score of tests/evaluators/distance.py, served by modelsoup.server.serve
 Options:
   --quantum Q, --sign S, --log FILE, --sleep S    as in distance.py (the log's
                       candidate is the request's, its pid the server's)
-  --starts FILE       append `PID SOUP_SLOT CUDA_VISIBLE_DEVICES` when the server starts
+  --starts FILE       append `PID SOUP_SLOT CUDA_VISIBLE_DEVICES STDERR` when the
+                      server starts, STDERR being the file name of its stderr log
   --fault NAME=KIND   misbehave when the candidate contains ingredient NAME:
                       `exit` (the server exits with code 3), `hang` (sleeps 1000 s),
                       `error` (score_fn raises ValueError), `noise` (prints a line
@@ -41,9 +42,13 @@ def main():
     args = parser.parse_args()
     target = distance.read_target(args.target)
     if args.starts:
+        try:
+            stderr = os.path.basename(os.readlink("/proc/self/fd/2"))
+        except OSError:
+            stderr = "-"
         with open(args.starts, "a") as f:
-            f.write("%d %s %s\n" % (os.getpid(), os.environ.get("SOUP_SLOT", "?"),
-                                    os.environ.get("CUDA_VISIBLE_DEVICES", "-")))
+            f.write("%d %s %s %s\n" % (os.getpid(), os.environ.get("SOUP_SLOT", "?"),
+                                       os.environ.get("CUDA_VISIBLE_DEVICES", "-"), stderr))
 
     def score(request):
         members, values = distance.read_model(request.model)
