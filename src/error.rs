@@ -195,6 +195,64 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// An input file changed while it was mapped: another process truncated,
+    /// extended or rewrote it, or the disk failed to deliver a page. What was read
+    /// from it cannot be trusted, so nothing was written.
+    #[error("{} {change} while it was being read", path.display())]
+    InputChanged {
+        /// The input file.
+        path: PathBuf,
+        /// What happened, e.g. `changed size (4096 bytes when opened, now 1024)`.
+        change: String,
+    },
+
+    /// Another process holds the lock of an output or a run directory.
+    #[error("{} is in use by soup ({holder})", path.display())]
+    InUse {
+        /// The output or run directory.
+        path: PathBuf,
+        /// Who holds it, e.g. `pid 1234`.
+        holder: String,
+    },
+
+    /// A safetensors header names one tensor twice (the JSON has a duplicate key),
+    /// so which entry is meant is ambiguous.
+    #[error("{}: invalid safetensors file: the header lists tensor {tensor:?} twice", path.display())]
+    DuplicateKey {
+        /// The file.
+        path: PathBuf,
+        /// The repeated name.
+        tensor: String,
+    },
+
+    /// A header lists more tensors than soup accepts in one file.
+    #[error(
+        "{}: the header lists {count} tensors, more than the {limit} soup accepts in one file",
+        path.display()
+    )]
+    TooManyTensors {
+        /// The file.
+        path: PathBuf,
+        /// Entries in its header.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// The output would be larger than its inputs can account for.
+    #[error(
+        "the output would hold {planned} bytes, more than the {bound} bytes its inputs \
+         can account for ({reason})"
+    )]
+    OutputTooLarge {
+        /// Bytes the plan would write.
+        planned: u64,
+        /// The bound derived from the inputs.
+        bound: u64,
+        /// How the bound is derived.
+        reason: String,
+    },
+
     /// A PyTorch `.bin` checkpoint could not be read.
     #[error(transparent)]
     Torch(#[from] crate::torch::TorchError),

@@ -15,7 +15,7 @@ pub fn warn_if_independent(ingredients: &[Checkpoint], labels: &[String], skip: 
     }
     let check = check_shared_init(ingredients);
     if check.looks_independent() {
-        eprintln!("{}", warning(&check, labels));
+        errln!("{}", warning(&check, labels));
     }
 }
 

@@ -58,7 +58,7 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
             "differences": differences,
             "init_check": check.as_ref().map(|c| serde_json::to_value(c).unwrap_or_default()),
         });
-        println!("{doc}");
+        outln!("{doc}");
     } else {
         let mut out = String::new();
         for ((ck, name), nf) in checkpoints.iter().zip(&names).zip(&non_finite) {
@@ -81,7 +81,7 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
         if let Some(check) = &check {
             let _ = writeln!(out, "{}", init_check::summary(check, &names));
         }
-        print!("{out}");
+        out!("{out}");
     }
     Ok(if incompatible || bad_values { Exit::NoSoup } else { Exit::Success })
 }

@@ -55,8 +55,11 @@ pub fn write_recipe(
     out: &Output,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<Exit> {
+    // A second soup on this output fails here, before any work.
+    let _lock = super::guard::output(out.path, out.quiet)?;
     let paths: Vec<&str> = recipe.ingredients.iter().map(|i| i.path.as_str()).collect();
     let ingredients = open_all(&paths)?;
+    modelsoup::engine::output::check_destination(out.path, out.write.force, &ingredients)?;
     let base = match &recipe.base {
         Some(b) => Some(Checkpoint::open(&b.path).context("base model")?),
         None => None,
@@ -116,12 +119,20 @@ pub fn write_recipe(
     let report = write_soup(&inputs, &plan, &dest, &run);
     bar.finish_and_clear();
     let report = report?;
+    super::guard::say(&report.housekeeping, out.quiet);
+    if report.non_finite > 0 {
+        errln!(
+            "warning: the soup holds {} NaN or infinite value(s), the first in tensor {}",
+            report.non_finite,
+            report.first_non_finite.as_deref().unwrap_or("?")
+        );
+    }
 
     if out.json {
         let json = summary_json(&report, &statistics, out.path, recipe);
-        println!("{}", serde_json::to_string(&json)?);
+        outln!("{}", serde_json::to_string(&json)?);
     } else if !out.quiet {
-        eprintln!("{}", summary_line(&report, &statistics, recipe, out.path));
+        errln!("{}", summary_line(&report, &statistics, recipe, out.path));
     }
     Ok(Exit::Success)
 }

@@ -43,19 +43,19 @@ impl Method {
 /// Runs a search end to end: individual scores, the search, the final soup, the
 /// reports.
 pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
-    modelsoup::engine::output::check_destination(&args.output, args.write.force)?;
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
     let ingredients =
         modelsoup::engine::tied::reconcile(&super::merge::open_all(&args.ingredients)?);
     plan::check_compatible(&ingredients)?;
-    super::init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
     let run_dir = args.run_dir.clone().unwrap_or_else(|| sibling_with_suffix(&args.output, ".run"));
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    // Output and run directory checked and locked before anything is paid for.
+    let _locks =
+        super::guard::search(&args.output, &run_dir, args.write.force, &ingredients, args.quiet)?;
+    super::init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
     let (journal, stats) = Journal::open(&run_dir)?;
     let say = |line: String| {
         if !args.quiet {
-            eprintln!("{line}");
+            errln!("{line}");
         }
     };
     if stats.damaged() > 0 {
@@ -210,7 +210,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     };
     report.write(&run_dir)?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     }
     say(format!(
         "{} soup of {} ingredient(s), score {} (best individual {}), written to {}; report in {}",
@@ -226,7 +226,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
 
 /// Exit status 1 with a message pointing at the logs.
 fn no_soup(what: &str, run_dir: &Path) -> anyhow::Result<Exit> {
-    eprintln!("error: {what}; see the logs in {}", run_dir.join("logs").display());
+    errln!("error: {what}; see the logs in {}", run_dir.join("logs").display());
     Ok(Exit::NoSoup)
 }
 

@@ -18,11 +18,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde::Deserialize;
 
-use crate::engine::mapped;
+use crate::engine::mapped::{self, Mapping};
 use crate::error::{Error, Result};
 
 /// The file name of a single-file checkpoint in a directory.
@@ -70,7 +69,7 @@ impl TensorEntry {
 #[derive(Debug)]
 pub struct Shard {
     path: PathBuf,
-    map: Mmap,
+    map: Mapping,
     metadata: BTreeMap<String, String>,
     /// The state dict of a PyTorch file, for gathering its strided views.
     torch: Option<crate::torch::StateDict>,
@@ -267,6 +266,19 @@ impl Checkpoint {
         Cow::Owned(out)
     }
 
+    /// Fails with [`Error::InputChanged`] when a shard file changed (size or
+    /// modification time) since it was opened, or a fault hit its mapping: what was
+    /// read from it cannot be trusted.
+    pub(crate) fn check_unchanged(&self) -> Result<()> {
+        self.shards.iter().try_for_each(|s| s.map.check())
+    }
+
+    /// [`Checkpoint::check_unchanged`] for the shards a fault hit, only: cheap
+    /// enough for every chunk once [`mapped::faults`] has moved.
+    pub(crate) fn check_faulted(&self) -> Result<()> {
+        self.shards.iter().try_for_each(|s| s.map.check_faulted())
+    }
+
     /// Drops this process's mapping of bytes `start..end` of shard `shard` (see
     /// [`mapped::release`]); the data stays readable.
     pub(crate) fn release(&self, shard: usize, start: usize, end: usize) {
@@ -282,20 +294,25 @@ fn open_shard(path: PathBuf) -> Result<(Shard, Vec<TensorEntry>)> {
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e, "bin" | "pt" | "pth"));
-    if crate::torch::looks_like_torch_zip(&map) || torch_name {
-        return open_torch_shard(path, map);
-    }
-    let (tensors, metadata) = parse_header(&map, &path)?;
-    Ok((Shard { path, map, metadata, torch: None }, tensors))
+    let parsed = if crate::torch::looks_like_torch_zip(&map) || torch_name {
+        read_torch(&map, &path).map(|(state, tensors)| (BTreeMap::new(), Some(state), tensors))
+    } else {
+        parse_header(&map, &path).map(|(tensors, metadata)| (metadata, None, tensors))
+    };
+    // A file truncated while its header was read reads as zeros past its new end,
+    // which would fail the format checks for the wrong reason: say what happened.
+    map.check()?;
+    let (metadata, torch, tensors) = parsed?;
+    Ok((Shard { path, map, metadata, torch }, tensors))
 }
 
 /// Reads a PyTorch file's state dict (checking every entry's CRC, which reads it
 /// all once) and lists its tensors in the dict's order.
-fn open_torch_shard(path: PathBuf, map: Mmap) -> Result<(Shard, Vec<TensorEntry>)> {
+fn read_torch(map: &Mapping, path: &Path) -> Result<(crate::torch::StateDict, Vec<TensorEntry>)> {
     // The CRC pass reads every byte once; its pages are dropped window by window
     // (the merge maps them back as it goes), so RSS does not grow with the file.
-    let state = crate::torch::read_state_dict_with(&map, &path, &mut |r| {
-        mapped::release(&map, r.start, r.end)
+    let state = crate::torch::read_state_dict_with(map, path, &mut |r| {
+        mapped::release(map, r.start, r.end)
     })?;
     let tensors = state
         .tensors()
@@ -322,7 +339,7 @@ fn open_torch_shard(path: PathBuf, map: Mmap) -> Result<(Shard, Vec<TensorEntry>
             },
         })
         .collect();
-    Ok((Shard { path, map, metadata: BTreeMap::new(), torch: Some(state) }, tensors))
+    Ok((state, tensors))
 }
 
 /// Validates the safetensors header of a whole file's bytes and lists its tensors in

@@ -83,7 +83,7 @@ pub fn run(args: &DemoArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let spec = size.spec;
     let say = |text: String| {
         if !args.quiet {
-            eprintln!("[{:5.1}s] {text}", start.elapsed().as_secs_f64());
+            errln!("[{:5.1}s] {text}", start.elapsed().as_secs_f64());
         }
     };
     say(format!("work directory: {}", dir.display()));
@@ -159,7 +159,7 @@ pub fn run(args: &DemoArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         seconds: start.elapsed().as_secs_f64(),
         sets: sets.to_vec(),
     };
-    print!("{}", report::text(&summary));
+    out!("{}", report::text(&summary));
     report::write(&summary, &dir)?;
     say(format!("report, soups and pictures in {}", dir.display()));
     Ok(Exit::Success)
@@ -240,6 +240,6 @@ pub fn eval(args: &DemoEvalArgs) -> anyhow::Result<Exit> {
         DemoSplit::Test => Split::Test,
     };
     let accuracy = model.accuracy(&generate(&spec, split));
-    println!("{}", serde_json::json!({ "score": accuracy }));
+    outln!("{}", serde_json::json!({ "score": accuracy }));
     Ok(Exit::Success)
 }
