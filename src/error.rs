@@ -198,12 +198,15 @@ pub enum Error {
     /// An input file changed while it was mapped: another process truncated,
     /// extended or rewrote it, or the disk failed to deliver a page. What was read
     /// from it cannot be trusted, so nothing was written.
-    #[error("{} {change} while it was being read", path.display())]
+    #[error("{} {change} while it was being read{detail}", path.display())]
     InputChanged {
         /// The input file.
         path: PathBuf,
-        /// What happened, e.g. `changed size (4096 bytes when opened, now 1024)`.
-        change: String,
+        /// What happened: `changed size`, `was modified` or `could not be read`.
+        change: &'static str,
+        /// Details, starting with " (" when present, e.g. ` (4096 bytes when
+        /// opened, now 1024)`.
+        detail: String,
     },
 
     /// Another process holds the lock of an output or a run directory.
@@ -239,18 +242,45 @@ pub enum Error {
         limit: usize,
     },
 
-    /// The output would be larger than its inputs can account for.
+    /// A PyTorch view whose elements overlap in storage (an `expand()`ed one):
+    /// written out, it would be larger than what the file holds, without bound.
     #[error(
-        "the output would hold {planned} bytes, more than the {bound} bytes its inputs \
-         can account for ({reason})"
+        "{}: tensor {tensor:?} (shape {shape:?}, strides {strides:?}) is a view whose \
+         elements overlap in its storage (an expand()ed or as_strided tensor); written out \
+         it would take {bytes} bytes{}; save it with .contiguous() (or .clone()), or allow \
+         such views up to a size with --expand-views",
+        path.display(),
+        if *limit > 0 { format!(", more than the {limit} allowed") } else { String::new() }
     )]
-    OutputTooLarge {
-        /// Bytes the plan would write.
-        planned: u64,
-        /// The bound derived from the inputs.
-        bound: u64,
-        /// How the bound is derived.
-        reason: String,
+    OverlappingView {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its strides in elements.
+        strides: Vec<usize>,
+        /// Its size written out densely.
+        bytes: u64,
+        /// The largest such view accepted (0: none).
+        limit: u64,
+    },
+
+    /// The tensors of a PyTorch file hold far more bytes than the file (many names
+    /// on the same storages), so writing them out is refused.
+    #[error(
+        "{}: its tensors hold {bytes} bytes written out, more than 8 times the file's \
+         {file_len} bytes (many names view the same storage)",
+        path.display()
+    )]
+    ViewsTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Bytes of all its tensors written out.
+        bytes: u64,
+        /// The file's size.
+        file_len: u64,
     },
 
     /// A PyTorch `.bin` checkpoint could not be read.

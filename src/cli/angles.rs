@@ -16,7 +16,7 @@ use super::{init_check, progress, svg, Exit};
 /// Runs `soup angles`.
 pub fn run(args: &AnglesArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let names: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
-    let ingredients = open_all(&args.ingredients)?;
+    let ingredients = open_all(&args.ingredients, &Default::default())?;
     let base = match &args.base {
         Some(path) => Some(Checkpoint::open(path).context("base")?),
         None => None,

@@ -636,6 +636,11 @@ pub struct WriteArgs {
     /// Skip the check that the ingredients share one pretrained initialisation.
     #[arg(long)]
     pub no_init_check: bool,
+
+    /// Accept PyTorch views whose elements overlap in storage (made by expand()),
+    /// writing out each one of at most this size (e.g. 64MB) [default: refuse them].
+    #[arg(long, value_name = "SIZE", value_parser = super::size::parse_size)]
+    pub expand_views: Option<u64>,
 }
 
 /// Handling of non-averaged tensors that differ.

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use modelsoup::analysis::init_check::check_shared_init;
 use modelsoup::analysis::values::{count_non_finite, NonFinite};
+use modelsoup::engine::checkpoint::OpenOptions;
 use modelsoup::engine::plan;
 use modelsoup::recipe::{Recipe, METADATA_KEY};
 use modelsoup::{Checkpoint, Error, FloatDtype, RunOptions};
@@ -19,7 +20,11 @@ use super::{init_check, progress, Exit};
 /// Runs `soup inspect`.
 pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let names: Vec<String> = args.checkpoints.iter().map(|p| p.display().to_string()).collect();
-    let checkpoints = open_all(&args.checkpoints)?;
+    // Listing tensors writes nothing, so views whose elements overlap in storage
+    // are shown as they are; counting their values reads every element, so then
+    // they are refused as a merge refuses them.
+    let options = OpenOptions { max_expanded_view: if args.check_values { 0 } else { u64::MAX } };
+    let checkpoints = open_all(&args.checkpoints, &options)?;
     let mut non_finite: Vec<Option<Vec<NonFinite>>> = vec![None; checkpoints.len()];
     if args.check_values {
         let total: u64 = checkpoints.iter().map(Checkpoint::float_bytes).sum();
@@ -164,24 +169,26 @@ fn checkpoint_text(
     for s in ck.shards() {
         let _ = writeln!(out, "  shard {} ({} bytes)", s.path().display(), s.len());
     }
-    let rows: Vec<[String; 5]> = ck
-        .tensors()
-        .iter()
-        .map(|t| {
-            [
-                t.name.clone(),
-                format!("{:?}", t.dtype),
-                format!("{:?}", t.shape),
-                t.numel().to_string(),
-                t.len.to_string(),
-            ]
-        })
-        .collect();
+    // Two passes over the tensors (widths, then rows), with no row kept: a header
+    // may list a million tensors.
+    let cells = |t: &modelsoup::TensorEntry| {
+        [
+            t.name.clone(),
+            format!("{:?}", t.dtype),
+            format!("{:?}", t.shape),
+            t.numel().to_string(),
+            t.len.to_string(),
+        ]
+    };
     let heading = ["name", "dtype", "shape", "parameters", "bytes"].map(str::to_owned);
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().chain([&heading]).map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for row in std::iter::once(&heading).chain(&rows) {
+    let mut widths: Vec<usize> = heading.iter().map(|h| h.chars().count()).collect();
+    for t in ck.tensors() {
+        for (w, cell) in widths.iter_mut().zip(cells(t)) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let rows = std::iter::once(heading).chain(ck.tensors().iter().map(cells));
+    for row in rows {
         let _ = writeln!(
             out,
             "  {:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}",
@@ -196,6 +203,11 @@ fn checkpoint_text(
             w3 = widths[3],
             w4 = widths[4]
         );
+        if out.len() > 1 << 20 {
+            // Printed as it goes, so the text of a huge header is never held whole.
+            out!("{out}");
+            out.clear();
+        }
     }
     for (dtype, (n, p, b)) in totals(ck) {
         let _ = writeln!(out, "  total {dtype}: {n} tensors, {p} parameters, {b} bytes");

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use modelsoup::engine::checkpoint::OpenOptions;
 use modelsoup::method::{self, Prepared};
 use modelsoup::recipe::{Ingredient, Method, Recipe};
 use modelsoup::{write_soup, Checkpoint, Destination, MergeReport, RunOptions};
@@ -58,10 +59,11 @@ pub fn write_recipe(
     // A second soup on this output fails here, before any work.
     let _lock = super::guard::output(out.path, out.quiet)?;
     let paths: Vec<&str> = recipe.ingredients.iter().map(|i| i.path.as_str()).collect();
-    let ingredients = open_all(&paths)?;
+    let options = open_options(out.write);
+    let ingredients = open_all(&paths, &options)?;
     modelsoup::engine::output::check_destination(out.path, out.write.force, &ingredients)?;
     let base = match &recipe.base {
-        Some(b) => Some(Checkpoint::open(&b.path).context("base model")?),
+        Some(b) => Some(Checkpoint::open_with(&b.path, &options).context("base model")?),
         None => None,
     };
     let labels: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
@@ -207,12 +209,22 @@ pub fn apply_write_options(recipe: &mut Recipe, write: &WriteArgs) {
 }
 
 /// Opens every ingredient, naming the one that failed.
-pub fn open_all(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Checkpoint>> {
+pub fn open_all(
+    paths: &[impl AsRef<Path>],
+    options: &OpenOptions,
+) -> anyhow::Result<Vec<Checkpoint>> {
     paths
         .iter()
         .enumerate()
-        .map(|(i, p)| Checkpoint::open(p).with_context(|| format!("ingredient {}", i + 1)))
+        .map(|(i, p)| {
+            Checkpoint::open_with(p, options).with_context(|| format!("ingredient {}", i + 1))
+        })
         .collect()
+}
+
+/// What the writing options allow when opening checkpoints.
+pub fn open_options(write: &WriteArgs) -> OpenOptions {
+    OpenOptions { max_expanded_view: write.expand_views.unwrap_or(0) }
 }
 
 /// What the statistics passes before the merge cost.

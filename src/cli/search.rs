@@ -44,8 +44,9 @@ impl Method {
 /// reports.
 pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
+    let options = super::merge::open_options(&args.write);
     let ingredients =
-        modelsoup::engine::tied::reconcile(&super::merge::open_all(&args.ingredients)?);
+        modelsoup::engine::tied::reconcile(&super::merge::open_all(&args.ingredients, &options)?);
     plan::check_compatible(&ingredients)?;
     let run_dir = args.run_dir.clone().unwrap_or_else(|| sibling_with_suffix(&args.output, ".run"));
     // Output and run directory checked and locked before anything is paid for.
@@ -240,7 +241,8 @@ fn kitchen(
             if !args.lambda.is_finite() {
                 bail!("--lambda must be finite, got {}", args.lambda);
             }
-            let checkpoint = Checkpoint::open(path).context("base model")?;
+            let options = super::merge::open_options(&args.write);
+            let checkpoint = Checkpoint::open_with(path, &options).context("base model")?;
             let mut all = ingredients.clone();
             all.push(checkpoint.clone());
             plan::check_compatible(&all).context("the base and the ingredients")?;

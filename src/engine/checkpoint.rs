@@ -13,7 +13,7 @@
 //! reads cannot go out of bounds.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +34,22 @@ pub const TORCH_FILE: &str = "pytorch_model.bin";
 pub const TORCH_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 /// Largest index file accepted; real ones are well under 1 MB.
 const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// Tensors of one PyTorch file may hold together at most this many times the
+/// file's bytes: several names may view one storage (tied weights: a T5 has four
+/// on its embedding), but a file of thousands of names on one large storage would
+/// be written out thousands of times.
+const SHARED_STORAGE_FACTOR: u64 = 8;
+
+/// What opening a checkpoint accepts beyond the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// PyTorch views whose elements overlap in storage (made by `expand()`, or
+    /// `as_strided`) are refused, since written out they can be arbitrarily larger
+    /// than the file; with a non-zero bound, such a view of at most this many bytes
+    /// (written out densely) is accepted and materialised.
+    pub max_expanded_view: u64,
+}
 
 /// One tensor of a checkpoint: where its bytes are and what they mean.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,8 +121,45 @@ pub struct Checkpoint {
     directory: Option<PathBuf>,
     shards: Arc<[Shard]>,
     tensors: Arc<[TensorEntry]>,
-    by_name: Arc<HashMap<String, usize>>,
+    by_name: Arc<NameIndex>,
 }
+
+/// Tensor positions sorted by name, for lookups by binary search: 4 bytes per
+/// tensor, where a map from owned names would copy every name again (a header of
+/// a million tensors is allowed).
+#[derive(Debug, Default)]
+struct NameIndex(Vec<u32>);
+
+impl NameIndex {
+    /// Indexes `tensors`; the first duplicate name found, if any, is returned as
+    /// the error (the positions of its two entries).
+    fn new(tensors: &[TensorEntry]) -> std::result::Result<NameIndex, (usize, usize)> {
+        // MAX_TENSORS keeps positions within u32.
+        let mut order: Vec<u32> = (0..tensors.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            tensors[a as usize].name.cmp(&tensors[b as usize].name).then(a.cmp(&b))
+        });
+        if let Some(pair) =
+            order.windows(2).find(|w| tensors[w[0] as usize].name == tensors[w[1] as usize].name)
+        {
+            return Err((pair[0] as usize, pair[1] as usize));
+        }
+        Ok(NameIndex(order))
+    }
+
+    fn get(&self, tensors: &[TensorEntry], name: &str) -> Option<usize> {
+        self.0
+            .binary_search_by(|&i| tensors[i as usize].name.as_str().cmp(name))
+            .ok()
+            .map(|found| self.0[found] as usize)
+    }
+}
+
+/// Most tensors one checkpoint may hold. Real checkpoints hold thousands (a
+/// mixture of experts tens of thousands); the bound keeps the memory of a hostile
+/// header of millions of empty tensors to a few hundred MB, and is checked before
+/// the header is parsed.
+pub const MAX_TENSORS: usize = 500_000;
 
 #[derive(Deserialize)]
 struct IndexFile {
@@ -117,34 +170,39 @@ impl Checkpoint {
     /// Opens a `.safetensors` file or a Hugging Face checkpoint directory, maps every
     /// shard and validates all headers (and the index against them).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    /// [`Checkpoint::open`], accepting what `options` allows.
+    pub fn open_with(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Self> {
         let path = path.as_ref();
         let meta = fs::metadata(path).map_err(Error::io("open", path))?;
         if meta.is_file() {
-            let shard = open_shard(path.to_path_buf())?;
+            let shard = open_shard(path.to_path_buf(), options)?;
             return Self::assemble(path, None, vec![shard], None);
         }
         let index = path.join(INDEX_FILE);
         if index.is_file() {
-            return Self::open_indexed(path, &index);
+            return Self::open_indexed(path, &index, options);
         }
         let single = path.join(SINGLE_FILE);
         if single.is_file() {
-            let shard = open_shard(single)?;
+            let shard = open_shard(single, options)?;
             return Self::assemble(path, Some(path.to_path_buf()), vec![shard], None);
         }
         let torch_index = path.join(TORCH_INDEX_FILE);
         if torch_index.is_file() {
-            return Self::open_indexed(path, &torch_index);
+            return Self::open_indexed(path, &torch_index, options);
         }
         let torch = path.join(TORCH_FILE);
         if torch.is_file() {
-            let shard = open_shard(torch)?;
+            let shard = open_shard(torch, options)?;
             return Self::assemble(path, Some(path.to_path_buf()), vec![shard], None);
         }
         Err(Error::NotACheckpoint { path: path.to_path_buf(), hint: directory_hint(path) })
     }
 
-    fn open_indexed(dir: &Path, index: &Path) -> Result<Self> {
+    fn open_indexed(dir: &Path, index: &Path, options: &OpenOptions) -> Result<Self> {
         let text = read_bounded(index, MAX_INDEX_BYTES)?;
         let (weight_map, names) = parse_index(&text, index)?;
         let mut shards = Vec::with_capacity(names.len());
@@ -153,7 +211,7 @@ impl Checkpoint {
             if !shard_path.is_file() {
                 return Err(Error::MissingShard { index: index.to_path_buf(), shard: name });
             }
-            shards.push(open_shard(shard_path)?);
+            shards.push(open_shard(shard_path, options)?);
         }
         Self::assemble(dir, Some(dir.to_path_buf()), shards, Some((index, &weight_map)))
     }
@@ -168,33 +226,36 @@ impl Checkpoint {
     ) -> Result<Self> {
         let mut shards = Vec::with_capacity(opened.len());
         let mut tensors: Vec<TensorEntry> = Vec::new();
-        let mut by_name: HashMap<String, usize> = HashMap::new();
         for (shard_no, (shard, entries)) in opened.into_iter().enumerate() {
-            for mut entry in entries {
-                if let Some(&other) = by_name.get(&entry.name) {
-                    let first: &Shard = &shards[tensors[other].shard];
-                    return Err(Error::DuplicateTensor {
-                        tensor: entry.name,
-                        first: first.path.clone(),
-                        second: shard.path.clone(),
-                    });
-                }
-                entry.shard = shard_no;
-                by_name.insert(entry.name.clone(), tensors.len());
-                tensors.push(entry);
+            if tensors.len() + entries.len() > MAX_TENSORS {
+                return Err(Error::TooManyTensors {
+                    path: path.to_path_buf(),
+                    count: tensors.len() + entries.len(),
+                    limit: MAX_TENSORS,
+                });
             }
+            tensors.extend(entries.into_iter().map(|e| TensorEntry { shard: shard_no, ..e }));
             shards.push(shard);
         }
-        if let Some((index, weight_map)) = index {
-            check_index(index, weight_map, &shards, &tensors, &by_name)?;
-        }
-        Ok(Checkpoint {
+        let by_name = NameIndex::new(&tensors).map_err(|(a, b)| {
+            let (first, second) = (&tensors[a], &tensors[b]);
+            Error::DuplicateTensor {
+                tensor: first.name.clone(),
+                first: shards[first.shard].path.clone(),
+                second: shards[second.shard].path.clone(),
+            }
+        })?;
+        let checkpoint = Checkpoint {
             path: path.to_path_buf(),
             directory,
             shards: shards.into(),
             tensors: tensors.into(),
             by_name: Arc::new(by_name),
-        })
+        };
+        if let Some((index, weight_map)) = index {
+            check_index(index, weight_map, &checkpoint)?;
+        }
+        Ok(checkpoint)
     }
 
     /// The path this checkpoint was opened from.
@@ -229,18 +290,19 @@ impl Checkpoint {
 
     /// Looks a tensor up by name.
     pub fn get(&self, name: &str) -> Option<&TensorEntry> {
-        self.by_name.get(name).map(|&i| &self.tensors[i])
+        self.position(name).map(|i| &self.tensors[i])
     }
 
     /// Position of a tensor in [`Checkpoint::tensors`].
     pub fn position(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+        self.by_name.get(&self.tensors, name)
     }
 
     /// The same files seen with a different list of tensors (each a range inside
     /// them, e.g. an alias of another entry): for reconciling tied embeddings.
     pub(crate) fn with_tensors(&self, tensors: Vec<TensorEntry>) -> Checkpoint {
-        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        // Callers add aliases under names not yet present, so names stay distinct.
+        let by_name = NameIndex::new(&tensors).unwrap_or_default();
         Checkpoint { tensors: tensors.into(), by_name: Arc::new(by_name), ..self.clone() }
     }
 
@@ -288,14 +350,15 @@ impl Checkpoint {
 
 /// Maps one shard and lists its tensors in file order: a PyTorch file when it is
 /// a zip archive or named like one (`.bin`, `.pt`, `.pth`), else safetensors.
-fn open_shard(path: PathBuf) -> Result<(Shard, Vec<TensorEntry>)> {
+fn open_shard(path: PathBuf, options: &OpenOptions) -> Result<(Shard, Vec<TensorEntry>)> {
     let map = mapped::map_file(&path)?;
     let torch_name = path
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e, "bin" | "pt" | "pth"));
     let parsed = if crate::torch::looks_like_torch_zip(&map) || torch_name {
-        read_torch(&map, &path).map(|(state, tensors)| (BTreeMap::new(), Some(state), tensors))
+        read_torch(&map, &path, options)
+            .map(|(state, tensors)| (BTreeMap::new(), Some(state), tensors))
     } else {
         parse_header(&map, &path).map(|(tensors, metadata)| (metadata, None, tensors))
     };
@@ -308,12 +371,17 @@ fn open_shard(path: PathBuf) -> Result<(Shard, Vec<TensorEntry>)> {
 
 /// Reads a PyTorch file's state dict (checking every entry's CRC, which reads it
 /// all once) and lists its tensors in the dict's order.
-fn read_torch(map: &Mapping, path: &Path) -> Result<(crate::torch::StateDict, Vec<TensorEntry>)> {
+fn read_torch(
+    map: &Mapping,
+    path: &Path,
+    options: &OpenOptions,
+) -> Result<(crate::torch::StateDict, Vec<TensorEntry>)> {
     // The CRC pass reads every byte once; its pages are dropped window by window
     // (the merge maps them back as it goes), so RSS does not grow with the file.
     let state = crate::torch::read_state_dict_with(map, path, &mut |r| {
         mapped::release(map, r.start, r.end)
     })?;
+    check_views(&state, map.len() as u64, path, options)?;
     let tensors = state
         .tensors()
         .iter()
@@ -342,6 +410,42 @@ fn read_torch(map: &Mapping, path: &Path) -> Result<(crate::torch::StateDict, Ve
     Ok((state, tensors))
 }
 
+/// Refuses views whose elements overlap (unless `options` allows them, up to its
+/// bound) and files whose tensors hold far more bytes than the file: what may be
+/// written out of a PyTorch file is bounded by the file.
+fn check_views(
+    state: &crate::torch::StateDict,
+    file_len: u64,
+    path: &Path,
+    options: &OpenOptions,
+) -> Result<()> {
+    let mut expanded = 0u64;
+    let mut total = 0u64;
+    for t in state.tensors() {
+        let bytes = t.byte_len() as u64;
+        if state.overlaps(t) {
+            if bytes > options.max_expanded_view {
+                return Err(Error::OverlappingView {
+                    path: path.to_path_buf(),
+                    tensor: t.name().to_owned(),
+                    shape: t.shape().to_vec(),
+                    strides: t.strides().to_vec(),
+                    bytes,
+                    limit: options.max_expanded_view,
+                });
+            }
+            expanded = expanded.saturating_add(bytes);
+        } else {
+            total = total.saturating_add(bytes);
+        }
+    }
+    let limit = file_len.saturating_mul(SHARED_STORAGE_FACTOR);
+    if total > limit {
+        return Err(Error::ViewsTooLarge { path: path.to_path_buf(), bytes: total, file_len });
+    }
+    Ok(())
+}
+
 /// Validates the safetensors header of a whole file's bytes and lists its tensors in
 /// file order, with absolute offsets (the `shard` field is 0), plus the file's
 /// `__metadata__`. On success every tensor's range lies inside `bytes` and matches
@@ -351,12 +455,35 @@ pub fn parse_header(
     path: &Path,
 ) -> Result<(Vec<TensorEntry>, BTreeMap<String, String>)> {
     let invalid = |source| Error::Header { path: path.to_path_buf(), source };
-    if declares_data_past_end(bytes) {
-        return Err(invalid(SafeTensorError::MetadataIncompleteBuffer));
+    let scan = scan_header(bytes);
+    if let Some(scan) = &scan {
+        if scan.data_past_end {
+            return Err(invalid(SafeTensorError::MetadataIncompleteBuffer));
+        }
+        if scan.entries > MAX_TENSORS {
+            return Err(Error::TooManyTensors {
+                path: path.to_path_buf(),
+                count: scan.entries,
+                limit: MAX_TENSORS,
+            });
+        }
     }
-    let (header_len, header) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
+    let duplicate = || {
+        repeated_key(bytes).map(|tensor| Error::DuplicateKey { path: path.to_path_buf(), tensor })
+    };
+    let (header_len, header) = match SafeTensors::read_metadata(bytes) {
+        Ok(parsed) => parsed,
+        // A repeated name is why the offsets do not tile, if there is one.
+        Err(e) => return Err(duplicate().unwrap_or_else(|| invalid(e))),
+    };
     // read_metadata proved 8 + header_len + (end of the last tensor) == bytes.len()
-    // and that the tensors tile the data without gaps or overlaps.
+    // and that the tensors tile the data without gaps or overlaps, but kept only
+    // the last of two entries with one name (a JSON map's last key wins).
+    if scan.is_some_and(|scan| scan.entries != header.tensors().len() || scan.metadata > 1) {
+        if let Some(e) = duplicate() {
+            return Err(e);
+        }
+    }
     let data_start = 8 + header_len;
     let mut tensors: Vec<TensorEntry> = header
         .tensors()
@@ -378,27 +505,100 @@ pub fn parse_header(
     Ok((tensors, metadata))
 }
 
-/// True when the header (if it parses) declares tensor data ending past the end of
-/// `bytes`. safetensors 0.8 adds the declared data length to the header length
-/// without a checked add, so a header declaring ~2⁶⁴ bytes of data overflows there
-/// (a panic where overflow checks are on); such files are rejected here first with
-/// the error the format check gives when it does not overflow.
-fn declares_data_past_end(bytes: &[u8]) -> bool {
-    let header = bytes
+/// The header's JSON, if its length prefix and bytes can be read.
+fn header_json(bytes: &[u8]) -> Option<&[u8]> {
+    bytes
         .get(..8)
         .and_then(|prefix| usize::try_from(u64::from_le_bytes(prefix.try_into().ok()?)).ok())
-        .and_then(|n| bytes.get(8..8usize.checked_add(n)?));
-    let Some(Ok(entries)) =
-        header.map(serde_json::from_slice::<HashMap<String, serde_json::Value>>)
-    else {
-        return false; // read_metadata reports what is wrong with it
-    };
-    let file_len = bytes.len() as u64;
-    entries.values().any(|entry| {
-        let end =
-            entry.get("data_offsets").and_then(|o| o.get(1)).and_then(serde_json::Value::as_u64);
-        end.is_some_and(|end| end > file_len)
-    })
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+}
+
+/// What one pass over a header's JSON finds before the format check, allocating
+/// nothing per entry.
+#[derive(Debug, Clone, Copy)]
+struct HeaderScan {
+    /// Tensor entries, a repeated name counted each time.
+    entries: usize,
+    /// `__metadata__` keys (more than one is ambiguous too).
+    metadata: usize,
+    /// Whether an entry declares data past the end of the file. safetensors 0.8
+    /// adds the declared data length to the header length without a checked add,
+    /// so a header declaring ~2⁶⁴ bytes of data overflows there (a panic where
+    /// overflow checks are on); such files are rejected first with the error the
+    /// format check gives when it does not overflow.
+    data_past_end: bool,
+}
+
+/// Scans the header, or `None` when it does not parse as a map of entries (then
+/// read_metadata reports what is wrong with it).
+fn scan_header(bytes: &[u8]) -> Option<HeaderScan> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    #[derive(Deserialize)]
+    struct End {
+        data_offsets: Option<(IgnoredAny, u64)>,
+    }
+
+    struct Scan(u64);
+
+    impl<'de> Visitor<'de> for Scan {
+        type Value = HeaderScan;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a safetensors header")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderScan, A::Error> {
+            let mut scan = HeaderScan { entries: 0, metadata: 0, data_past_end: false };
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "__metadata__" {
+                    scan.metadata += 1;
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                scan.entries += 1;
+                let end = map.next_value::<End>()?;
+                if end.data_offsets.is_some_and(|(_, end)| end > self.0) {
+                    scan.data_past_end = true;
+                }
+            }
+            Ok(scan)
+        }
+    }
+
+    let json = header_json(bytes)?;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    de.deserialize_map(Scan(bytes.len() as u64)).ok()
+}
+
+/// The first tensor name the header lists twice, if any.
+fn repeated_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Repeated;
+
+    impl<'de> Visitor<'de> for Repeated {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a safetensors header")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key.into_owned()));
+                }
+            }
+            Ok(None)
+        }
+    }
+
+    let json = header_json(bytes)?;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    de.deserialize_map(Repeated).ok().flatten()
 }
 
 /// Parses the text of `model.safetensors.index.json` (or `pytorch_model.bin.index.json`,
@@ -419,10 +619,9 @@ pub fn parse_index(text: &str, path: &Path) -> Result<(BTreeMap<String, String>,
 fn check_index(
     index: &Path,
     weight_map: &BTreeMap<String, String>,
-    shards: &[Shard],
-    tensors: &[TensorEntry],
-    by_name: &HashMap<String, usize>,
+    checkpoint: &Checkpoint,
 ) -> Result<()> {
+    let (shards, tensors) = (&checkpoint.shards, &checkpoint.tensors);
     let mismatch = |problem: String| Error::IndexMismatch { index: index.to_path_buf(), problem };
     let shard_name = |t: &TensorEntry| {
         shards[t.shard]
@@ -432,13 +631,13 @@ fn check_index(
             .unwrap_or_default()
     };
     for (tensor, shard) in weight_map {
-        match by_name.get(tensor) {
+        match checkpoint.position(tensor) {
             None => {
                 return Err(mismatch(format!(
                     "tensor {tensor:?} is mapped to {shard:?}, which does not contain it"
                 )))
             }
-            Some(&i) if shard_name(&tensors[i]) != *shard => {
+            Some(i) if shard_name(&tensors[i]) != *shard => {
                 return Err(mismatch(format!(
                     "tensor {tensor:?} is mapped to {shard:?} but is stored in {:?}",
                     shard_name(&tensors[i])

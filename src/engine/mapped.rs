@@ -126,16 +126,17 @@ impl Mapping {
     /// when it was opened.
     pub(crate) fn check(&self) -> Result<()> {
         let now = Identity::of(&self.file, &self.path)?;
-        let change = if now.len != self.opened.len {
-            format!("changed size ({} bytes when opened, now {})", self.opened.len, now.len)
+        let (change, detail) = if now.len != self.opened.len {
+            let sizes = format!(" ({} bytes when opened, now {})", self.opened.len, now.len);
+            ("changed size", sizes)
         } else if now.modified != self.opened.modified {
-            "was modified".to_owned()
+            ("was modified", String::new())
         } else if self.faulted() {
-            "could not be read (the disk failed to deliver a mapped page)".to_owned()
+            ("could not be read", " (the disk failed to deliver a mapped page)".to_owned())
         } else {
             return Ok(());
         };
-        Err(Error::InputChanged { path: self.path.clone(), change })
+        Err(Error::InputChanged { path: self.path.clone(), change, detail })
     }
 
     /// [`Mapping::check`], but only when a fault hit this mapping: what workers
@@ -330,7 +331,7 @@ mod tests {
         assert_eq!(map[page - 1], 7);
         assert!(faults() > before);
         let err = map.check_faulted().unwrap_err().to_string();
-        assert!(err.contains("input.bin changed size"), "{err}");
+        assert!(err.contains("input.bin changed size while it was being read"), "{err}");
         assert!(err.contains(&format!("{} bytes when opened, now {page}", 4 * page)), "{err}");
     }
 

@@ -513,9 +513,56 @@ fn assign_shards(
 
 #[derive(Serialize)]
 struct HeaderTensor<'a> {
+    // Fields in sorted order, as a JSON map of them would have them.
+    data_offsets: (u64, u64),
     dtype: Dtype,
     shape: &'a [usize],
-    data_offsets: (u64, u64),
+}
+
+/// One entry of a header: the metadata, or a tensor.
+enum HeaderEntry<'a> {
+    Metadata(&'a BTreeMap<String, String>),
+    Tensor(HeaderTensor<'a>),
+}
+
+impl Serialize for HeaderEntry<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            HeaderEntry::Metadata(m) => m.serialize(s),
+            HeaderEntry::Tensor(t) => t.serialize(s),
+        }
+    }
+}
+
+/// A header's JSON object, written straight from the plan: keys in sorted order
+/// (the order a JSON map gives, so the bytes are those of earlier versions)
+/// without building a JSON value per tensor.
+struct HeaderJson<'a> {
+    /// Keys in sorted order, each with its entry's index (`None`: the metadata).
+    keys: Vec<(&'a str, Option<usize>)>,
+    tensors: &'a [PlannedTensor],
+    starts: Vec<u64>,
+    metadata: &'a BTreeMap<String, String>,
+}
+
+impl Serialize for HeaderJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.keys.iter().map(|&(key, entry)| {
+            let value = match entry {
+                None => HeaderEntry::Metadata(self.metadata),
+                Some(i) => {
+                    let t = &self.tensors[i];
+                    let start = self.starts[i];
+                    HeaderEntry::Tensor(HeaderTensor {
+                        dtype: t.dtype,
+                        shape: &t.shape,
+                        data_offsets: (start, start + t.len),
+                    })
+                }
+            };
+            (key, value)
+        }))
+    }
 }
 
 /// The safetensors header for tensors laid out back to back in the given order:
@@ -523,22 +570,25 @@ struct HeaderTensor<'a> {
 fn encode_header(tensors: &[PlannedTensor], extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let mut metadata = extra.clone();
     metadata.insert("format".to_owned(), "pt".to_owned());
-    let mut map = serde_json::Map::new();
-    map.insert("__metadata__".to_owned(), serde_json::to_value(&metadata).map_err(Error::Json)?);
+    let mut starts = Vec::with_capacity(tensors.len());
     let mut start = 0u64;
     for t in tensors {
-        let end = start + t.len;
-        let entry = HeaderTensor { dtype: t.dtype, shape: &t.shape, data_offsets: (start, end) };
-        map.insert(t.name.clone(), serde_json::to_value(&entry).map_err(Error::Json)?);
-        start = end;
+        starts.push(start);
+        start += t.len;
     }
-    let mut json = serde_json::to_vec(&map).map_err(Error::Json)?;
-    while json.len() % 8 != 0 {
-        json.push(b' ');
+    let mut keys: Vec<(&str, Option<usize>)> =
+        tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), Some(i))).collect();
+    keys.push(("__metadata__", None));
+    keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let json = HeaderJson { keys, tensors, starts, metadata: &metadata };
+    // The length prefix is filled in once the JSON is written after it.
+    let mut header = vec![0u8; 8];
+    serde_json::to_writer(&mut header, &json).map_err(Error::Json)?;
+    while !header.len().is_multiple_of(8) {
+        header.push(b' ');
     }
-    let mut header = Vec::with_capacity(8 + json.len());
-    header.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    header.extend_from_slice(&json);
+    let len = (header.len() - 8) as u64;
+    header[..8].copy_from_slice(&len.to_le_bytes());
     Ok(header)
 }
 
