@@ -60,11 +60,11 @@ pub fn hidden(dir: &Path) -> Vec<String> {
     names
 }
 
-/// The staging directories soup has made in `dir` that already hold their
-/// `model.safetensors` (created at full size before any chunk is written).
+/// Whether soup has made a (hidden) staging directory in `dir` that already holds
+/// its `model.safetensors` (created at full size before any chunk is written).
 pub fn writing(dir: &Path) -> bool {
     fs::read_dir(dir).unwrap().flatten().any(|e| {
-        e.file_name().to_string_lossy().starts_with(".soup-")
+        e.file_name().to_string_lossy().starts_with('.')
             && e.path().join("model.safetensors").exists()
     })
 }
