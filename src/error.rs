@@ -38,6 +38,24 @@ pub enum Error {
         hint: String,
     },
 
+    /// A Hugging Face model id (`org/name`) names no local path and is not in the
+    /// local cache.
+    #[error(
+        "{id}: no such file or directory, and not in the Hugging Face cache at {} \
+         ({reason}); to download it: {command}",
+        cache.display()
+    )]
+    NotCached {
+        /// The id as given.
+        id: String,
+        /// The cache directory looked in.
+        cache: PathBuf,
+        /// What is missing there.
+        reason: String,
+        /// The `hf download` command that fetches it.
+        command: String,
+    },
+
     /// A safetensors header is malformed: bad length, not JSON, offsets that do not
     /// tile the data, or a file length that disagrees with the header.
     #[error("{}: invalid safetensors file", path.display())]
@@ -130,7 +148,7 @@ pub enum Error {
     },
 
     /// The number of weights does not match the number of ingredients.
-    #[error("{got} weights given for {expected} ingredients")]
+    #[error("{got} weight{} given for {expected} ingredient{}", plural(*.got), plural(*.expected))]
     WeightCount {
         /// Ingredients.
         expected: usize,
@@ -281,6 +299,40 @@ pub enum Error {
         bytes: u64,
         /// The file's size.
         file_len: u64,
+    },
+
+    /// A `--rename` rule is not `s/PATTERN/REPLACEMENT/`.
+    #[error("rename rule {rule:?}: {reason}")]
+    Rename {
+        /// The rule as written.
+        rule: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Renaming gave two tensors of one checkpoint the same name.
+    #[error(
+        "{}: renaming gives tensors {first:?} and {second:?} the same name {name:?}",
+        path.display()
+    )]
+    RenameCollision {
+        /// The checkpoint.
+        path: PathBuf,
+        /// One tensor's original name.
+        first: String,
+        /// The other's.
+        second: String,
+        /// The name both would get.
+        name: String,
+    },
+
+    /// A LoRA adapter that cannot be applied to its base.
+    #[error("{}: LoRA adapter: {reason}", path.display())]
+    Adapter {
+        /// The adapter directory.
+        path: PathBuf,
+        /// What is wrong, naming the tensor or config key.
+        reason: String,
     },
 
     /// A PyTorch `.bin` checkpoint could not be read.

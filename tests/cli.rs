@@ -38,7 +38,7 @@ fn uniform_merge_writes_a_loadable_directory_with_the_recipe() {
     let run = soup_ok(&["merge", s(&a), s(&b), "-o", s(&out)]);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
-        stderr.contains("merged 2 ingredient(s) (linear)") && stderr.contains("3 tensors"),
+        stderr.contains("merged 2 ingredients (linear)") && stderr.contains("3 tensors"),
         "{stderr}"
     );
     assert!(run.stdout.is_empty(), "stdout stays clean without --json");

@@ -73,6 +73,66 @@ fn an_input_truncated_while_its_values_are_checked_is_named() {
 }
 
 #[test]
+fn the_base_of_an_adapter_truncated_during_a_merge_is_named() {
+    // A LoRA adapter's adapted matrices are computed from its base's mapping as
+    // they are read: the base shrinking under them is caught like an ingredient's.
+    let dir = tempdir();
+    let (rows, cols, r) = (3072, 4096, 1);
+    let base = dir.path().join("base");
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut values = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5).to_le_bytes()
+            })
+            .collect()
+    };
+    let weight = RawTensor::raw("layer.proj.weight", "F32", &[rows, cols], values(rows * cols));
+    write_checkpoint(&base, &[weight], &[], true);
+    let adapter = dir.path().join("adapter");
+    fs::create_dir_all(&adapter).unwrap();
+    common::write_file(
+        &adapter.join("adapter_model.safetensors"),
+        &[
+            RawTensor::raw(
+                "base_model.model.layer.proj.lora_A.weight",
+                "F32",
+                &[r, cols],
+                values(r * cols),
+            ),
+            RawTensor::raw(
+                "base_model.model.layer.proj.lora_B.weight",
+                "F32",
+                &[rows, r],
+                values(rows * r),
+            ),
+        ],
+        true,
+    );
+    let config = serde_json::json!({
+        "peft_type": "LORA", "r": r, "lora_alpha": 2.0, "target_modules": ["proj"],
+        "fan_in_fan_out": false, "use_rslora": false, "base_model_name_or_path": s(&base),
+    });
+    fs::write(adapter.join("adapter_config.json"), config.to_string()).unwrap();
+
+    let out = dir.path().join("soup");
+    let args = ["merge", s(&adapter), "-o", s(&out), "-t", "1", "--chunk-elements", "4096"];
+    let mut child = spawn(&args);
+    wait_until("writing", &mut child, || writing(dir.path()));
+    let file = base.join("model.safetensors");
+    fs::File::options().write(true).open(&file).unwrap().set_len(4096).unwrap();
+    let (code, _, stderr) = finish(child);
+    assert_eq!(code, Some(2), "{stderr}");
+    let want = format!("{} changed size while it was being read", file.display());
+    assert!(stderr.starts_with("error: ") && stderr.contains(&want), "{stderr}");
+    assert!(!out.exists());
+    assert!(hidden(dir.path()).is_empty(), "left behind: {:?}", hidden(dir.path()));
+}
+
+#[test]
 fn sigterm_sighup_and_sigint_stop_a_merge_cleanly() {
     for (sig, code, name) in
         [(Signal::TERM, 143, "SIGTERM"), (Signal::HUP, 129, "SIGHUP"), (Signal::INT, 130, "SIGINT")]
@@ -122,6 +182,36 @@ fn sigterm_stops_a_search_and_its_evaluators_process_group() {
         assert!(dies(pid, std::time::Duration::from_secs(10)), "{file}: {pid} still runs");
     }
     // No candidate left in scratch, no output, nothing beside it.
+    let scratch = run_dir.join("scratch");
+    let candidates: Vec<_> = walk(&scratch).into_iter().filter(|p| p.is_file()).collect();
+    assert!(candidates.is_empty(), "scratch holds {candidates:?}");
+    assert!(!out.exists());
+    assert!(hidden(dir.path()).is_empty(), "left {:?}", hidden(dir.path()));
+}
+
+#[test]
+fn sighup_stops_a_search_and_its_evaluation_servers_process_group() {
+    let dir = tempdir();
+    let (a, b) = two_ingredients(dir.path());
+    let out = dir.path().join("best");
+    // A server that starts a background child, then takes requests and never
+    // answers them.
+    let server = "echo $$ > \"$SOUP_RUN_DIR/server.pid\"; sleep 300 & \
+                  echo $! > \"$SOUP_RUN_DIR/bg.pid.tmp\"; \
+                  mv \"$SOUP_RUN_DIR/bg.pid.tmp\" \"$SOUP_RUN_DIR/bg.pid\"; \
+                  while read -r request; do sleep 300; done";
+    let run_dir = dir.path().join("best.run");
+    let args = ["greedy", &a, &b, "-o", s(&out), "--eval-server", server, "--kill-grace", "2s"];
+    let mut child = spawn(&args);
+    wait_until("a server", &mut child, || run_dir.join("bg.pid").exists());
+    signal(child.id(), Signal::HUP);
+    let (code, _, stderr) = finish(child);
+    assert_eq!(code, Some(129), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGHUP"), "{stderr}");
+    for file in ["server.pid", "bg.pid"] {
+        let pid: u32 = fs::read_to_string(run_dir.join(file)).unwrap().trim().parse().unwrap();
+        assert!(dies(pid, std::time::Duration::from_secs(10)), "{file}: {pid} still runs");
+    }
     let scratch = run_dir.join("scratch");
     let candidates: Vec<_> = walk(&scratch).into_iter().filter(|p| p.is_file()).collect();
     assert!(candidates.is_empty(), "scratch holds {candidates:?}");

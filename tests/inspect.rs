@@ -78,7 +78,7 @@ fn a_soups_recipe_shows_in_its_metadata() {
     assert_eq!(ck["recipe"]["ingredients"][1]["path"], s(&b));
     let text = String::from_utf8(soup_ok(&["inspect", s(&out)]).stdout).unwrap();
     assert!(text.contains("metadata modelsoup.recipe (soup recipe): {"), "{text}");
-    assert!(text.contains("total BF16: 1 tensors, 256 parameters, 512 bytes"), "{text}");
+    assert!(text.contains("total BF16: 1 tensor, 256 parameters, 512 bytes"), "{text}");
 }
 
 #[test]
@@ -88,8 +88,16 @@ fn compatible_checkpoints_exit_0_and_incompatible_ones_exit_1_with_every_differe
     let b = model(dir.path(), "b", None);
     let out = soup_ok(&["inspect", s(&a), s(&b)]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("compatible: the 2 checkpoints can be souped together"), "{text}");
+    // The verdict comes first; tensor tables only with --tables.
+    assert!(text.starts_with("compatible: the 2 checkpoints can be souped together\n"), "{text}");
     assert!(text.contains("shared-init check"), "{text}");
+    assert!(!text.contains("position_ids"), "no tables without --tables: {text}");
+    let tables = String::from_utf8(soup_ok(&["inspect", s(&a), s(&b), "--tables"]).stdout).unwrap();
+    assert!(tables.starts_with("compatible: "), "{tables}");
+    assert_eq!(tables.matches("position_ids").count(), 2, "{tables}");
+    // One checkpoint: its table, always.
+    let one = String::from_utf8(soup_ok(&["inspect", s(&a)]).stdout).unwrap();
+    assert!(one.contains("position_ids") && !one.contains("compatible"), "{one}");
 
     let extra = RawTensor::float("head.weight", Fmt::F32, &[2], &[1.0, 2.0]);
     let c = model(dir.path(), "c", Some(extra));
@@ -105,7 +113,7 @@ fn compatible_checkpoints_exit_0_and_incompatible_ones_exit_1_with_every_differe
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.contains(
-            "incompatible: 1 difference(s) stop a merge:\n  - tensor \"head.weight\" is missing in"
+            "incompatible: 1 difference stops a merge:\n  - tensor \"head.weight\" is missing in"
         ),
         "{text}"
     );
@@ -128,7 +136,7 @@ fn check_values_finds_planted_nan_and_inf() {
     values[150_000] = f64::NEG_INFINITY;
     let big = RawTensor::float("big.weight", Fmt::BF16, &[n], &values);
     let bad = model(dir.path(), "bad", Some(big));
-    let (code, doc) = json(&["inspect", s(&bad), "--check-values", "--json", "-j", "3"]);
+    let (code, doc) = json(&["inspect", s(&bad), "--check-values", "--json", "-t", "3"]);
     assert_eq!(code, Some(1));
     let tensors = doc["checkpoints"][0]["tensors"].as_array().unwrap();
     let big = tensors.iter().find(|t| t["name"] == "big.weight").unwrap();

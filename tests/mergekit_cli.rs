@@ -75,6 +75,7 @@ fn weighted(path: &str, weight: f64, density: Option<f64>) -> Ingredient {
         path: path.to_owned(),
         weight: Some(weight.into()),
         density: density.map(Into::into),
+        ..Default::default()
     }
 }
 

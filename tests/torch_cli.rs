@@ -83,7 +83,7 @@ fn bin_and_safetensors_ingredients_merge_together() {
         s(&out),
         "--chunk-elements",
         "3",
-        "-j",
+        "-t",
         "3",
         "--expand-views",
         "1kB",

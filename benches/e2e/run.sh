@@ -49,7 +49,9 @@ if ! grep -qs "^$want" "$DATA/.complete"; then
   echo "== generating $K x ${SIZE_GB} GB checkpoints into $DATA" >&2
   rm -rf "$DATA"/ingredient-* "$DATA/.complete"; mkdir -p "$DATA"  # only what we made
   df -h "$DATA" >&2
-  "$PY" "$HERE/make_checkpoints.py" "$DATA" -k "$K" --size-gb "$SIZE_GB" --verify
+  # --verify reads them back with torch, which only the mergekit venv has.
+  verify=(--verify); [[ -n $WITHOUT_MERGEKIT ]] && verify=()
+  "$PY" "$HERE/make_checkpoints.py" "$DATA" -k "$K" --size-gb "$SIZE_GB" "${verify[@]}"
 fi
 INGREDIENTS=()
 for ((i = 0; i < K; i++)); do INGREDIENTS+=("$DATA/ingredient-$i"); done

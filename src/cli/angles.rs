@@ -10,17 +10,21 @@ use modelsoup::analysis::init_check::check_shared_init;
 use modelsoup::{Checkpoint, RunOptions};
 
 use super::args::{AnglesArgs, Format};
-use super::merge::open_all;
+use super::merge::{ingredient_from, open_all};
+use super::text::plural;
 use super::{init_check, progress, svg, Exit};
 
 /// Runs `soup angles`.
 pub fn run(args: &AnglesArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let names: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
-    let ingredients = open_all(&args.ingredients, &Default::default())?;
     let base = match &args.base {
-        Some(path) => Some(Checkpoint::open(path).context("base")?),
+        Some(path) => {
+            let base = ingredient_from(path, &args.read, false, None)?;
+            Some(base.open(None).context("base")?)
+        }
         None => None,
     };
+    let ingredients = open_all(&args.ingredients, &args.read, base.as_ref())?;
     let total: u64 = base.iter().chain(&ingredients).map(Checkpoint::float_bytes).sum();
     let bar = progress::bytes_bar(total, args.quiet, "reading");
     let on_chunk = |bytes: u64| bar.inc(bytes);
@@ -40,7 +44,8 @@ pub fn run(args: &AnglesArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> 
     let checked_names: Vec<String> = base_name.iter().chain(&names).cloned().collect();
     let check = check_shared_init(&checked);
 
-    let text = match args.format {
+    let format = if args.json { Format::Json } else { args.format };
+    let text = match format {
         Format::Table => {
             let summary = init_check::summary(&check, &checked_names);
             format!("{}\n{summary}\n", table(&result, &names, base_name.as_deref()))
@@ -91,7 +96,13 @@ fn table(result: &Angles, names: &[String], base: Option<&str>) -> String {
     }
     for m in std::iter::once(&result.overall).chain(&result.layers) {
         let _ = writeln!(out);
-        let _ = writeln!(out, "{} ({} tensors, {} parameters)", m.label, m.tensors, m.parameters);
+        let _ = writeln!(
+            out,
+            "{} ({}, {} parameters)",
+            m.label,
+            plural(m.tensors, "tensor"),
+            m.parameters
+        );
         matrix_table(&mut out, m);
     }
     out

@@ -15,7 +15,7 @@ pub fn warn_if_independent(ingredients: &[Checkpoint], labels: &[String], skip: 
     }
     let check = check_shared_init(ingredients);
     if check.looks_independent() {
-        errln!("{}", warning(&check, labels));
+        errln!("{}\n--no-init-check skips this check.", warning(&check, labels));
     }
 }
 
@@ -23,8 +23,9 @@ pub fn warn_if_independent(ingredients: &[Checkpoint], labels: &[String], skip: 
 pub fn warning(check: &InitCheck, labels: &[String]) -> String {
     let mut text = format!(
         "warning: these ingredients do not look fine-tuned from one pretrained model \
-         (median cosine similarity of raw weights over {} weight matrices, below {}):",
-        check.matrices, check.threshold
+         (median cosine similarity of raw weights over {}, below {}):",
+        matrices(check.matrices),
+        check.threshold
     );
     for pair in check.independent.iter().take(LISTED) {
         text.push_str(&format!(
@@ -33,12 +34,13 @@ pub fn warning(check: &InitCheck, labels: &[String]) -> String {
         ));
     }
     if check.independent.len() > LISTED {
-        text.push_str(&format!("\n  … and {} more pair(s)", check.independent.len() - LISTED));
+        let more = check.independent.len() - LISTED;
+        text.push_str(&format!("\n  … and {more} more pair{}", if more == 1 { "" } else { "s" }));
     }
     text.push_str(
         "\nFine-tunes of one model measure near 1 (typically above 0.9); independently \
          initialised models near 0. A soup of models trained from scratch usually \
-         collapses to chance accuracy. Use --no-init-check to skip this check.",
+         collapses to chance accuracy.",
     );
     text
 }
@@ -50,8 +52,18 @@ pub fn summary(check: &InitCheck, labels: &[String]) -> String {
         Some(_) if check.looks_independent() => warning(check, labels),
         Some(lowest) => format!(
             "shared-init check: lowest median cosine of raw weights {lowest:.3} over {} \
-             weight matrices (threshold {}): looks fine-tuned from one model",
-            check.matrices, check.threshold
+             (threshold {}): looks fine-tuned from one model",
+            matrices(check.matrices),
+            check.threshold
         ),
+    }
+}
+
+/// "1 weight matrix", "12 weight matrices".
+fn matrices(n: usize) -> String {
+    if n == 1 {
+        "1 weight matrix".to_owned()
+    } else {
+        format!("{n} weight matrices")
     }
 }

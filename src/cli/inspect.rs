@@ -7,14 +7,14 @@ use std::sync::atomic::AtomicBool;
 
 use modelsoup::analysis::init_check::check_shared_init;
 use modelsoup::analysis::values::{count_non_finite, NonFinite};
-use modelsoup::engine::checkpoint::OpenOptions;
 use modelsoup::engine::plan;
 use modelsoup::recipe::{Recipe, METADATA_KEY};
 use modelsoup::{Checkpoint, Error, FloatDtype, RunOptions};
 use serde_json::json;
 
 use super::args::InspectArgs;
-use super::merge::open_all;
+use super::merge::{ingredient_from, open_all};
+use super::text::plural;
 use super::{init_check, progress, Exit};
 
 /// Runs `soup inspect`.
@@ -22,9 +22,16 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
     let names: Vec<String> = args.checkpoints.iter().map(|p| p.display().to_string()).collect();
     // Listing tensors writes nothing, so views whose elements overlap in storage
     // are shown as they are; counting their values reads every element, so then
-    // they are refused as a merge refuses them.
-    let options = OpenOptions { max_expanded_view: if args.check_values { 0 } else { u64::MAX } };
-    let checkpoints = open_all(&args.checkpoints, &options)?;
+    // they are refused as a merge refuses them (unless --expand-views allows them).
+    let mut read = args.read.clone();
+    if !args.check_values {
+        read.expand_views = Some(u64::MAX);
+    }
+    let base = match &args.base {
+        Some(path) => Some(ingredient_from(path, &read, false, None)?.open(None)?),
+        None => None,
+    };
+    let checkpoints = open_all(&args.checkpoints, &read, base.as_ref())?;
     let mut non_finite: Vec<Option<Vec<NonFinite>>> = vec![None; checkpoints.len()];
     if args.check_values {
         let total: u64 = checkpoints.iter().map(Checkpoint::float_bytes).sum();
@@ -66,9 +73,8 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
         outln!("{doc}");
     } else {
         let mut out = String::new();
-        for ((ck, name), nf) in checkpoints.iter().zip(&names).zip(&non_finite) {
-            checkpoint_text(&mut out, ck, name, nf.as_deref());
-        }
+        // Several checkpoints: the verdict first, then a line per checkpoint, and
+        // the tensor tables (a real model's is ~1000 lines) only with --tables.
         if let Some(d) = &differences {
             if d.is_empty() {
                 let _ = writeln!(
@@ -77,14 +83,27 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
                     names.len()
                 );
             } else {
-                let _ = writeln!(out, "incompatible: {} difference(s) stop a merge:", d.len());
+                let _ = writeln!(
+                    out,
+                    "incompatible: {} {} a merge:",
+                    plural(d.len(), "difference"),
+                    if d.len() == 1 { "stops" } else { "stop" }
+                );
                 for line in d {
                     let _ = writeln!(out, "  - {line}");
                 }
             }
+            if let Some(check) = &check {
+                let _ = writeln!(out, "{}", init_check::summary(check, &names));
+            }
+            out.push('\n');
         }
-        if let Some(check) = &check {
-            let _ = writeln!(out, "{}", init_check::summary(check, &names));
+        let tables = args.tables || checkpoints.len() == 1;
+        for ((ck, name), nf) in checkpoints.iter().zip(&names).zip(&non_finite) {
+            checkpoint_text(&mut out, ck, name, nf.as_deref(), tables);
+        }
+        if !tables {
+            let _ = writeln!(out, "(--tables lists every tensor of each checkpoint)");
         }
         out!("{out}");
     }
@@ -95,8 +114,9 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
 fn totals(ck: &Checkpoint) -> BTreeMap<String, (usize, u64, u64)> {
     let mut totals: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
     for t in ck.tensors() {
-        let e = totals.entry(format!("{:?}", t.dtype)).or_default();
-        *e = (e.0 + 1, e.1 + t.numel() as u64, e.2 + t.len as u64);
+        // A LoRA-adapted matrix as it is stored: its base's dtype and size.
+        let e = totals.entry(format!("{:?}", ck.declared_dtype(t))).or_default();
+        *e = (e.0 + 1, e.1 + t.numel() as u64, e.2 + ck.declared_len(t) as u64);
     }
     totals
 }
@@ -115,10 +135,10 @@ fn checkpoint_json(
         .map(|(i, t)| {
             let mut v = json!({
                 "name": t.name,
-                "dtype": format!("{:?}", t.dtype),
+                "dtype": format!("{:?}", ck.declared_dtype(t)),
                 "shape": t.shape,
                 "parameters": t.numel(),
-                "bytes": t.len,
+                "bytes": ck.declared_len(t),
                 "shard": ck.shards()[t.shard].path().file_name().map(|n| n.to_string_lossy()),
             });
             if non_finite.is_some() && FloatDtype::from_safetensors(t.dtype).is_some() {
@@ -139,7 +159,7 @@ fn checkpoint_json(
         "shards": ck.shards().iter().map(|s| json!({"file": s.path(), "bytes": s.len()})).collect::<Vec<_>>(),
         "tensors": tensors,
         "parameters": ck.tensors().iter().map(|t| t.numel() as u64).sum::<u64>(),
-        "bytes": ck.tensors().iter().map(|t| t.len as u64).sum::<u64>(),
+        "bytes": ck.tensors().iter().map(|t| ck.declared_len(t) as u64).sum::<u64>(),
         "totals_by_dtype": by_dtype,
         "metadata": metadata,
         "recipe": Recipe::from_metadata(&metadata),
@@ -157,27 +177,61 @@ fn checkpoint_text(
     ck: &Checkpoint,
     name: &str,
     non_finite: Option<&[NonFinite]>,
+    table: bool,
 ) {
     let parameters: u64 = ck.tensors().iter().map(|t| t.numel() as u64).sum();
-    let bytes: u64 = ck.tensors().iter().map(|t| t.len as u64).sum();
+    let bytes: u64 = ck.tensors().iter().map(|t| ck.declared_len(t) as u64).sum();
     let _ = writeln!(
         out,
-        "{name}: {} tensors, {parameters} parameters, {bytes} bytes of tensor data in {} shard(s)",
-        ck.tensors().len(),
-        ck.shards().len()
+        "{name}: {}, {parameters} parameters, {bytes} bytes of tensor data in {}",
+        plural(ck.tensors().len(), "tensor"),
+        plural(ck.shards().len(), "shard")
     );
     for s in ck.shards() {
         let _ = writeln!(out, "  shard {} ({} bytes)", s.path().display(), s.len());
     }
+    if table {
+        tensor_table(out, ck);
+    }
+    for (dtype, (n, p, b)) in totals(ck) {
+        let _ =
+            writeln!(out, "  total {dtype}: {}, {p} parameters, {b} bytes", plural(n, "tensor"));
+    }
+    for (key, value) in metadata(ck) {
+        let label = if key == METADATA_KEY { " (soup recipe)" } else { "" };
+        let _ = writeln!(out, "  metadata {key}{label}: {value}");
+    }
+    match non_finite {
+        None => {}
+        Some([]) => {
+            let _ = writeln!(out, "  values: no NaN or inf in any float tensor");
+        }
+        Some(found) => {
+            for f in found {
+                let _ = writeln!(
+                    out,
+                    "  values: {} has {} NaN and {} inf",
+                    ck.tensors()[f.tensor].name,
+                    f.nan,
+                    f.inf
+                );
+            }
+        }
+    }
+    out.push('\n');
+}
+
+/// One row per tensor: name, dtype, shape, parameters, bytes.
+fn tensor_table(out: &mut String, ck: &Checkpoint) {
     // Two passes over the tensors (widths, then rows), with no row kept: a header
-    // may list a million tensors.
+    // may list half a million tensors.
     let cells = |t: &modelsoup::TensorEntry| {
         [
             t.name.clone(),
-            format!("{:?}", t.dtype),
+            format!("{:?}", ck.declared_dtype(t)),
             format!("{:?}", t.shape),
             t.numel().to_string(),
-            t.len.to_string(),
+            ck.declared_len(t).to_string(),
         ]
     };
     let heading = ["name", "dtype", "shape", "parameters", "bytes"].map(str::to_owned);
@@ -209,29 +263,4 @@ fn checkpoint_text(
             out.clear();
         }
     }
-    for (dtype, (n, p, b)) in totals(ck) {
-        let _ = writeln!(out, "  total {dtype}: {n} tensors, {p} parameters, {b} bytes");
-    }
-    for (key, value) in metadata(ck) {
-        let label = if key == METADATA_KEY { " (soup recipe)" } else { "" };
-        let _ = writeln!(out, "  metadata {key}{label}: {value}");
-    }
-    match non_finite {
-        None => {}
-        Some([]) => {
-            let _ = writeln!(out, "  values: no NaN or inf in any float tensor");
-        }
-        Some(found) => {
-            for f in found {
-                let _ = writeln!(
-                    out,
-                    "  values: {} has {} NaN and {} inf",
-                    ck.tensors()[f.tensor].name,
-                    f.nan,
-                    f.inf
-                );
-            }
-        }
-    }
-    out.push('\n');
 }

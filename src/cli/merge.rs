@@ -6,12 +6,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use modelsoup::engine::checkpoint::OpenOptions;
 use modelsoup::method::{self, Prepared};
 use modelsoup::recipe::{Ingredient, Method, Recipe};
 use modelsoup::{write_soup, Checkpoint, Destination, MergeReport, RunOptions};
 
-use super::args::{MergeArgs, MethodArg, NonFloat, WriteArgs};
+use modelsoup::engine::adapter;
+
+use super::args::{IngredientArgs, MergeArgs, MethodArg, NonFloat, WriteArgs};
+use super::text::{human_bytes, human_count, plural};
 use super::Exit;
 use super::{init_check, progress};
 
@@ -21,6 +23,11 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         Some(path) => {
             let mut recipe = Recipe::load(path)?;
             apply_write_options(&mut recipe, &args.write);
+            if let Some(bound) = args.read.expand_views {
+                for ingredient in recipe.ingredients.iter_mut().chain(recipe.base.as_mut()) {
+                    ingredient.expand_views = Some(bound);
+                }
+            }
             recipe
         }
         None => recipe_from_args(args)?,
@@ -32,7 +39,11 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         quiet: args.quiet,
         chunk_elements: args.chunk_elements,
     };
-    write_recipe(&recipe, &output, interrupted)
+    let written = write_recipe(&recipe, &output, interrupted)?;
+    if !args.json && !args.quiet {
+        errln!("{}", summary_line(&written, &recipe, &args.output));
+    }
+    Ok(Exit::Success)
 }
 
 /// Where and how a command writes its one merge.
@@ -49,27 +60,31 @@ pub struct Output<'a> {
     pub chunk_elements: usize,
 }
 
+/// What one merge did: the engine's report and the statistics passes before it.
+pub struct Written {
+    /// The merge pass.
+    pub report: MergeReport,
+    /// The statistics passes.
+    pub statistics: Statistics,
+}
+
 /// Opens a recipe's checkpoints, runs its statistics passes and writes its soup,
-/// with progress bars and the summary.
+/// with progress bars, and the JSON summary on stdout with `--json`; the caller
+/// prints its own summary line.
 pub fn write_recipe(
     recipe: &Recipe,
     out: &Output,
     interrupted: &AtomicBool,
-) -> anyhow::Result<Exit> {
+) -> anyhow::Result<Written> {
     // A second soup on this output fails here, before any work.
     let _lock = super::guard::output(out.path, out.quiet)?;
-    let paths: Vec<&str> = recipe.ingredients.iter().map(|i| i.path.as_str()).collect();
-    let options = open_options(out.write);
-    let ingredients = open_all(&paths, &options)?;
-    modelsoup::engine::output::check_destination(out.path, out.write.force, &ingredients)?;
-    let base = match &recipe.base {
-        Some(b) => Some(Checkpoint::open_with(&b.path, &options).context("base model")?),
-        None => None,
-    };
-    let labels: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
+    let (ingredients, base) = open_recipe(recipe)?;
+    modelsoup::engine::output::check_destination(out.path, out.write.file.force, &ingredients)?;
+    let labels: Vec<String> = recipe.ingredients.iter().map(|i| i.path.clone()).collect();
+    warn_repeated(&ingredients, &labels);
     init_check::warn_if_independent(&ingredients, &labels, out.write.no_init_check);
 
-    let threads = out.write.threads.unwrap_or(0);
+    let threads = out.write.file.threads.unwrap_or(0);
     let started = Instant::now();
     let statistics_read = AtomicU64::new(0);
     let prepared = {
@@ -111,10 +126,13 @@ pub fn write_recipe(
         progress: Some(&on_chunk),
         cancel: Some(interrupted),
     };
+    // Methods built on a base take its config and tokenizer, as mergekit does.
+    let base_files =
+        base.as_ref().filter(|_| recipe.method.needs_base()).and_then(|b| b.directory());
     let dest = Destination {
         path: out.path,
-        force: out.write.force,
-        support_files_from: out.write.copy_files_from.as_deref(),
+        force: out.write.file.force,
+        support_files_from: out.write.support_files_from.as_deref().or(base_files),
         durable: true,
     };
     // Library errors name the file, tensor and output path themselves.
@@ -133,10 +151,8 @@ pub fn write_recipe(
     if out.json {
         let json = summary_json(&report, &statistics, out.path, recipe);
         outln!("{}", serde_json::to_string(&json)?);
-    } else if !out.quiet {
-        errln!("{}", summary_line(&report, &statistics, recipe, out.path));
     }
-    Ok(Exit::Success)
+    Ok(Written { report, statistics })
 }
 
 /// The recipe the command-line options describe.
@@ -150,24 +166,51 @@ fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
         MethodArg::Slerp => Method::Slerp,
         MethodArg::ModelStock => Method::ModelStock,
     };
-    let mut ingredients: Vec<Ingredient> =
-        args.ingredients.iter().map(|p| Ingredient::path(p.display().to_string())).collect();
-    let mut base = args.base.as_ref().map(|p| Ingredient::path(p.display().to_string()));
+    let has_base = args.base.is_some();
+    let mut ingredients: Vec<Ingredient> = args
+        .ingredients
+        .iter()
+        .map(|p| ingredient_from(p, &args.read, has_base, None))
+        .collect::<anyhow::Result<_>>()?;
+    let mut base =
+        args.base.as_ref().map(|p| ingredient_from(p, &args.read, false, None)).transpose()?;
+    let k = ingredients.len();
+    // A linear merge with a base mixes the base in directly only when --weights
+    // gives it a weight of its own; otherwise --base means what it means in the
+    // searches: base + lambda x (soup - base), task arithmetic over the
+    // normalised weights.
+    let base_weighted = method == Method::Linear
+        && base.is_some()
+        && args.weights.as_ref().is_some_and(|w| w.len() == k + 1);
+    let method = if method == Method::Linear && base.is_some() && !base_weighted {
+        Method::TaskArithmetic
+    } else {
+        method
+    };
+    let as_soup_of_task_vectors =
+        args.method == MethodArg::Linear && method == Method::TaskArithmetic;
     if let Some(weights) = &args.weights {
-        let k = ingredients.len();
-        let with_base = method == Method::Linear && base.is_some();
-        let expected = k + usize::from(with_base);
-        if weights.len() != expected {
-            let base_note = if with_base { " plus one for the base" } else { "" };
+        let plausible = if args.method == MethodArg::Linear && base.is_some() {
+            weights.len() == k || weights.len() == k + 1
+        } else {
+            weights.len() == k
+        };
+        if !plausible {
+            let base_note = if args.method == MethodArg::Linear && base.is_some() {
+                " (or one more, for the base)"
+            } else {
+                ""
+            };
             bail!(
-                "--weights has {} values but there are {k} ingredients{base_note}",
-                weights.len()
+                "--weights has {} but there {}{base_note}",
+                plural(weights.len(), "value"),
+                if k == 1 { "is 1 ingredient".to_owned() } else { format!("are {k} ingredients") },
             );
         }
         if let Some(bad) = weights.iter().find(|x| !x.is_finite()) {
             bail!("--weights must be finite, got {bad}");
         }
-        if method == Method::Linear {
+        if args.method == MethodArg::Linear {
             if let Some(bad) = weights.iter().find(|x| **x < 0.0) {
                 bail!("--weights of a linear merge must be non-negative, got {bad}");
             }
@@ -178,7 +221,7 @@ fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
         for (ingredient, &w) in ingredients.iter_mut().zip(weights) {
             ingredient.weight = Some(w.into());
         }
-        if let (Some(b), true) = (base.as_mut(), with_base) {
+        if let (Some(b), true) = (base.as_mut(), base_weighted) {
             b.weight = weights.last().map(|&w| w.into());
         }
     }
@@ -189,7 +232,7 @@ fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
     p.density = args.density.map(Into::into);
     p.t = args.t.map(Into::into);
     p.seed = args.seed;
-    p.normalize = args.normalize;
+    p.normalize = args.normalize.or(as_soup_of_task_vectors.then_some(true));
     p.rescale = args.no_rescale.then_some(false);
     apply_write_options(&mut recipe, &args.write);
     Ok(recipe)
@@ -197,10 +240,10 @@ fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
 
 /// Output options given on the command line, over the recipe's own.
 pub fn apply_write_options(recipe: &mut Recipe, write: &WriteArgs) {
-    if let Some(dtype) = write.dtype {
+    if let Some(dtype) = write.file.dtype {
         recipe.output.dtype = Some(dtype.name().to_owned());
     }
-    if let Some(size) = write.max_shard_size {
+    if let Some(size) = write.file.max_shard_size {
         recipe.output.max_shard_size = Some(size);
     }
     if write.non_float == NonFloat::First {
@@ -208,34 +251,112 @@ pub fn apply_write_options(recipe: &mut Recipe, write: &WriteArgs) {
     }
 }
 
-/// Opens every ingredient, naming the one that failed.
-pub fn open_all(
-    paths: &[impl AsRef<Path>],
-    options: &OpenOptions,
-) -> anyhow::Result<Vec<Checkpoint>> {
-    paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            Checkpoint::open_with(p, options).with_context(|| format!("ingredient {}", i + 1))
-        })
-        .collect()
+/// A model path as a recipe records it: absolute, so that the soup's recipe
+/// replays from any working directory (symbolic links are kept, not resolved); a
+/// Hub id from the local cache as `org/name@COMMIT`, the snapshot it used.
+pub fn recorded_path(path: &Path) -> String {
+    match modelsoup::engine::hub::locate(path) {
+        Ok(Some((id, snapshot))) => id.pinned(&snapshot),
+        // An id that is not cached: kept as given, for opening it to say so.
+        Err(_) => path.display().to_string(),
+        Ok(None) => {
+            std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string()
+        }
+    }
 }
 
-/// What the writing options allow when opening checkpoints.
-pub fn open_options(write: &WriteArgs) -> OpenOptions {
-    OpenOptions { max_expanded_view: write.expand_views.unwrap_or(0) }
+/// The recipe entry of a model named on the command line: its recorded path,
+/// how it is read (`--key`, `--rename`), and for a LoRA adapter the base it is
+/// applied to: `adapter_base` when given, none when the recipe's base serves
+/// (`recipe_base`), else the one the adapter's config names, recorded like a
+/// path (absolute, or a Hub id pinned to its commit).
+pub fn ingredient_from(
+    path: &Path,
+    read: &IngredientArgs,
+    recipe_base: bool,
+    adapter_base: Option<&Path>,
+) -> anyhow::Result<Ingredient> {
+    for rule in &read.rename {
+        modelsoup::engine::rename::Rename::parse(rule)?;
+    }
+    let mut ingredient = Ingredient::path(recorded_path(path));
+    ingredient.key = read.key.clone();
+    ingredient.rename = read.rename.clone();
+    ingredient.expand_views = read.expand_views;
+    if adapter::is_adapter(path) {
+        ingredient.adapter_base = match adapter_base {
+            Some(base) => Some(recorded_path(base)),
+            None if recipe_base => None,
+            None => adapter::configured_base(path)?.map(|b| recorded_path(Path::new(&b))),
+        };
+    }
+    Ok(ingredient)
+}
+
+/// Opens a recipe's ingredients and base, naming the one that failed.
+pub fn open_recipe(recipe: &Recipe) -> anyhow::Result<(Vec<Checkpoint>, Option<Checkpoint>)> {
+    let base = match &recipe.base {
+        Some(b) => Some(b.open(None).context("base model")?),
+        None => None,
+    };
+    let ingredients = modelsoup::recipe::open_ingredients(&recipe.ingredients, base.as_ref())
+        .map_err(|b| {
+            let (i, e) = *b;
+            anyhow::Error::new(e).context(format!("ingredient {}", i + 1))
+        })?;
+    Ok((ingredients, base))
+}
+
+/// Opens models named on the command line with `--key` and `--rename` (an
+/// adapter over `base`, or the base its config names), naming the one that
+/// failed.
+pub fn open_all(
+    paths: &[impl AsRef<Path>],
+    read: &IngredientArgs,
+    base: Option<&Checkpoint>,
+) -> anyhow::Result<Vec<Checkpoint>> {
+    let ingredients: Vec<Ingredient> = paths
+        .iter()
+        .map(|p| ingredient_from(p.as_ref(), read, base.is_some(), None))
+        .collect::<anyhow::Result<_>>()?;
+    modelsoup::recipe::open_ingredients(&ingredients, base).map_err(|b| {
+        let (i, e) = *b;
+        anyhow::Error::new(e).context(format!("ingredient {}", i + 1))
+    })
+}
+
+/// Warns when one checkpoint is given twice (the same first shard file, by any
+/// path): it is then averaged in twice, which is rarely what was meant.
+pub fn warn_repeated(ingredients: &[Checkpoint], labels: &[String]) {
+    let mut seen: Vec<(std::path::PathBuf, usize)> = Vec::new();
+    for (i, ck) in ingredients.iter().enumerate() {
+        let Some(file) = ck.shards().first().and_then(|s| s.path().canonicalize().ok()) else {
+            continue;
+        };
+        match seen.iter().find(|(f, _)| *f == file) {
+            Some(&(_, first)) => errln!(
+                "warning: ingredient {} ({}) is the same checkpoint as ingredient {} ({}): \
+                 it counts twice",
+                i + 1,
+                labels[i],
+                first + 1,
+                labels[first]
+            ),
+            None => seen.push((file, i)),
+        }
+    }
 }
 
 /// What the statistics passes before the merge cost.
-struct Statistics {
+pub struct Statistics {
     /// Bytes they read.
     bytes_read: u64,
     /// Seconds from the start of planning to the start of the merge.
     seconds: f64,
 }
 
-fn summary_line(r: &MergeReport, st: &Statistics, recipe: &Recipe, output: &Path) -> String {
+fn summary_line(written: &Written, recipe: &Recipe, output: &Path) -> String {
+    let Written { report: r, statistics: st } = written;
     let k = recipe.ingredients.len();
     let passes = if st.bytes_read > 0 {
         format!("; statistics passes read {} in {:.2} s", human_bytes(st.bytes_read), st.seconds)
@@ -243,13 +364,12 @@ fn summary_line(r: &MergeReport, st: &Statistics, recipe: &Recipe, output: &Path
         String::new()
     };
     format!(
-        "{} {} ingredient(s) ({}{}) into {}: {} tensors, {} parameters, read {}, wrote {} in {:.2} s ({}/s)",
-        if k == 1 && recipe.base.is_none() { "wrote" } else { "merged" },
-        k,
+        "merged {} ({}{}) into {}: {}, {} parameters, read {}, wrote {} in {:.2} s ({}/s)",
+        plural(k, "ingredient"),
         recipe.method.name(),
         if recipe.base.is_some() { ", with a base" } else { "" },
         output.display(),
-        r.tensors,
+        plural(r.tensors, "tensor"),
         human_count(r.parameters),
         human_bytes(r.bytes_read),
         human_bytes(r.bytes_written),
@@ -285,24 +405,4 @@ fn summary_json(
         }
     }
     value
-}
-
-fn human_bytes(n: u64) -> String {
-    let n = n as f64;
-    match n {
-        _ if n >= 1e9 => format!("{:.2} GB", n / 1e9),
-        _ if n >= 1e6 => format!("{:.1} MB", n / 1e6),
-        _ if n >= 1e3 => format!("{:.1} kB", n / 1e3),
-        _ => format!("{n} B"),
-    }
-}
-
-fn human_count(n: u64) -> String {
-    let f = n as f64;
-    match f {
-        _ if f >= 1e9 => format!("{:.2} B", f / 1e9),
-        _ if f >= 1e6 => format!("{:.1} M", f / 1e6),
-        _ if f >= 1e3 => format!("{:.1} k", f / 1e3),
-        _ => n.to_string(),
-    }
 }

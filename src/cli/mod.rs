@@ -42,9 +42,12 @@ mod learned;
 mod merge;
 mod progress;
 mod search;
+mod search_svg;
 pub mod signals;
 mod size;
+mod status;
 mod svg;
+mod text;
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;

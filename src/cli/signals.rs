@@ -3,8 +3,10 @@
 //! only records which signal came and raises the cancel flag every long-running
 //! library call polls (per chunk of a pass, every few milliseconds while an
 //! evaluator runs). The command then stops cleanly — staging directories removed,
-//! evaluators' process groups killed, locks released — and exits with 128 + the
-//! signal's number (130, 143, 129), as a shell reports a process the signal killed.
+//! evaluations and evaluation servers stopped (their process groups get the stop
+//! signal, then SIGKILL after the grace period), locks released — and exits with
+//! 128 + the signal's number (130, 143, 129), as a shell reports a process the
+//! signal killed.
 //!
 //! A signal that was ignored when soup started (`nohup` ignores SIGHUP, a shell
 //! ignores SIGINT for background jobs) stays ignored.

@@ -11,16 +11,64 @@ const STOPS: [(u8, u8, u8); 5] =
 /// Up to this many ingredients the squares carry their values.
 const MAX_LABELLED: usize = 12;
 
+/// Font sizes of labels and titles, in px.
+const LABEL_PX: f64 = 12.0;
+const TITLE_PX: f64 = 14.0;
+
+/// The title's band at the top.
+const TITLE_HEIGHT: usize = 30;
+
+/// The colour bar, its ticks and their labels ("180°").
+const LEGEND_WIDTH: usize = 64;
+
+/// Advance widths of the printable ASCII characters in DejaVu Sans, the
+/// `sans-serif` of most Linux systems and wider than Helvetica or Arial, in
+/// thousandths of the font size (from the space, 32, to the tilde, 126).
+const ADVANCE: [u16; 95] = [
+    318, 401, 460, 838, 636, 950, 780, 275, 390, 390, 500, 838, 318, 361, 318, 337, // ' '../
+    636, 636, 636, 636, 636, 636, 636, 636, 636, 636, 337, 337, 838, 838, 838, 531, // 0..?
+    1000, 684, 686, 698, 770, 632, 575, 775, 752, 295, 295, 656, 557, 863, 748, 787, // @..O
+    603, 787, 695, 635, 611, 732, 684, 989, 685, 611, 685, 390, 337, 390, 838, 500, // P.._
+    500, 613, 635, 550, 635, 615, 352, 635, 634, 278, 278, 579, 278, 974, 634, 612, // `..o
+    635, 635, 411, 521, 392, 634, 592, 818, 592, 592, 525, 636, 337, 636, 838, // p..~
+];
+
+/// The width in px of `text` set in `size` px sans-serif (bold: 10% wider), as
+/// DejaVu Sans sets it; other fonts are narrower, so the layout never clips
+/// (checked in a real browser by tests/svg_layout.rs).
+pub fn text_width(text: &str, size: f64, bold: bool) -> usize {
+    let thousandths: u32 = text
+        .chars()
+        .map(|c| match c {
+            ' '..='~' => u32::from(ADVANCE[c as usize - 32]),
+            _ => 700,
+        })
+        .sum();
+    let scale = if bold { 1.1 } else { 1.0 };
+    (f64::from(thousandths) * size * scale / 1000.0).ceil() as usize
+}
+
 /// An SVG document showing `angles` (k × k, degrees; NaN where undefined) for
 /// ingredients `names`, titled `title`.
 pub fn heatmap(title: &str, names: &[String], angles: &[Vec<f64>]) -> String {
     let k = names.len();
     let cell = (640 / k.max(1)).clamp(14, 64);
-    let label_width = 8 * names.iter().map(|n| n.chars().count()).max().unwrap_or(0).min(40) + 16;
-    let (left, top) = (label_width, label_width.max(60) + 30);
+    let labels: Vec<String> = names.iter().map(|n| escape(&shorten(n))).collect();
+    // Room for the longest label: beside the rows, and above the columns, where
+    // the labels are turned 45° and so reach up and right by length / √2.
+    let label_width =
+        names.iter().map(|n| text_width(&shorten(n), LABEL_PX, false)).max().unwrap_or(0);
+    let slant = (label_width as f64 * std::f64::consts::FRAC_1_SQRT_2).ceil() as usize;
+    let (left, top) = (label_width + 16, TITLE_HEIGHT + slant + 12);
     let grid = cell * k;
     let legend_x = left + grid + 30;
-    let (width, height) = (legend_x + 90, top + grid.max(200) + 30);
+    let right = [
+        legend_x + LEGEND_WIDTH,
+        left + grid.saturating_sub(cell / 2) + slant + 12,
+        text_width(title, TITLE_PX, true) + 20,
+    ];
+    let width = right.into_iter().max().unwrap_or(0);
+    let height = top + grid.max(200) + 20;
     let top_angle = angles
         .iter()
         .flatten()
@@ -28,7 +76,6 @@ pub fn heatmap(title: &str, names: &[String], angles: &[Vec<f64>]) -> String {
         .fold(90.0_f64, |m, &a| m.max(a))
         .min(180.0);
     let scale_max = (top_angle / 10.0).ceil() * 10.0;
-
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -40,10 +87,9 @@ pub fn heatmap(title: &str, names: &[String], angles: &[Vec<f64>]) -> String {
         r#"<text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#,
         escape(title)
     );
-    for (i, name) in names.iter().enumerate() {
+    for (i, short) in labels.iter().enumerate() {
         let y = top + i * cell + cell / 2;
         let x = left + i * cell + cell / 2;
-        let short = escape(&shorten(name));
         let _ = writeln!(
             svg,
             r#"<text class="row-label" x="{}" y="{y}" text-anchor="end" dominant-baseline="middle">{short}</text>"#,
@@ -131,7 +177,7 @@ fn shorten(name: &str) -> String {
 }
 
 /// Text and attribute values with the XML special characters escaped.
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

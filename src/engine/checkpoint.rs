@@ -11,10 +11,18 @@
 //! time when read. After [`Checkpoint::open`] succeeds, every tensor's bytes are
 //! known to lie inside its mapped file and to match its dtype and shape, so later
 //! reads cannot go out of bounds.
+//!
+//! [`Checkpoint::open_with`] also reads ingredients as training pipelines leave
+//! them ([`OpenOptions`]): the state dict at a dotted key of a PyTorch training
+//! checkpoint, names mapped by [`crate::engine::rename`] rules, and LoRA adapter
+//! directories, whose adapted matrices are *computed* tensors
+//! ([`crate::engine::adapter`]): `bytes` materialises `W₀ + s·B·A` a chunk at a
+//! time, so every pass reads them like stored ones.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,16 +49,6 @@ const MAX_INDEX_BYTES: u64 = 64 << 20;
 /// be written out thousands of times.
 const SHARED_STORAGE_FACTOR: u64 = 8;
 
-/// What opening a checkpoint accepts beyond the default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OpenOptions {
-    /// PyTorch views whose elements overlap in storage (made by `expand()`, or
-    /// `as_strided`) are refused, since written out they can be arbitrarily larger
-    /// than the file; with a non-zero bound, such a view of at most this many bytes
-    /// (written out densely) is accepted and materialised.
-    pub max_expanded_view: u64,
-}
-
 /// One tensor of a checkpoint: where its bytes are and what they mean.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorEntry {
@@ -71,6 +69,10 @@ pub struct TensorEntry {
     /// gathered on read. `offset` is then where its storage starts (for releasing
     /// pages) and `len` still its own byte length.
     pub strided: Option<usize>,
+    /// For a tensor computed when read (a LoRA-adapted matrix, F64): its index
+    /// among the checkpoint's computed tensors. `shard` and `offset` are then those
+    /// of the stored matrix it starts from.
+    pub computed: Option<usize>,
 }
 
 impl TensorEntry {
@@ -119,9 +121,29 @@ impl Shard {
 pub struct Checkpoint {
     path: PathBuf,
     directory: Option<PathBuf>,
-    shards: Arc<[Shard]>,
+    shards: Arc<[Arc<Shard>]>,
     tensors: Arc<[TensorEntry]>,
     by_name: Arc<NameIndex>,
+    computed: Arc<[crate::engine::adapter::Computed]>,
+}
+
+/// How an ingredient is read, besides its path.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// The dotted key of the state dict inside PyTorch files that hold more than
+    /// one (training checkpoints: `state_dict`, `model`); files that are a state
+    /// dict already are read as they are.
+    pub key: Option<String>,
+    /// Name mappings, applied in order to every tensor's name.
+    pub rename: Vec<crate::engine::rename::Rename>,
+    /// The model a LoRA adapter directory is applied to; `None` takes the
+    /// adapter config's `base_model_name_or_path`.
+    pub base: Option<Checkpoint>,
+    /// PyTorch views whose elements overlap in storage (made by `expand()`, or
+    /// `as_strided`) are refused, since written out they can be arbitrarily larger
+    /// than the file; with a non-zero bound, such a view of at most this many bytes
+    /// (written out densely) is accepted and materialised.
+    pub max_expanded_view: u64,
 }
 
 /// Tensor positions sorted by name, for lookups by binary search: 4 bytes per
@@ -168,14 +190,32 @@ struct IndexFile {
 
 impl Checkpoint {
     /// Opens a `.safetensors` file or a Hugging Face checkpoint directory, maps every
-    /// shard and validates all headers (and the index against them).
+    /// shard and validates all headers (and the index against them). A path that
+    /// does not exist but reads as a Hub id (`org/name[@revision]`) opens that
+    /// model's snapshot in the local Hugging Face cache ([`crate::engine::hub`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Self::open_with(path, &OpenOptions::default())
     }
 
-    /// [`Checkpoint::open`], accepting what `options` allows.
+    /// [`Checkpoint::open`] with [`OpenOptions`]: a key into training checkpoints,
+    /// renaming rules, and the base of a LoRA adapter directory (a directory with
+    /// `adapter_config.json`, see [`crate::engine::adapter`]).
     pub fn open_with(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Self> {
         let path = path.as_ref();
+        if let Some((_, snapshot)) = crate::engine::hub::locate(path)? {
+            return Self::open_with(&snapshot.dir, options);
+        }
+        let opened = if crate::engine::adapter::is_adapter(path) {
+            crate::engine::adapter::open(path, options)?
+        } else {
+            Self::open_files(path, options)?
+        };
+        opened.renamed(path, &options.rename)
+    }
+
+    /// Opens the weight files `path` names, reading PyTorch files at
+    /// `options.key` (its `rename` and `base` are not used here).
+    pub(crate) fn open_files(path: &Path, options: &OpenOptions) -> Result<Self> {
         let meta = fs::metadata(path).map_err(Error::io("open", path))?;
         if meta.is_file() {
             let shard = open_shard(path.to_path_buf(), options)?;
@@ -202,6 +242,94 @@ impl Checkpoint {
         Err(Error::NotACheckpoint { path: path.to_path_buf(), hint: directory_hint(path) })
     }
 
+    /// This checkpoint with every tensor renamed by `rules` (in order); two
+    /// tensors that would get one name are an error.
+    fn renamed(self, path: &Path, rules: &[crate::engine::rename::Rename]) -> Result<Self> {
+        if rules.is_empty() {
+            return Ok(self);
+        }
+        let mut tensors = self.tensors.to_vec();
+        for t in &mut tensors {
+            t.name = crate::engine::rename::apply_all(rules, &t.name);
+        }
+        let by_name = NameIndex::new(&tensors).map_err(|(i, j)| Error::RenameCollision {
+            path: path.to_path_buf(),
+            first: self.tensors[i].name.clone(),
+            second: self.tensors[j].name.clone(),
+            name: tensors[i].name.clone(),
+        })?;
+        Ok(Checkpoint { tensors: tensors.into(), by_name: Arc::new(by_name), ..self })
+    }
+
+    /// A checkpoint over the given shards (already opened) and tensors, some of
+    /// them computed: how [`crate::engine::adapter`] assembles an adapted model.
+    /// Two tensors of one name are an error.
+    pub(crate) fn from_parts(
+        path: &Path,
+        directory: Option<PathBuf>,
+        shards: Vec<Arc<Shard>>,
+        tensors: Vec<TensorEntry>,
+        computed: Vec<crate::engine::adapter::Computed>,
+    ) -> Result<Checkpoint> {
+        let by_name = NameIndex::new(&tensors).map_err(|(a, b)| Error::DuplicateTensor {
+            tensor: tensors[a].name.clone(),
+            first: shards[tensors[a].shard].path.clone(),
+            second: shards[tensors[b].shard].path.clone(),
+        })?;
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            directory,
+            shards: shards.into(),
+            tensors: tensors.into(),
+            by_name: Arc::new(by_name),
+            computed: computed.into(),
+        })
+    }
+
+    /// The shards, shared (for assembling another checkpoint over them).
+    pub(crate) fn shared_shards(&self) -> Vec<Arc<Shard>> {
+        self.shards.to_vec()
+    }
+
+    /// Whether any tensor is computed when read (the checkpoint is an adapter
+    /// applied to its base).
+    pub fn has_computed(&self) -> bool {
+        !self.computed.is_empty()
+    }
+
+    /// The dtype a tensor is stored in: its own, or for a computed tensor the
+    /// dtype of the matrix it starts from (what a soup writes by default).
+    pub fn declared_dtype(&self, tensor: &TensorEntry) -> Dtype {
+        match tensor.computed {
+            Some(i) => self.computed[i].declared(),
+            None => tensor.dtype,
+        }
+    }
+
+    /// The bytes a tensor takes where it is stored: its own, or for a computed
+    /// tensor those of the matrix it starts from.
+    pub fn declared_len(&self, tensor: &TensorEntry) -> usize {
+        match tensor.computed {
+            Some(_) => tensor.numel() * (self.declared_dtype(tensor).bitsize() / 8),
+            None => tensor.len,
+        }
+    }
+
+    /// The shard and the file bytes `start..end` that reading `len` bytes of
+    /// `tensor` from byte `start` touches (for releasing pages). A computed
+    /// tensor's span is that of the stored matrix it starts from.
+    pub(crate) fn span(
+        &self,
+        tensor: &TensorEntry,
+        start: usize,
+        len: usize,
+    ) -> (usize, Range<usize>) {
+        match tensor.computed {
+            Some(i) => self.computed[i].span(start, len),
+            None => (tensor.shard, tensor.offset + start..tensor.offset + start + len),
+        }
+    }
+
     fn open_indexed(dir: &Path, index: &Path, options: &OpenOptions) -> Result<Self> {
         let text = read_bounded(index, MAX_INDEX_BYTES)?;
         let (weight_map, names) = parse_index(&text, index)?;
@@ -224,7 +352,7 @@ impl Checkpoint {
         opened: Vec<(Shard, Vec<TensorEntry>)>,
         index: Option<(&Path, &BTreeMap<String, String>)>,
     ) -> Result<Self> {
-        let mut shards = Vec::with_capacity(opened.len());
+        let mut shards: Vec<Arc<Shard>> = Vec::with_capacity(opened.len());
         let mut tensors: Vec<TensorEntry> = Vec::new();
         for (shard_no, (shard, entries)) in opened.into_iter().enumerate() {
             if tensors.len() + entries.len() > MAX_TENSORS {
@@ -235,7 +363,7 @@ impl Checkpoint {
                 });
             }
             tensors.extend(entries.into_iter().map(|e| TensorEntry { shard: shard_no, ..e }));
-            shards.push(shard);
+            shards.push(Arc::new(shard));
         }
         let by_name = NameIndex::new(&tensors).map_err(|(a, b)| {
             let (first, second) = (&tensors[a], &tensors[b]);
@@ -251,6 +379,7 @@ impl Checkpoint {
             shards: shards.into(),
             tensors: tensors.into(),
             by_name: Arc::new(by_name),
+            computed: Arc::new([]),
         };
         if let Some((index, weight_map)) = index {
             check_index(index, weight_map, &checkpoint)?;
@@ -269,8 +398,9 @@ impl Checkpoint {
         self.directory.as_deref()
     }
 
-    /// The mapped shard files, in index order.
-    pub fn shards(&self) -> &[Shard] {
+    /// The mapped shard files, in index order (an adapter's first, then its
+    /// base's).
+    pub fn shards(&self) -> &[Arc<Shard>] {
         &self.shards
     }
 
@@ -314,6 +444,9 @@ impl Checkpoint {
     /// If the range lies outside the tensor; callers slice within validated sizes.
     pub(crate) fn bytes(&self, tensor: &TensorEntry, start: usize, len: usize) -> Cow<'_, [u8]> {
         assert!(start + len <= tensor.len, "chunk outside tensor {:?}", tensor.name);
+        if let Some(i) = tensor.computed {
+            return Cow::Owned(self.computed[i].bytes(self, start, len));
+        }
         let shard = &self.shards[tensor.shard];
         let (Some(i), Some(state)) = (tensor.strided, &shard.torch) else {
             return Cow::Borrowed(&shard.map[tensor.offset + start..tensor.offset + start + len]);
@@ -369,8 +502,9 @@ fn open_shard(path: PathBuf, options: &OpenOptions) -> Result<(Shard, Vec<Tensor
     Ok((Shard { path, map, metadata, torch }, tensors))
 }
 
-/// Reads a PyTorch file's state dict (checking every entry's CRC, which reads it
-/// all once) and lists its tensors in the dict's order.
+/// Reads a PyTorch file's state dict (at `options.key` in a training checkpoint),
+/// checking every entry it uses by CRC, which reads it all once, and lists its
+/// tensors in the dict's order.
 fn read_torch(
     map: &Mapping,
     path: &Path,
@@ -378,7 +512,7 @@ fn read_torch(
 ) -> Result<(crate::torch::StateDict, Vec<TensorEntry>)> {
     // The CRC pass reads every byte once; its pages are dropped window by window
     // (the merge maps them back as it goes), so RSS does not grow with the file.
-    let state = crate::torch::read_state_dict_with(map, path, &mut |r| {
+    let state = crate::torch::read_state_dict_at(map, path, options.key.as_deref(), &mut |r| {
         mapped::release(map, r.start, r.end)
     })?;
     check_views(&state, map.len() as u64, path, options)?;
@@ -395,6 +529,7 @@ fn read_torch(
                 offset: range.start,
                 len: range.len(),
                 strided: None,
+                computed: None,
             },
             None => TensorEntry {
                 name: t.name.clone(),
@@ -404,6 +539,7 @@ fn read_torch(
                 offset: state.storage_of(t).offset(),
                 len: t.byte_len(),
                 strided: Some(i),
+                computed: None,
             },
         })
         .collect();
@@ -496,6 +632,7 @@ pub fn parse_header(
             offset: data_start + info.data_offsets.0,
             len: info.data_offsets.1 - info.data_offsets.0,
             strided: None,
+            computed: None,
         })
         .collect();
     // Empty tensors first at a shared offset, so the ranges tile in this order.

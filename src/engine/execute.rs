@@ -259,12 +259,8 @@ impl Output<'_> {
     /// Unmaps the input pages of chunks `range`.
     fn release(&self, range: std::ops::Range<usize>, chunks: &[Chunk]) {
         let reads = chunks[range].iter().flat_map(|&chunk| {
-            self.reads(chunk).map(|(input, checkpoint, entry, start, len)| stream::Read {
-                input,
-                checkpoint,
-                shard: entry.shard,
-                start: entry.offset + start,
-                end: entry.offset + start + len,
+            self.reads(chunk).map(|(input, checkpoint, entry, start, len)| {
+                stream::Read::of(input, checkpoint, entry, start, len)
             })
         });
         stream::release(self.ingredients.len(), reads);

@@ -8,9 +8,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::engine::checkpoint::{Checkpoint, INDEX_FILE};
+use crate::engine::dtype::FloatDtype;
 use crate::engine::execute::{self, RunOptions};
 use crate::engine::output::{self, Housekeeping, OutputLock, StagedDir};
-use crate::engine::plan::Plan;
+use crate::engine::plan::{Plan, Produce};
 use crate::error::{Error, Result};
 
 /// Where and how to write a soup.
@@ -83,6 +84,9 @@ pub fn write_soup(
         Some(dir) => output::copy_support_files(dir, staged.path())?,
         None => Vec::new(),
     };
+    if let Some(dtype) = main_float_dtype(plan) {
+        output::set_config_dtype(staged.path(), dtype)?;
+    }
     // The inputs once more, just before the soup goes in place.
     for ck in ingredients {
         ck.check_unchanged()?;
@@ -101,4 +105,21 @@ pub fn write_soup(
         first_non_finite: written.first_non_finite.map(|t| plan.tensors[t].name.clone()),
         housekeeping,
     })
+}
+
+/// The float dtype most of the soup's merged elements are written in, for
+/// `config.json` to say (`None` without float tensors).
+fn main_float_dtype(plan: &Plan) -> Option<FloatDtype> {
+    let mut elements: Vec<(FloatDtype, u64)> = Vec::new();
+    for t in &plan.tensors {
+        let dtype = match &t.produce {
+            Produce::Average { dtype, .. } | Produce::TaskVectors { dtype, .. } => *dtype,
+            Produce::Copy { .. } => continue,
+        };
+        match elements.iter_mut().find(|(d, _)| *d == dtype) {
+            Some((_, n)) => *n += t.numel as u64,
+            None => elements.push((dtype, t.numel as u64)),
+        }
+    }
+    elements.into_iter().max_by_key(|&(_, n)| n).map(|(d, _)| d)
 }

@@ -13,10 +13,12 @@
 //! imports only [`crate::torch`] (a reader below it) and [`crate::error`]; a test
 //! (`tests/layers.rs`) keeps it that way.
 
+pub mod adapter;
 pub mod checkpoint;
 pub mod dropout;
 pub mod dtype;
 pub mod execute;
+pub mod hub;
 pub mod kernel;
 pub mod layers;
 pub mod lock;
@@ -24,6 +26,7 @@ pub(crate) mod mapped;
 pub mod merge;
 pub mod output;
 pub mod plan;
+pub mod rename;
 pub(crate) mod stream;
 pub mod task_vectors;
 pub mod tied;

@@ -272,14 +272,18 @@ pub(crate) fn refuse_overlap(dest: &Path, ingredients: &[Checkpoint]) -> Result<
         return Ok(());
     };
     for ck in ingredients {
-        let Ok(source) = ck.path().canonicalize() else {
-            continue;
-        };
-        if source.starts_with(&dest_abs) || dest_abs.starts_with(&source) {
-            return Err(Error::Output {
-                path: dest.to_path_buf(),
-                reason: format!("overlaps the ingredient {}", ck.path().display()),
-            });
+        // An adapter's shards include its base's files.
+        let files = ck.shards().iter().map(|s| s.path());
+        for path in std::iter::once(ck.path()).chain(files) {
+            let Ok(source) = path.canonicalize() else {
+                continue;
+            };
+            if source.starts_with(&dest_abs) || dest_abs.starts_with(&source) {
+                return Err(Error::Output {
+                    path: dest.to_path_buf(),
+                    reason: format!("overlaps the ingredient {}", path.display()),
+                });
+            }
         }
     }
     Ok(())
@@ -434,6 +438,39 @@ fn dir_bytes(dir: &Path) -> u64 {
         .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
         .sum()
+}
+
+/// Largest `config.json` rewritten; real ones are a few KiB.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Makes the `config.json` in `dir` (if there is one) name the dtype the weights
+/// are written in: every `"torch_dtype"` or `"dtype"` entry (nested configs
+/// included, as CLIP's text and vision configs) whose value is a float dtype is
+/// set to `dtype`, so `from_pretrained(..., torch_dtype="auto")` loads what was
+/// written. The rest of the file is kept byte for byte.
+pub fn set_config_dtype(dir: &Path, dtype: crate::engine::dtype::FloatDtype) -> Result<()> {
+    use crate::engine::dtype::FloatDtype;
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = crate::engine::checkpoint::read_bounded(&path, MAX_CONFIG_BYTES)?;
+    let name = match dtype {
+        FloatDtype::F64 => "float64",
+        FloatDtype::F32 => "float32",
+        FloatDtype::F16 => "float16",
+        FloatDtype::BF16 => "bfloat16",
+    };
+    let Ok(entry) = regex::Regex::new(
+        r#""(torch_dtype|dtype)"(\s*:\s*)"(float16|float32|float64|bfloat16|half|float|double)""#,
+    ) else {
+        return Ok(()); // a constant pattern: never reached
+    };
+    let replaced = entry.replace_all(&text, format!(r#""$1"$2"{name}""#));
+    if replaced != text {
+        fs::write(&path, replaced.as_bytes()).map_err(Error::io("write", &path))?;
+    }
+    Ok(())
 }
 
 /// Files that hold weights and are never copied next to a soup.

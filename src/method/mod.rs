@@ -123,7 +123,8 @@ fn check_shape_of_inputs(recipe: &Recipe, k: usize, has_base: bool) -> Result<()
     }
     match method {
         Method::Slerp if k != 2 || has_base => Err(format!(
-            "interpolates between exactly two models and takes no base ({k} ingredient(s){})",
+            "interpolates between exactly two models and takes no base ({k} ingredient{}{})",
+            if k == 1 { "" } else { "s" },
             if has_base { " and a base" } else { "" }
         )),
         Method::ModelStock if k < 2 => {

@@ -19,8 +19,9 @@
 //!   computes in f64 whatever `dtype` says).
 //!
 //! Refused: every other method; `slices`, `modules`, `tokenizer_source`,
-//! `tokenizer`, `chat_template`; LoRA (`model+lora`) and revision (`model@rev`)
-//! references; parameters the method does not use, or uses only globally;
+//! `tokenizer`, `chat_template`; LoRA (`model+lora`) references, and revisions
+//! (`model@rev`) of anything but a Hub id (`org/name@rev`, from the local cache);
+//! parameters the method does not use, or uses only globally;
 //! parameters given to a base model that the method ignores; `rescale: true` for
 //! `ties` and `filter_wise: true` for `model_stock`, which soup does not compute.
 //! A key whose value is null is absent, as in mergekit.
@@ -47,6 +48,7 @@
 use serde_json::{Map, Value as Json};
 
 use super::{Ingredient, Method, Recipe, Setting};
+use crate::engine::hub::ModelId;
 
 /// The mergekit methods soup reads, by mergekit's name.
 const METHODS: [(&str, Method); 7] = [
@@ -171,9 +173,9 @@ fn present(value: Option<&Json>) -> Option<&Json> {
     value.filter(|v| !v.is_null())
 }
 
-/// A model reference: a local path or hub name as given. LoRA (`model+lora`)
-/// and revision (`model@revision`) references are refused, as are references
-/// written as maps.
+/// A model reference: a local path or Hub id as given (`org/name@revision`
+/// included: ids are read from the local Hugging Face cache). LoRA
+/// (`model+lora`) references are refused, as are references written as maps.
 fn reference(value: &Json, at: &str) -> Result<String, String> {
     let path = match value {
         Json::String(path) => path,
@@ -194,10 +196,11 @@ fn reference(value: &Json, at: &str) -> Result<String, String> {
              merge the adapter into its model first"
         ));
     }
-    if path.contains('@') {
+    if path.contains('@') && ModelId::parse(path).is_none() {
         return Err(format!(
-            "{at}: {path:?} names a revision (model@revision), which is not supported; \
-             give the path of a local checkpoint"
+            "{at}: {path:?} names a revision (model@revision) of something that is not a \
+             Hub id (org/name@revision, read from the local Hugging Face cache); give the \
+             path of a local checkpoint"
         ));
     }
     Ok(path.clone())
@@ -358,7 +361,12 @@ impl Model {
     }
 
     fn ingredient(self) -> Ingredient {
-        Ingredient { path: self.path, weight: self.weight, density: self.density }
+        Ingredient {
+            path: self.path,
+            weight: self.weight,
+            density: self.density,
+            ..Default::default()
+        }
     }
 }
 
@@ -632,6 +640,7 @@ mod tests {
             path: path.to_owned(),
             weight: weight.map(Setting::from),
             density: density.map(Setting::from),
+            ..Default::default()
         }
     }
 
@@ -823,6 +832,7 @@ mod tests {
                         rule(None, Value::Number(0.4)),
                     ])),
                     density: Some(gradient(&[0.2, 0.5, 0.8])),
+                    ..Default::default()
                 },
                 ingredient("b", None, Some(0.5)),
             ],

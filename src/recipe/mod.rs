@@ -5,7 +5,8 @@
 //! The same record is the recipe file a user writes (YAML, see `docs/METHODS.md`;
 //! JSON is YAML too) and the `modelsoup.recipe` entry in every output file's
 //! `__metadata__`. Replaying a soup's recorded recipe with `soup merge --recipe`
-//! (same build, same working directory for relative paths) writes the same bytes.
+//! (same build, from any working directory: recorded paths are absolute) writes
+//! the same bytes.
 //! [`mergekit`] reads mergekit configurations into the same record.
 
 pub mod mergekit;
@@ -18,6 +19,10 @@ use serde::{Deserialize, Serialize};
 
 pub use setting::{layer_positions, Rule, Setting, Value};
 
+use crate::engine::adapter::is_adapter;
+use crate::engine::checkpoint::{Checkpoint, OpenOptions};
+use crate::engine::hub::ModelId;
+use crate::engine::rename::Rename;
 use crate::error::{Error, Result};
 
 /// The `__metadata__` key under which the recipe's JSON is stored.
@@ -71,10 +76,10 @@ impl Method {
 }
 
 /// One model of a recipe, with its own parameters.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Ingredient {
-    /// The checkpoint's path as given (relative paths are relative to the working
-    /// directory of the run).
+    /// The checkpoint's path. Recipes that `soup` records hold absolute paths;
+    /// relative ones in a recipe file are resolved by [`Recipe::load`].
     pub path: String,
     /// Its weight, overriding `parameters.weight`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,6 +87,23 @@ pub struct Ingredient {
     /// Its density (TIES, DARE), overriding `parameters.density`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub density: Option<Setting>,
+    /// The dotted key of the state dict inside a PyTorch training checkpoint
+    /// (`state_dict`, `model`); ignored by files that are a state dict already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `s/PATTERN/REPLACEMENT/` rules applied in order to its tensor names (see
+    /// [`crate::engine::rename`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rename: Vec<String>,
+    /// For a LoRA adapter directory: the model it is applied to, when not the
+    /// recipe's `base` (absent both: the adapter config's base model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_base: Option<String>,
+    /// For PyTorch files: views whose elements overlap in storage (`expand()`)
+    /// are accepted up to this many bytes each, written out densely; absent,
+    /// they are refused (see [`OpenOptions::max_expanded_view`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expand_views: Option<u64>,
 }
 
 /// An ingredient written as a map.
@@ -93,6 +115,14 @@ struct IngredientMap {
     weight: Option<Setting>,
     #[serde(default)]
     density: Option<Setting>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    rename: Vec<String>,
+    #[serde(default)]
+    adapter_base: Option<String>,
+    #[serde(default)]
+    expand_views: Option<u64>,
 }
 
 /// A bare path, or a map whose unknown keys are errors that name them.
@@ -101,9 +131,16 @@ impl<'de> Deserialize<'de> for Ingredient {
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::String(path) => Ok(Ingredient::path(path)),
             other => {
-                let IngredientMap { path, weight, density } =
-                    IngredientMap::deserialize(other).map_err(serde::de::Error::custom)?;
-                Ok(Ingredient { path, weight, density })
+                let IngredientMap {
+                    path,
+                    weight,
+                    density,
+                    key,
+                    rename,
+                    adapter_base,
+                    expand_views,
+                } = IngredientMap::deserialize(other).map_err(serde::de::Error::custom)?;
+                Ok(Ingredient { path, weight, density, key, rename, adapter_base, expand_views })
             }
         }
     }
@@ -112,13 +149,73 @@ impl<'de> Deserialize<'de> for Ingredient {
 impl Ingredient {
     /// An ingredient with no parameters of its own.
     pub fn path(path: impl Into<String>) -> Self {
-        Ingredient { path: path.into(), weight: None, density: None }
+        Ingredient { path: path.into(), ..Ingredient::default() }
     }
 
     /// An ingredient with a constant weight.
     pub fn weighted(path: impl Into<String>, weight: f64) -> Self {
-        Ingredient { path: path.into(), weight: Some(weight.into()), density: None }
+        Ingredient { path: path.into(), weight: Some(weight.into()), ..Ingredient::default() }
     }
+
+    /// Opens it: the state dict at its `key`, names mapped by its `rename` rules,
+    /// and, for a LoRA adapter directory, applied to `base` (its own
+    /// `adapter_base` when it has one, opened here, else the recipe's base, else
+    /// the one its config names).
+    pub fn open(&self, base: Option<&Checkpoint>) -> Result<Checkpoint> {
+        let adapter_base = match &self.adapter_base {
+            Some(path) if is_adapter(Path::new(&self.path)) => Some(self.open_base(path)?),
+            _ => None,
+        };
+        self.open_over(adapter_base.as_ref().or(base))
+    }
+
+    /// Opens an adapter's base, naming the adapter when it fails.
+    fn open_base(&self, base: &str) -> Result<Checkpoint> {
+        Checkpoint::open(base).map_err(|e| Error::Adapter {
+            path: self.path.clone().into(),
+            reason: format!("its base model {base:?}: {e}"),
+        })
+    }
+
+    /// [`Ingredient::open`] with the adapter's base given (ignored by a model
+    /// that is not an adapter).
+    fn open_over(&self, base: Option<&Checkpoint>) -> Result<Checkpoint> {
+        let rename =
+            self.rename.iter().map(|r| Rename::parse(r)).collect::<Result<Vec<Rename>>>()?;
+        let base = base.filter(|_| is_adapter(Path::new(&self.path))).cloned();
+        let options = OpenOptions {
+            key: self.key.clone(),
+            rename,
+            base,
+            max_expanded_view: self.expand_views.unwrap_or(0),
+        };
+        Checkpoint::open_with(&self.path, &options)
+    }
+}
+
+/// Opens every ingredient ([`Ingredient::open`]), each distinct `adapter_base`
+/// once; `base` is the recipe's base. On failure, the index of the ingredient
+/// that failed and why.
+pub fn open_ingredients(
+    ingredients: &[Ingredient],
+    base: Option<&Checkpoint>,
+) -> std::result::Result<Vec<Checkpoint>, Box<(usize, Error)>> {
+    let mut bases: BTreeMap<&str, Checkpoint> = BTreeMap::new();
+    let mut opened = Vec::with_capacity(ingredients.len());
+    for (i, ingredient) in ingredients.iter().enumerate() {
+        let own = match ingredient.adapter_base.as_deref() {
+            Some(path) if is_adapter(Path::new(&ingredient.path)) => {
+                if !bases.contains_key(path) {
+                    let base = ingredient.open_base(path).map_err(|e| Box::new((i, e)))?;
+                    bases.insert(path, base);
+                }
+                bases.get(path)
+            }
+            _ => None,
+        };
+        opened.push(ingredient.open_over(own.or(base)).map_err(|e| Box::new((i, e)))?);
+    }
+    Ok(opened)
 }
 
 /// Method parameters shared by every ingredient (each may vary by tensor).
@@ -256,20 +353,84 @@ impl Recipe {
     /// Reads a recipe from `path`: a recipe file (YAML or JSON, ours or
     /// mergekit's), or a soup — a `.safetensors` file or a directory — whose
     /// metadata holds the recipe that made it.
+    ///
+    /// Every relative model path is made absolute, so the recipe can be used from
+    /// any working directory: a recipe file's paths are looked up beside the file
+    /// first, then in the working directory (as mergekit configurations are
+    /// usually written); a soup records absolute paths, and the relative ones of
+    /// older soups are looked up in the working directory. A path found in neither
+    /// place is an error naming the recipe and every place looked in.
     pub fn load(path: &Path) -> Result<Self> {
         let soup = path.is_dir() || path.extension().is_some_and(|e| e == "safetensors");
-        if soup {
-            let checkpoint = crate::Checkpoint::open(path)?;
+        let mut recipe = if soup {
+            let checkpoint = Checkpoint::open(path)?;
             let metadata = checkpoint.shards().first().map(|s| s.metadata().clone());
-            return metadata.as_ref().and_then(Recipe::from_metadata).ok_or_else(|| {
-                Error::Recipe {
-                    path: path.to_path_buf(),
-                    reason: format!("the soup's metadata has no {METADATA_KEY:?} entry"),
-                }
-            });
+            metadata.as_ref().and_then(Recipe::from_metadata).ok_or_else(|| Error::Recipe {
+                path: path.to_path_buf(),
+                reason: format!("the soup's metadata has no {METADATA_KEY:?} entry"),
+            })?
+        } else {
+            let text = crate::engine::checkpoint::read_bounded(path, MAX_RECIPE_BYTES)?;
+            Recipe::parse(&text, path)?
+        };
+        let beside = (!soup).then(|| path.parent().unwrap_or(Path::new(""))).filter(|d| {
+            // The working directory is looked in anyway.
+            !d.as_os_str().is_empty()
+        });
+        recipe.resolve_paths(path, beside)?;
+        Ok(recipe)
+    }
+
+    /// Makes every model path absolute: relative ones are looked up in `beside`
+    /// (when given), then in the working directory.
+    fn resolve_paths(&mut self, recipe: &Path, beside: Option<&Path>) -> Result<()> {
+        let mut models: Vec<(String, &mut String)> = Vec::new();
+        for (i, m) in self.ingredients.iter_mut().enumerate() {
+            models.push((format!("ingredient {}", i + 1), &mut m.path));
+            if let Some(p) = m.adapter_base.as_mut() {
+                models.push((format!("the adapter base of ingredient {}", i + 1), p));
+            }
         }
-        let text = crate::engine::checkpoint::read_bounded(path, MAX_RECIPE_BYTES)?;
-        Recipe::parse(&text, path)
+        if let Some(b) = self.base.as_mut() {
+            models.push(("base".to_owned(), &mut b.path));
+        }
+        for (role, model_path) in models {
+            let given = Path::new(model_path.as_str());
+            if given.is_absolute() {
+                continue;
+            }
+            let places: Vec<std::path::PathBuf> =
+                beside.map(|d| d.join(given)).into_iter().chain([given.to_path_buf()]).collect();
+            let local = places.iter().find(|p| p.exists());
+            if let (None, Some(id)) = (local, ModelId::parse(model_path)) {
+                // A Hub id: pinned to the cached commit, so the soup's recipe names
+                // exactly the weights it used.
+                let snapshot = id.resolve().map_err(|e| Error::Recipe {
+                    path: recipe.to_path_buf(),
+                    reason: format!("{role}: {e}"),
+                })?;
+                *model_path = id.pinned(&snapshot);
+                continue;
+            }
+            let found = local.ok_or_else(|| Error::Recipe {
+                path: recipe.to_path_buf(),
+                reason: format!(
+                    "{role}, {:?}, is not found {}",
+                    model_path,
+                    match beside {
+                        Some(d) => format!(
+                            "beside the recipe (in {}) or in the working directory",
+                            d.display()
+                        ),
+                        None => "in the working directory".to_owned(),
+                    }
+                ),
+            })?;
+            let absolute =
+                std::path::absolute(found).map_err(Error::io("resolve", found.clone()))?;
+            *model_path = absolute.display().to_string();
+        }
+        Ok(())
     }
 }
 
