@@ -27,7 +27,7 @@ fn slow_merge(dir: &Path) -> (std::path::PathBuf, Vec<String>) {
     big_input(&a, 48, 1);
     big_input(&b, 48, 2);
     let out = dir.join("soup");
-    let args = [s(&a), s(&b), "-o", s(&out), "-j", "1", "--chunk-elements", "4096"];
+    let args = [s(&a), s(&b), "-o", s(&out), "-t", "1", "--chunk-elements", "4096"];
     let args = std::iter::once("merge").chain(args).map(str::to_owned).collect();
     (b, args)
 }
@@ -58,7 +58,7 @@ fn an_input_truncated_while_its_values_are_checked_is_named() {
     let a = dir.path().join("a.safetensors");
     big_input(&a, 96, 3);
     let a_str = s(&a).to_owned();
-    let mut child = spawn(&["inspect", &a_str, "--check-values", "-j", "1"]);
+    let mut child = spawn(&["inspect", &a_str, "--check-values", "-t", "1"]);
     let pid = child.id();
     // The pass has begun once megabytes of the file are resident in the process
     // (opening it touches the header's page only).
