@@ -162,26 +162,30 @@ fn two_ingredients(dir: &Path) -> (String, String) {
     (s(&dir.join("a")).to_owned(), s(&dir.join("b")).to_owned())
 }
 
-#[test]
-fn sigterm_stops_a_search_and_its_evaluators_process_group() {
+/// Runs a greedy search with `flag command` (`--eval` or `--eval-server`), where
+/// the command records its pid and that of a background child it started, stops
+/// it with `sig` once both run, and checks the end state: exit `code`, both
+/// processes gone, no candidate in scratch, no output, nothing beside it.
+fn a_search_stopped_by(sig: Signal, code: i32, name: &str, flag: &str, command: &str) {
     let dir = tempdir();
     let (a, b) = two_ingredients(dir.path());
     let out = dir.path().join("best");
-    // The evaluator starts a background child and waits for it.
-    let eval = "echo $$ > \"$SOUP_RUN_DIR/eval.pid\"; sleep 300 & \
-                echo $! > \"$SOUP_RUN_DIR/bg.pid.tmp\"; \
-                mv \"$SOUP_RUN_DIR/bg.pid.tmp\" \"$SOUP_RUN_DIR/bg.pid\"; wait; echo 1";
+    let started = "echo $$ > \"$SOUP_RUN_DIR/command.pid\"; sleep 300 & \
+                   echo $! > \"$SOUP_RUN_DIR/bg.pid.tmp\"; \
+                   mv \"$SOUP_RUN_DIR/bg.pid.tmp\" \"$SOUP_RUN_DIR/bg.pid\"; ";
+    let command = format!("{started}{command}");
     let run_dir = dir.path().join("best.run");
-    let mut child = spawn(&["greedy", &a, &b, "-o", s(&out), "--eval", eval]);
+    let args = ["greedy", &a, &b, "-o", s(&out), flag, &command, "--kill-grace", "2s"];
+    let mut child = spawn(&args);
     wait_until("an evaluation", &mut child, || run_dir.join("bg.pid").exists());
-    signal(child.id(), Signal::TERM);
-    let (code, _, stderr) = finish(child);
-    assert_eq!(code, Some(143), "{stderr}");
-    for file in ["eval.pid", "bg.pid"] {
+    signal(child.id(), sig);
+    let (got, _, stderr) = finish(child);
+    assert_eq!(got, Some(code), "{stderr}");
+    assert!(stderr.contains(&format!("interrupted by {name}")), "{stderr}");
+    for file in ["command.pid", "bg.pid"] {
         let pid: u32 = fs::read_to_string(run_dir.join(file)).unwrap().trim().parse().unwrap();
         assert!(dies(pid, std::time::Duration::from_secs(10)), "{file}: {pid} still runs");
     }
-    // No candidate left in scratch, no output, nothing beside it.
     let scratch = run_dir.join("scratch");
     let candidates: Vec<_> = walk(&scratch).into_iter().filter(|p| p.is_file()).collect();
     assert!(candidates.is_empty(), "scratch holds {candidates:?}");
@@ -190,33 +194,16 @@ fn sigterm_stops_a_search_and_its_evaluators_process_group() {
 }
 
 #[test]
+fn sigterm_stops_a_search_and_its_evaluators_process_group() {
+    // The evaluator waits for its background child.
+    a_search_stopped_by(Signal::TERM, 143, "SIGTERM", "--eval", "wait; echo 1");
+}
+
+#[test]
 fn sighup_stops_a_search_and_its_evaluation_servers_process_group() {
-    let dir = tempdir();
-    let (a, b) = two_ingredients(dir.path());
-    let out = dir.path().join("best");
-    // A server that starts a background child, then takes requests and never
-    // answers them.
-    let server = "echo $$ > \"$SOUP_RUN_DIR/server.pid\"; sleep 300 & \
-                  echo $! > \"$SOUP_RUN_DIR/bg.pid.tmp\"; \
-                  mv \"$SOUP_RUN_DIR/bg.pid.tmp\" \"$SOUP_RUN_DIR/bg.pid\"; \
-                  while read -r request; do sleep 300; done";
-    let run_dir = dir.path().join("best.run");
-    let args = ["greedy", &a, &b, "-o", s(&out), "--eval-server", server, "--kill-grace", "2s"];
-    let mut child = spawn(&args);
-    wait_until("a server", &mut child, || run_dir.join("bg.pid").exists());
-    signal(child.id(), Signal::HUP);
-    let (code, _, stderr) = finish(child);
-    assert_eq!(code, Some(129), "{stderr}");
-    assert!(stderr.contains("interrupted by SIGHUP"), "{stderr}");
-    for file in ["server.pid", "bg.pid"] {
-        let pid: u32 = fs::read_to_string(run_dir.join(file)).unwrap().trim().parse().unwrap();
-        assert!(dies(pid, std::time::Duration::from_secs(10)), "{file}: {pid} still runs");
-    }
-    let scratch = run_dir.join("scratch");
-    let candidates: Vec<_> = walk(&scratch).into_iter().filter(|p| p.is_file()).collect();
-    assert!(candidates.is_empty(), "scratch holds {candidates:?}");
-    assert!(!out.exists());
-    assert!(hidden(dir.path()).is_empty(), "left {:?}", hidden(dir.path()));
+    // The server takes requests and never answers them.
+    let server = "while read -r request; do sleep 300; done";
+    a_search_stopped_by(Signal::HUP, 129, "SIGHUP", "--eval-server", server);
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -7,15 +7,25 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Starts `soup args` with stdout and stderr piped.
+/// Starts `soup args` with stdout and stderr piped, and SIGINT, SIGTERM and
+/// SIGHUP at their default action: a test run started in the background by a
+/// shell ignores SIGINT, which soup would rightly keep ignoring.
 pub fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_soup"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start soup")
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_soup"));
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed; `signal` is one, and nothing is
+    // allocated or locked.
+    unsafe {
+        command.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    command.spawn().expect("start soup")
 }
 
 /// Waits (up to a minute) until `ready` holds, failing if `child` ends first.
