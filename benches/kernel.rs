@@ -1,9 +1,10 @@
 //! Kernel throughput against a plain memory copy, measured side by side.
 //!
-//! For k = 2, 4, 8 inputs of `SOUP_BENCH_MIB` MiB each (default 64, far beyond the
+//! For k = 2, 3, 4, 8 inputs of `SOUP_BENCH_MIB` MiB each (default 64, far beyond the
 //! caches) in format `SOUP_BENCH_DTYPE` (default bf16; f16, f32 and f64 too), the
-//! kernel computes `Σ wᵢ·xᵢ` into that format over the whole buffer in engine-sized
-//! chunks, on 1 thread and on all threads. Two floors run beside it on the same
+//! kernel computes the uniform soup `(Σ xᵢ)/k` into that format over the whole
+//! buffer in engine-sized chunks (for k = 3 with the division the engine uses when
+//! `1/k` is not exact), on 1 thread and on all threads. Two floors run beside it on the same
 //! threads: `memcpy` (one buffer copied to another: the machine's raw bandwidth) and
 //! `gather` (the kernel's exact data movement, k input chunks read and one output
 //! chunk written, with no arithmetic). Throughput counts bytes read + bytes written;
@@ -16,6 +17,7 @@
 mod support;
 
 use modelsoup::engine::kernel::{Accumulator, Input};
+use modelsoup::engine::plan::as_fractions;
 use modelsoup::{FloatDtype, DEFAULT_CHUNK_ELEMENTS};
 use rayon::prelude::*;
 use support::{copy, median, time_gbps};
@@ -42,7 +44,7 @@ fn main() {
     println!("|---|---|---|---|---|---|---|");
     for t in [1, threads] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("thread pool");
-        for k in [2usize, 4, 8] {
+        for k in [2usize, 3, 4, 8] {
             let bytes = (k + 1) * elements * dtype.size();
             let (mut memcpy, mut gathered, mut kernel) = (Vec::new(), Vec::new(), Vec::new());
             let chunk = DEFAULT_CHUNK_ELEMENTS * dtype.size();
@@ -72,18 +74,22 @@ fn gather(inputs: &[Vec<u8>], out: &mut [u8], chunk: usize) {
     });
 }
 
+/// The uniform soup as the engine runs it: weights `1/k` become `1` with a divisor
+/// `k` when `k` is not a power of two (`plan::as_fractions`).
 fn soup(inputs: &[Vec<u8>], out: &mut [u8], dtype: FloatDtype) {
     let chunk = DEFAULT_CHUNK_ELEMENTS * dtype.size();
-    let w = 1.0 / inputs.len() as f64;
+    let uniform = vec![1.0 / inputs.len() as f64; inputs.len()];
+    let (weights, divisor) = as_fractions(&uniform).unwrap_or((uniform, 1.0));
     out.par_chunks_mut(chunk).enumerate().for_each_init(
         || (Accumulator::default(), Vec::new()),
         |(acc, bytes), (i, dst)| {
             let range = i * chunk..i * chunk + dst.len();
             let mixed: Vec<Input> = inputs
                 .iter()
-                .map(|x| Input { dtype, bytes: &x[range.clone()], weight: w })
+                .zip(&weights)
+                .map(|(x, &weight)| Input { dtype, bytes: &x[range.clone()], weight })
                 .collect();
-            acc.mix(dst.len() / dtype.size(), &mixed, dtype, bytes);
+            acc.mix(dst.len() / dtype.size(), &mixed, divisor, dtype, bytes);
             dst.copy_from_slice(bytes);
         },
     );

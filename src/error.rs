@@ -213,6 +213,94 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// An input file changed while it was mapped: another process truncated,
+    /// extended or rewrote it, or the disk failed to deliver a page. What was read
+    /// from it cannot be trusted, so nothing was written.
+    #[error("{} {change} while it was being read{detail}", path.display())]
+    InputChanged {
+        /// The input file.
+        path: PathBuf,
+        /// What happened: `changed size`, `was modified` or `could not be read`.
+        change: &'static str,
+        /// Details, starting with " (" when present, e.g. ` (4096 bytes when
+        /// opened, now 1024)`.
+        detail: String,
+    },
+
+    /// Another process holds the lock of an output or a run directory.
+    #[error("{} is in use by soup ({holder})", path.display())]
+    InUse {
+        /// The output or run directory.
+        path: PathBuf,
+        /// Who holds it, e.g. `pid 1234`.
+        holder: String,
+    },
+
+    /// A safetensors header names one tensor twice (the JSON has a duplicate key),
+    /// so which entry is meant is ambiguous.
+    #[error("{}: invalid safetensors file: the header lists tensor {tensor:?} twice", path.display())]
+    DuplicateKey {
+        /// The file.
+        path: PathBuf,
+        /// The repeated name.
+        tensor: String,
+    },
+
+    /// A header lists more tensors than soup accepts in one file.
+    #[error(
+        "{}: the header lists {count} tensors, more than the {limit} soup accepts in one file",
+        path.display()
+    )]
+    TooManyTensors {
+        /// The file.
+        path: PathBuf,
+        /// Entries in its header.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// A PyTorch view whose elements overlap in storage (an `expand()`ed one):
+    /// written out, it would be larger than what the file holds, without bound.
+    #[error(
+        "{}: tensor {tensor:?} (shape {shape:?}, strides {strides:?}) is a view whose \
+         elements overlap in its storage (an expand()ed or as_strided tensor); written out \
+         it would take {bytes} bytes{}; save it with .contiguous() (or .clone()), or allow \
+         such views up to a size with --expand-views",
+        path.display(),
+        if *limit > 0 { format!(", more than the {limit} allowed") } else { String::new() }
+    )]
+    OverlappingView {
+        /// The file.
+        path: PathBuf,
+        /// The tensor's name.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its strides in elements.
+        strides: Vec<usize>,
+        /// Its size written out densely.
+        bytes: u64,
+        /// The largest such view accepted (0: none).
+        limit: u64,
+    },
+
+    /// The tensors of a PyTorch file hold far more bytes than the file (many names
+    /// on the same storages), so writing them out is refused.
+    #[error(
+        "{}: its tensors hold {bytes} bytes written out, more than 8 times the file's \
+         {file_len} bytes (many names view the same storage)",
+        path.display()
+    )]
+    ViewsTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Bytes of all its tensors written out.
+        bytes: u64,
+        /// The file's size.
+        file_len: u64,
+    },
+
     /// A `--rename` rule is not `s/PATTERN/REPLACEMENT/`.
     #[error("rename rule {rule:?}: {reason}")]
     Rename {

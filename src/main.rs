@@ -4,6 +4,7 @@
 
 mod cli;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,10 +15,16 @@ fn main() -> ExitCode {
         Ok(code) => code.into(),
         Err(err) => {
             let code = cli::Exit::for_error(&err);
-            if code == cli::Exit::Interrupted {
-                eprintln!("error: interrupted; nothing partial was left at the output");
+            // A closed stderr must not turn an error into a panic.
+            let mut stderr = std::io::stderr().lock();
+            if code.is_signal() {
+                let signal = cli::signals::received().map_or("a signal", cli::signals::name);
+                let _ = writeln!(
+                    stderr,
+                    "error: interrupted by {signal}; nothing partial was left at the output"
+                );
             } else {
-                eprintln!("error: {err:#}");
+                let _ = writeln!(stderr, "error: {err:#}");
             }
             code.into()
         }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use common::cli::*;
 use common::{read_output, read_safetensors, write_file, Fmt, RawTensor, Rng};
+use modelsoup::engine::plan::as_fractions;
 use serde_json::Value;
 
 const EVALUATOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/evaluators/distance.py");
@@ -93,9 +94,16 @@ impl Mixture {
             .iter()
             .enumerate()
             .map(|(t, (_, _, group))| {
+                // Weights that are integers over a common count (1/3 each) are
+                // computed as soup computes them: (Σ kᵢ·xᵢ)/d.
                 let w = &coefficients[group];
+                let (w, d) = as_fractions(w).unwrap_or((w.clone(), 1.0));
                 (0..self.values[0][t].len())
-                    .map(|e| (0..self.k()).map(|i| w[i] * f64::from(self.values[i][t][e])).sum())
+                    .map(|e| {
+                        let sum: f64 =
+                            (0..self.k()).map(|i| w[i] * f64::from(self.values[i][t][e])).sum();
+                        sum / d
+                    })
                     .collect()
             })
             .collect()

@@ -28,7 +28,9 @@ fn convert_writes_every_value_torch_saved_views_included() {
         ["module_f32", "module_f16", "module_bf16", "module_f64", "dtypes", "views", "params"]
     {
         let out = dir.path().join(stem);
-        soup_ok(&["convert", s(&fixture(&format!("{stem}.bin"))), "-o", s(&out), "--quiet"]);
+        // `views` holds an expand()ed tensor, refused unless allowed.
+        let bin = fixture(&format!("{stem}.bin"));
+        soup_ok(&["convert", s(&bin), "-o", s(&out), "--quiet", "--expand-views", "1kB"]);
         let got = read_output(&out);
         let want = expected(stem);
         assert_eq!(got.len(), want.len(), "{stem}: tensor count");
@@ -73,7 +75,19 @@ fn bin_and_safetensors_ingredients_merge_together() {
     fs::copy(fixture("views.expected.safetensors"), &views).unwrap();
     let out = dir.path().join("views-soup");
     let bin = fixture("views.bin");
-    soup_ok(&["merge", s(&bin), s(&views), "-o", s(&out), "--chunk-elements", "3", "-t", "3"]);
+    soup_ok(&[
+        "merge",
+        s(&bin),
+        s(&views),
+        "-o",
+        s(&out),
+        "--chunk-elements",
+        "3",
+        "-t",
+        "3",
+        "--expand-views",
+        "1kB",
+    ]);
     assert_eq!(read_output(&out), expected("views"));
 }
 
@@ -134,7 +148,7 @@ fn a_tied_head_stored_on_the_embedding_is_written_once_when_the_config_ties() {
         fs::copy(fixture("views.bin"), src.join("pytorch_model.bin")).unwrap();
         fs::write(src.join("config.json"), format!("{{\"tie_word_embeddings\": {tie}}}")).unwrap();
         let out = dir.path().join(format!("out-{tie}"));
-        soup_ok(&["convert", s(&src), "-o", s(&out), "--quiet"]);
+        soup_ok(&["convert", s(&src), "-o", s(&out), "--quiet", "--expand-views", "1kB"]);
         let got = read_output(&out);
         assert_eq!(got.contains_key("lm_head.weight"), head_written, "tie_word_embeddings {tie}");
         assert_eq!(got["embed.weight"], expected("views")["embed.weight"]);

@@ -30,7 +30,7 @@ fn options(key: &str, rename: &[&str]) -> OpenOptions {
     OpenOptions {
         key: Some(key.to_owned()),
         rename: rename.iter().map(|r| Rename::parse(r).unwrap()).collect(),
-        base: None,
+        ..OpenOptions::default()
     }
 }
 

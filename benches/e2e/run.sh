@@ -11,11 +11,14 @@
 #
 # Env (all optional):
 #   SOUP=target/release/soup   soup binary; soup is skipped if it is missing
+#   SOUP_BASE=...              a second soup binary (tool "soup-base", e.g. a build
+#                              of main), to compare two builds side by side
 #   DATA=target/e2e-data       data dir (generated if missing / different)
 #   K=4 SIZE_GB=0.75           ingredients and size per ingredient (GB)
 #   REPS=3                     repetitions per tool
 # Outputs of the last rep are compared (compare_outputs.py) and then deleted.
-#   TOOLS="soup naive mergekit"
+#   TOOLS="soup naive mergekit"   (without mergekit in TOOLS, the venv holds only
+#                              numpy and safetensors)
 #   WORK=target/e2e-runs       outputs, logs, results.md
 #   SOUP_ARGS / NAIVE_ARGS / MERGEKIT_ARGS   extra flags per tool
 #   FORCE_NAIVE=1              run naive even if it would not fit in RAM
@@ -35,7 +38,8 @@ VENV="${BENCH_VENV:-$ROOT/target/bench-venv}"
 PY="$VENV/bin/python"
 export CUDA_VISIBLE_DEVICES=""  # CPU only, everywhere
 
-BENCH_VENV="$VENV" bash "$HERE/setup_venv.sh"
+WITHOUT_MERGEKIT=""; [[ " $TOOLS " == *" mergekit "* ]] || WITHOUT_MERGEKIT=1
+BENCH_VENV="$VENV" WITHOUT_MERGEKIT="$WITHOUT_MERGEKIT" bash "$HERE/setup_venv.sh"
 mkdir -p "$WORK"
 LOG="$WORK/logs"; rm -rf "$LOG"; mkdir -p "$LOG"
 
@@ -45,7 +49,9 @@ if ! grep -qs "^$want" "$DATA/.complete"; then
   echo "== generating $K x ${SIZE_GB} GB checkpoints into $DATA" >&2
   rm -rf "$DATA"/ingredient-* "$DATA/.complete"; mkdir -p "$DATA"  # only what we made
   df -h "$DATA" >&2
-  "$PY" "$HERE/make_checkpoints.py" "$DATA" -k "$K" --size-gb "$SIZE_GB" --verify
+  # --verify reads them back with torch, which only the mergekit venv has.
+  verify=(--verify); [[ -n $WITHOUT_MERGEKIT ]] && verify=()
+  "$PY" "$HERE/make_checkpoints.py" "$DATA" -k "$K" --size-gb "$SIZE_GB" "${verify[@]}"
 fi
 INGREDIENTS=()
 for ((i = 0; i < K; i++)); do INGREDIENTS+=("$DATA/ingredient-$i"); done
@@ -80,6 +86,7 @@ tool_cmd() {
     # flag), add it here; the summary below picks up any numeric "*rss*" key
     # from soup's --json stdout. peak_mem.py already samples RssAnon meanwhile.
     soup) cmd=("$SOUP" merge "${INGREDIENTS[@]}" -o "$out" --force --quiet --json ${SOUP_ARGS:-}) ;;
+    soup-base) cmd=("$SOUP_BASE" merge "${INGREDIENTS[@]}" -o "$out" --force --quiet --json ${SOUP_ARGS:-}) ;;
     naive) cmd=("$PY" "$HERE/naive_average.py" -o "$out" --force ${NAIVE_ARGS:-} "${INGREDIENTS[@]}") ;;
     mergekit) cmd=("$VENV/bin/mergekit-yaml" "$MK_YAML" "$out" --quiet --no-copy-tokenizer ${MERGEKIT_ARGS:-}) ;;
     *) echo "unknown tool $1" >&2; return 1 ;;
@@ -146,7 +153,13 @@ for t in "${RUN_TOOLS[@]}"; do rm -rf "$WORK/out-$t"; done  # keep logs only
   echo
   soup_v=""; [[ -x $SOUP ]] && soup_v="; $("$SOUP" --version 2>/dev/null || echo 'soup ?')"
   echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM;" \
-    "$("$PY" -c 'import importlib.metadata as m; print(", ".join(f"{p} {m.version(p)}" for p in ("mergekit", "torch", "safetensors")))')$soup_v"
+    "$("$PY" -c 'import importlib.metadata as m
+def v(p):
+    try:
+        return f"{p} {m.version(p)}"
+    except m.PackageNotFoundError:
+        return f"no {p}"
+print(", ".join(v(p) for p in ("mergekit", "torch", "safetensors")))')$soup_v"
   echo
   "$PY" - "$LOG" "$REPS" "${RUN_TOOLS[@]}" <<'PY'
 import json, re, statistics, sys
@@ -196,7 +209,7 @@ if cmp.exists():
     print("\n".join(f"- {line}" for line in cmp.read_text().splitlines()))
 if "soup" in wall_med:
     print()
-    for t in ("naive", "mergekit"):
+    for t in ("naive", "mergekit", "soup-base"):
         if t in wall_med:
             print(f"- {t}/soup: wall {wall_med[t] / wall_med['soup']:.2f}x, "
                   f"max RSS {rss_med[t] / rss_med['soup']:.2f}x")

@@ -10,7 +10,9 @@
 # for libcublasLt. So we accept the download; it is cached by pip afterwards.
 #
 # Env: MERGEKIT_VERSION (default 0.1.5), PYTHON (default python3),
-#      BENCH_VENV (default <repo>/target/bench-venv).
+#      BENCH_VENV (default <repo>/target/bench-venv),
+#      WITHOUT_MERGEKIT=1: numpy and safetensors only (for comparing soup builds,
+#      e.g. TOOLS="soup soup-base"; a few MB instead of torch's gigabytes).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -18,6 +20,7 @@ VENV="${BENCH_VENV:-$ROOT/target/bench-venv}"
 PYTHON="${PYTHON:-python3}"
 MERGEKIT_VERSION="${MERGEKIT_VERSION:-0.1.5}"
 REQS=("mergekit==$MERGEKIT_VERSION" numpy safetensors)
+[[ -n ${WITHOUT_MERGEKIT:-} ]] && REQS=(numpy safetensors)
 STAMP="$VENV/.bench-setup-ok"
 
 # /usr/bin/time -v is used by run.sh to read wall time and max RSS.
@@ -39,13 +42,17 @@ echo "setup: creating $VENV" >&2
 "$VENV/bin/python" -m pip install -q "${REQS[@]}"
 
 # Smoke test: everything the benchmark imports, plus the mergekit CLI.
-"$VENV/bin/python" - <<'PY'
+if [[ -n ${WITHOUT_MERGEKIT:-} ]]; then
+  "$VENV/bin/python" -c 'import numpy, safetensors'
+else
+  "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import numpy, safetensors, torch, mergekit  # noqa: F401
 for p in ("mergekit", "torch", "safetensors", "numpy", "transformers"):
     print(f"setup: {p}=={md.version(p)}")
 PY
-"$VENV/bin/mergekit-yaml" --help >/dev/null
+  "$VENV/bin/mergekit-yaml" --help >/dev/null
+fi
 
 echo "${REQS[*]}" > "$STAMP"
 echo "setup: done" >&2

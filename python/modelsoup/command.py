@@ -2,7 +2,8 @@
 
 ``soup`` prints its results as one JSON object on standard output when given
 ``--json``, its errors on standard error as ``error: ...``, and says what happened
-with its exit status (0 success, 1 nothing acceptable, 2 error, 130 interrupted).
+with its exit status (0 success, 1 nothing acceptable, 2 error, 130, 143 or 129
+stopped by SIGINT, SIGTERM or SIGHUP).
 :func:`run` adds ``--json``, parses the object into Python values, passes the
 human-readable lines of standard error through, and turns a failure into a
 :class:`SoupError` carrying the exit status and the ``error:`` message.
@@ -49,8 +50,9 @@ class SoupError(Exception):
     Attributes:
         returncode: the exit status: 1 when a search finished with nothing it could
             score or ``inspect`` found checkpoints that cannot be souped, 2 for an
-            error (bad input, bad arguments, I/O), 130 when interrupted; negative
-            (``-N``) when ``soup`` was killed by signal N.
+            error (bad input, bad arguments, I/O), 130, 143 or 129 when stopped by
+            SIGINT, SIGTERM or SIGHUP; negative (``-N``) when ``soup`` was killed
+            by a signal N it does not handle (SIGKILL).
         message: what ``soup`` said after ``error:`` on standard error (several
             such lines joined by newlines), or a description of the exit status
             when it said nothing.

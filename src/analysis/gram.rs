@@ -180,6 +180,7 @@ pub fn gram_pass(
         run.threads,
         chunks.len(),
         run.cancel,
+        &inputs,
         || vec![vec![0.0; TILE]; inputs.len()],
         |i, tiles| {
             let chunk = chunks[i];

@@ -55,6 +55,7 @@ pub fn count_non_finite(checkpoint: &Checkpoint, run: &RunOptions) -> Result<Vec
         run.threads,
         chunks.len(),
         run.cancel,
+        &[checkpoint],
         || vec![0.0; TILE],
         |i, tile| {
             let c = chunks[i];

@@ -52,7 +52,7 @@ pub fn run(args: &AnglesArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> 
         }
         Format::Csv => {
             if check.looks_independent() {
-                eprintln!("{}", init_check::warning(&check, &checked_names));
+                errln!("{}", init_check::warning(&check, &checked_names));
             }
             csv(&result, &names)
         }
@@ -68,7 +68,7 @@ pub fn run(args: &AnglesArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> 
             format!("{doc}\n")
         }
     };
-    print!("{text}");
+    out!("{text}");
     if let Some(file) = &args.svg {
         let svg =
             svg::heatmap(&title(&result, base_name.as_deref()), &names, &result.overall.angles_deg);

@@ -14,8 +14,9 @@ use modelsoup::FloatDtype;
 #[command(name = "soup", version, propagate_version = true, max_term_width = 100)]
 #[command(
     after_help = "Exit status: 0 success, 1 a search found no soup to keep or inspect found \
-                  checkpoints that cannot be souped, 2 error (message on stderr), 130 \
-                  interrupted."
+                  checkpoints that cannot be souped, 2 error (message on stderr), 130, 143 \
+                  or 129 stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP, with nothing partial \
+                  left (docs/FAILURES.md)."
 )]
 pub struct Cli {
     /// The command to run.
@@ -332,8 +333,8 @@ $CUDA_VISIBLE_DEVICES). A timeout or an interrupt stops an evaluation with
 SIGTERM, then SIGKILL after --kill-grace. See docs/EVALUATOR.md and, for Slurm,
 docs/CLUSTER.md.
 
-Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130
-interrupted.";
+Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130/143/129
+stopped by SIGINT/SIGTERM/SIGHUP (evaluations killed, journal kept).";
 
 const PRUNED_EXAMPLES: &str = "\
 Examples:
@@ -345,8 +346,8 @@ member in turn (worst first), keeping a removal when the score does not drop.
 Stops after a pass that removes nothing; never empties the soup. Evaluation,
 journal and resume work as for `soup greedy`.
 
-Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130
-interrupted.";
+Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130/143/129
+stopped by SIGINT/SIGTERM/SIGHUP (evaluations killed, journal kept).";
 
 const LEARNED_EXAMPLES: &str = "\
 Examples:
@@ -364,8 +365,8 @@ adds the coefficients per layer group and the score of every evaluation. With
 are printed at the start. Evaluation, journal and resume work as for `soup
 greedy`; the same --seed gives the same search.
 
-Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130
-interrupted.";
+Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130/143/129
+stopped by SIGINT/SIGTERM/SIGHUP (evaluations killed, journal kept).";
 
 /// Arguments of `soup learned`.
 #[derive(Debug, Args)]
@@ -777,6 +778,12 @@ pub struct IngredientArgs {
     /// in order.
     #[arg(long, value_name = "s/PATTERN/REPLACEMENT/")]
     pub rename: Vec<String>,
+
+    /// Accept PyTorch views whose elements overlap in storage (made by expand()),
+    /// each one of at most this size written out (e.g. 64MB) [default: refuse
+    /// them].
+    #[arg(long, value_name = "SIZE", value_parser = super::size::parse_size)]
+    pub expand_views: Option<u64>,
 }
 
 /// Handling of non-averaged tensors that differ.

@@ -38,7 +38,7 @@ pub fn run(args: &ConvertArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
     };
     let Written { report, statistics: _ } = write_recipe(&recipe, &output, interrupted)?;
     if !args.json && !args.quiet {
-        eprintln!(
+        errln!(
             "converted {} into {}: {}, {} parameters{}, {} written in {:.2} s",
             args.input.display(),
             args.output.display(),

@@ -15,7 +15,7 @@ pub fn warn_if_independent(ingredients: &[Checkpoint], labels: &[String], skip: 
     }
     let check = check_shared_init(ingredients);
     if check.looks_independent() {
-        eprintln!("{}\n--no-init-check skips this check.", warning(&check, labels));
+        errln!("{}\n--no-init-check skips this check.", warning(&check, labels));
     }
 }
 

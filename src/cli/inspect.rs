@@ -20,11 +20,18 @@ use super::{init_check, progress, Exit};
 /// Runs `soup inspect`.
 pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let names: Vec<String> = args.checkpoints.iter().map(|p| p.display().to_string()).collect();
+    // Listing tensors writes nothing, so views whose elements overlap in storage
+    // are shown as they are; counting their values reads every element, so then
+    // they are refused as a merge refuses them (unless --expand-views allows them).
+    let mut read = args.read.clone();
+    if !args.check_values {
+        read.expand_views = Some(u64::MAX);
+    }
     let base = match &args.base {
-        Some(path) => Some(ingredient_from(path, &args.read, false, None)?.open(None)?),
+        Some(path) => Some(ingredient_from(path, &read, false, None)?.open(None)?),
         None => None,
     };
-    let checkpoints = open_all(&args.checkpoints, &args.read, base.as_ref())?;
+    let checkpoints = open_all(&args.checkpoints, &read, base.as_ref())?;
     let mut non_finite: Vec<Option<Vec<NonFinite>>> = vec![None; checkpoints.len()];
     if args.check_values {
         let total: u64 = checkpoints.iter().map(Checkpoint::float_bytes).sum();
@@ -63,7 +70,7 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
             "differences": differences,
             "init_check": check.as_ref().map(|c| serde_json::to_value(c).unwrap_or_default()),
         });
-        println!("{doc}");
+        outln!("{doc}");
     } else {
         let mut out = String::new();
         // Several checkpoints: the verdict first, then a line per checkpoint, and
@@ -98,7 +105,7 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
         if !tables {
             let _ = writeln!(out, "(--tables lists every tensor of each checkpoint)");
         }
-        print!("{out}");
+        out!("{out}");
     }
     Ok(if incompatible || bad_values { Exit::NoSoup } else { Exit::Success })
 }
@@ -216,24 +223,26 @@ fn checkpoint_text(
 
 /// One row per tensor: name, dtype, shape, parameters, bytes.
 fn tensor_table(out: &mut String, ck: &Checkpoint) {
-    let rows: Vec<[String; 5]> = ck
-        .tensors()
-        .iter()
-        .map(|t| {
-            [
-                t.name.clone(),
-                format!("{:?}", ck.declared_dtype(t)),
-                format!("{:?}", t.shape),
-                t.numel().to_string(),
-                ck.declared_len(t).to_string(),
-            ]
-        })
-        .collect();
+    // Two passes over the tensors (widths, then rows), with no row kept: a header
+    // may list half a million tensors.
+    let cells = |t: &modelsoup::TensorEntry| {
+        [
+            t.name.clone(),
+            format!("{:?}", ck.declared_dtype(t)),
+            format!("{:?}", t.shape),
+            t.numel().to_string(),
+            ck.declared_len(t).to_string(),
+        ]
+    };
     let heading = ["name", "dtype", "shape", "parameters", "bytes"].map(str::to_owned);
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().chain([&heading]).map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    for row in std::iter::once(&heading).chain(&rows) {
+    let mut widths: Vec<usize> = heading.iter().map(|h| h.chars().count()).collect();
+    for t in ck.tensors() {
+        for (w, cell) in widths.iter_mut().zip(cells(t)) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let rows = std::iter::once(heading).chain(ck.tensors().iter().map(cells));
+    for row in rows {
         let _ = writeln!(
             out,
             "  {:<w0$}  {:<w1$}  {:<w2$}  {:>w3$}  {:>w4$}",
@@ -248,5 +257,10 @@ fn tensor_table(out: &mut String, ck: &Checkpoint) {
             w3 = widths[3],
             w4 = widths[4]
         );
+        if out.len() > 1 << 20 {
+            // Printed as it goes, so the text of a huge header is never held whole.
+            out!("{out}");
+            out.clear();
+        }
     }
 }

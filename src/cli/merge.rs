@@ -23,6 +23,11 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         Some(path) => {
             let mut recipe = Recipe::load(path)?;
             apply_write_options(&mut recipe, &args.write);
+            if let Some(bound) = args.read.expand_views {
+                for ingredient in recipe.ingredients.iter_mut().chain(recipe.base.as_mut()) {
+                    ingredient.expand_views = Some(bound);
+                }
+            }
             recipe
         }
         None => recipe_from_args(args)?,
@@ -36,7 +41,7 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     };
     let written = write_recipe(&recipe, &output, interrupted)?;
     if !args.json && !args.quiet {
-        eprintln!("{}", summary_line(&written, &recipe, &args.output));
+        errln!("{}", summary_line(&written, &recipe, &args.output));
     }
     Ok(Exit::Success)
 }
@@ -71,7 +76,10 @@ pub fn write_recipe(
     out: &Output,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<Written> {
+    // A second soup on this output fails here, before any work.
+    let _lock = super::guard::output(out.path, out.quiet)?;
     let (ingredients, base) = open_recipe(recipe)?;
+    modelsoup::engine::output::check_destination(out.path, out.write.file.force, &ingredients)?;
     let labels: Vec<String> = recipe.ingredients.iter().map(|i| i.path.clone()).collect();
     warn_repeated(&ingredients, &labels);
     init_check::warn_if_independent(&ingredients, &labels, out.write.no_init_check);
@@ -131,10 +139,18 @@ pub fn write_recipe(
     let report = write_soup(&inputs, &plan, &dest, &run);
     bar.finish_and_clear();
     let report = report?;
+    super::guard::say(&report.housekeeping, out.quiet);
+    if report.non_finite > 0 {
+        errln!(
+            "warning: the soup holds {} NaN or infinite value(s), the first in tensor {}",
+            report.non_finite,
+            report.first_non_finite.as_deref().unwrap_or("?")
+        );
+    }
 
     if out.json {
         let json = summary_json(&report, &statistics, out.path, recipe);
-        println!("{}", serde_json::to_string(&json)?);
+        outln!("{}", serde_json::to_string(&json)?);
     }
     Ok(Written { report, statistics })
 }
@@ -266,6 +282,7 @@ pub fn ingredient_from(
     let mut ingredient = Ingredient::path(recorded_path(path));
     ingredient.key = read.key.clone();
     ingredient.rename = read.rename.clone();
+    ingredient.expand_views = read.expand_views;
     if adapter::is_adapter(path) {
         ingredient.adapter_base = match adapter_base {
             Some(base) => Some(recorded_path(base)),
@@ -317,7 +334,7 @@ pub fn warn_repeated(ingredients: &[Checkpoint], labels: &[String]) {
             continue;
         };
         match seen.iter().find(|(f, _)| *f == file) {
-            Some(&(_, first)) => eprintln!(
+            Some(&(_, first)) => errln!(
                 "warning: ingredient {} ({}) is the same checkpoint as ingredient {} ({}): \
                  it counts twice",
                 i + 1,

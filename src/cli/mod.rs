@@ -1,10 +1,41 @@
 //! Dispatch from parsed arguments to commands, and the process exit codes.
 
+/// `println!` for data on stdout that ignores a closed or failing stdout: a reader
+/// that has gone (`soup inspect … | head -1`) must not stop a command, let alone
+/// panic it.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed or failing stdout, like [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        let _ = write!(stdout, $($arg)*);
+        let _ = stdout.flush();
+    }};
+}
+
+/// `eprintln!` that ignores a closed or failing stderr: a search whose log reader
+/// has gone (`soup greedy … 2>&1 | head -1`) goes on; its journal and report are
+/// its record.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 mod angles;
 pub mod args;
 mod convert;
 mod demo;
 mod duration;
+mod guard;
 mod init_check;
 mod inspect;
 mod learned;
@@ -12,17 +43,19 @@ mod merge;
 mod progress;
 mod search;
 mod search_svg;
+pub mod signals;
 mod size;
 mod status;
 mod svg;
 mod text;
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use args::{Cli, Command};
 
-/// Set by Ctrl-C; long-running library calls poll it and stop cleanly.
+/// Set by SIGINT, SIGTERM or SIGHUP (`signals`); long-running library calls poll
+/// it and stop cleanly.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// The exit codes `soup` uses (documented in `soup --help`).
@@ -35,8 +68,12 @@ pub enum Exit {
     NoSoup = 1,
     /// Bad input, bad arguments or an I/O failure.
     Error = 2,
-    /// Stopped by Ctrl-C; nothing partial was left behind.
+    /// Stopped by SIGINT (Ctrl-C); nothing partial was left behind.
     Interrupted = 130,
+    /// Stopped by SIGTERM (`kill`, `timeout`, systemd, `docker stop`, Slurm).
+    Terminated = 143,
+    /// Stopped by SIGHUP (the terminal or session went away).
+    HungUp = 129,
 }
 
 impl Exit {
@@ -46,11 +83,19 @@ impl Exit {
             Some(search) => search.is_cancelled(),
             None => matches!(err.downcast_ref(), Some(modelsoup::Error::Cancelled)),
         };
-        if cancelled {
-            Exit::Interrupted
-        } else {
-            Exit::Error
+        if !cancelled {
+            return Exit::Error;
         }
+        match signals::received() {
+            Some(libc::SIGTERM) => Exit::Terminated,
+            Some(libc::SIGHUP) => Exit::HungUp,
+            _ => Exit::Interrupted,
+        }
+    }
+
+    /// Whether the command was stopped by a signal.
+    pub fn is_signal(self) -> bool {
+        matches!(self, Exit::Interrupted | Exit::Terminated | Exit::HungUp)
     }
 }
 
@@ -62,9 +107,7 @@ impl From<Exit> for ExitCode {
 
 /// Runs one command.
 pub fn run(cli: Cli) -> anyhow::Result<Exit> {
-    // Without a handler Ctrl-C kills the process at once, which is safe too (only a
-    // hidden staging directory is left), so a failure to install one is not fatal.
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    signals::install();
     match cli.command {
         Command::Merge(args) => merge::run(&args, &INTERRUPTED),
         Command::Convert(args) => convert::run(&args, &INTERRUPTED),

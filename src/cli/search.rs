@@ -51,7 +51,6 @@ impl Method {
 /// Runs a search end to end: individual scores, the search, the final soup, the
 /// reports.
 pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
-    modelsoup::engine::output::check_destination(&args.output, args.write.file.force)?;
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
     let recorded_labels: Vec<String> = args.ingredients.iter().map(|p| recorded_path(p)).collect();
     let base = match &args.base {
@@ -68,10 +67,16 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     )?);
     plan::check_compatible(&ingredients)?;
     super::merge::warn_repeated(&ingredients, &labels);
-    super::init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
     let run_dir = args.run_dir.clone().unwrap_or_else(|| sibling_with_suffix(&args.output, ".run"));
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create {}", run_dir.display()))?;
+    // Output and run directory checked and locked before anything is paid for.
+    let _locks = super::guard::search(
+        &args.output,
+        &run_dir,
+        args.write.file.force,
+        &ingredients,
+        args.quiet,
+    )?;
+    super::init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
     let (journal, stats) = Journal::open(&run_dir)?;
     let slots = match &args.devices {
         Some(list) => Slots::with_devices(parse_devices(list)?),
@@ -261,7 +266,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     let figure = search_svg::plot(&report);
     report.write(&run_dir, Some(&figure))?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        outln!("{}", serde_json::to_string(&report)?);
     }
     say(format!(
         "{} soup of {}, score {} (best individual {}), written to {}; report in {}",
@@ -285,6 +290,7 @@ fn recorded(mut recipe: Recipe, args: &SearchArgs) -> anyhow::Result<Recipe> {
         ingredient.key = read.key;
         ingredient.rename = read.rename;
         ingredient.adapter_base = read.adapter_base;
+        ingredient.expand_views = read.expand_views;
     }
     if let (Some(base), Some(path)) = (recipe.base.as_mut(), &args.base) {
         let read = ingredient_from(path, &args.read, false, None)?;
@@ -295,7 +301,7 @@ fn recorded(mut recipe: Recipe, args: &SearchArgs) -> anyhow::Result<Recipe> {
 
 /// Exit status 1 with a message pointing at the logs.
 fn no_soup(what: &str, run_dir: &Path) -> anyhow::Result<Exit> {
-    eprintln!("error: {what}; see the logs in {}", run_dir.join("logs").display());
+    errln!("error: {what}; see the logs in {}", run_dir.join("logs").display());
     Ok(Exit::NoSoup)
 }
 

@@ -64,8 +64,8 @@ impl Status {
             return;
         }
         match &self.bars {
-            Some(bars) => bars.multi.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
+            Some(bars) => bars.multi.suspend(|| errln!("{line}")),
+            None => errln!("{line}"),
         }
     }
 
@@ -89,7 +89,7 @@ impl Status {
                     line.enable_steady_tick(Duration::from_millis(250));
                     state.running.insert(candidate.to_owned(), line);
                 }
-                None if !self.quiet => eprintln!("  started {candidate} ({proposal})"),
+                None if !self.quiet => errln!("  started {candidate} ({proposal})"),
                 None => {}
             },
             Event::Finished { scored, seconds, .. } => {

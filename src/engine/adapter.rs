@@ -468,7 +468,7 @@ pub(crate) fn open(dir: &Path, options: &OpenOptions) -> Result<Checkpoint> {
     let file = WEIGHT_FILES.iter().map(|f| dir.join(f)).find(|p| p.is_file()).ok_or_else(|| {
         fail(format!("no {} or {} beside {CONFIG_FILE}", WEIGHT_FILES[0], WEIGHT_FILES[1]))
     })?;
-    let adapter = Checkpoint::open_files(&file, None)?;
+    let adapter = Checkpoint::open_files(&file, &OpenOptions::default())?;
 
     // Sort the adapter's tensors: factors per module, whole tensors by name.
     let mut factors: std::collections::BTreeMap<String, [Option<&TensorEntry>; 2]> =
@@ -568,7 +568,7 @@ pub(crate) fn open(dir: &Path, options: &OpenOptions) -> Result<Checkpoint> {
         }
     }
     let directory = base.directory().map(Path::to_path_buf);
-    Ok(Checkpoint::from_parts(dir, directory, shards, tensors, computed))
+    Checkpoint::from_parts(dir, directory, shards, tensors, computed)
 }
 
 /// Checks one module's factors against its base matrix and the config, and

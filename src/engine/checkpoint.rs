@@ -20,17 +20,16 @@
 //! time, so every pass reads them like stored ones.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde::Deserialize;
 
-use crate::engine::mapped;
+use crate::engine::mapped::{self, Mapping};
 use crate::error::{Error, Result};
 
 /// The file name of a single-file checkpoint in a directory.
@@ -43,6 +42,12 @@ pub const TORCH_FILE: &str = "pytorch_model.bin";
 pub const TORCH_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 /// Largest index file accepted; real ones are well under 1 MB.
 const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// Tensors of one PyTorch file may hold together at most this many times the
+/// file's bytes: several names may view one storage (tied weights: a T5 has four
+/// on its embedding), but a file of thousands of names on one large storage would
+/// be written out thousands of times.
+const SHARED_STORAGE_FACTOR: u64 = 8;
 
 /// One tensor of a checkpoint: where its bytes are and what they mean.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +87,7 @@ impl TensorEntry {
 #[derive(Debug)]
 pub struct Shard {
     path: PathBuf,
-    map: Mmap,
+    map: Mapping,
     metadata: BTreeMap<String, String>,
     /// The state dict of a PyTorch file, for gathering its strided views.
     torch: Option<crate::torch::StateDict>,
@@ -118,7 +123,7 @@ pub struct Checkpoint {
     directory: Option<PathBuf>,
     shards: Arc<[Arc<Shard>]>,
     tensors: Arc<[TensorEntry]>,
-    by_name: Arc<HashMap<String, usize>>,
+    by_name: Arc<NameIndex>,
     computed: Arc<[crate::engine::adapter::Computed]>,
 }
 
@@ -134,7 +139,49 @@ pub struct OpenOptions {
     /// The model a LoRA adapter directory is applied to; `None` takes the
     /// adapter config's `base_model_name_or_path`.
     pub base: Option<Checkpoint>,
+    /// PyTorch views whose elements overlap in storage (made by `expand()`, or
+    /// `as_strided`) are refused, since written out they can be arbitrarily larger
+    /// than the file; with a non-zero bound, such a view of at most this many bytes
+    /// (written out densely) is accepted and materialised.
+    pub max_expanded_view: u64,
 }
+
+/// Tensor positions sorted by name, for lookups by binary search: 4 bytes per
+/// tensor, where a map from owned names would copy every name again (a header of
+/// a million tensors is allowed).
+#[derive(Debug, Default)]
+struct NameIndex(Vec<u32>);
+
+impl NameIndex {
+    /// Indexes `tensors`; the first duplicate name found, if any, is returned as
+    /// the error (the positions of its two entries).
+    fn new(tensors: &[TensorEntry]) -> std::result::Result<NameIndex, (usize, usize)> {
+        // MAX_TENSORS keeps positions within u32.
+        let mut order: Vec<u32> = (0..tensors.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            tensors[a as usize].name.cmp(&tensors[b as usize].name).then(a.cmp(&b))
+        });
+        if let Some(pair) =
+            order.windows(2).find(|w| tensors[w[0] as usize].name == tensors[w[1] as usize].name)
+        {
+            return Err((pair[0] as usize, pair[1] as usize));
+        }
+        Ok(NameIndex(order))
+    }
+
+    fn get(&self, tensors: &[TensorEntry], name: &str) -> Option<usize> {
+        self.0
+            .binary_search_by(|&i| tensors[i as usize].name.as_str().cmp(name))
+            .ok()
+            .map(|found| self.0[found] as usize)
+    }
+}
+
+/// Most tensors one checkpoint may hold. Real checkpoints hold thousands (a
+/// mixture of experts tens of thousands); the bound keeps the memory of a hostile
+/// header of millions of empty tensors to a few hundred MB, and is checked before
+/// the header is parsed.
+pub const MAX_TENSORS: usize = 500_000;
 
 #[derive(Deserialize)]
 struct IndexFile {
@@ -161,34 +208,35 @@ impl Checkpoint {
         let opened = if crate::engine::adapter::is_adapter(path) {
             crate::engine::adapter::open(path, options)?
         } else {
-            Self::open_files(path, options.key.as_deref())?
+            Self::open_files(path, options)?
         };
         opened.renamed(path, &options.rename)
     }
 
-    /// Opens the weight files `path` names, reading PyTorch files at `key`.
-    pub(crate) fn open_files(path: &Path, key: Option<&str>) -> Result<Self> {
+    /// Opens the weight files `path` names, reading PyTorch files at
+    /// `options.key` (its `rename` and `base` are not used here).
+    pub(crate) fn open_files(path: &Path, options: &OpenOptions) -> Result<Self> {
         let meta = fs::metadata(path).map_err(Error::io("open", path))?;
         if meta.is_file() {
-            let shard = open_shard(path.to_path_buf(), key)?;
+            let shard = open_shard(path.to_path_buf(), options)?;
             return Self::assemble(path, None, vec![shard], None);
         }
         let index = path.join(INDEX_FILE);
         if index.is_file() {
-            return Self::open_indexed(path, &index, key);
+            return Self::open_indexed(path, &index, options);
         }
         let single = path.join(SINGLE_FILE);
         if single.is_file() {
-            let shard = open_shard(single, key)?;
+            let shard = open_shard(single, options)?;
             return Self::assemble(path, Some(path.to_path_buf()), vec![shard], None);
         }
         let torch_index = path.join(TORCH_INDEX_FILE);
         if torch_index.is_file() {
-            return Self::open_indexed(path, &torch_index, key);
+            return Self::open_indexed(path, &torch_index, options);
         }
         let torch = path.join(TORCH_FILE);
         if torch.is_file() {
-            let shard = open_shard(torch, key)?;
+            let shard = open_shard(torch, options)?;
             return Self::assemble(path, Some(path.to_path_buf()), vec![shard], None);
         }
         Err(Error::NotACheckpoint { path: path.to_path_buf(), hint: directory_hint(path) })
@@ -201,41 +249,41 @@ impl Checkpoint {
             return Ok(self);
         }
         let mut tensors = self.tensors.to_vec();
-        let mut by_name: HashMap<String, usize> = HashMap::with_capacity(tensors.len());
-        for (i, t) in tensors.iter_mut().enumerate() {
-            let name = crate::engine::rename::apply_all(rules, &t.name);
-            if let Some(&j) = by_name.get(&name) {
-                return Err(Error::RenameCollision {
-                    path: path.to_path_buf(),
-                    first: self.tensors[j].name.clone(),
-                    second: self.tensors[i].name.clone(),
-                    name,
-                });
-            }
-            by_name.insert(name.clone(), i);
-            t.name = name;
+        for t in &mut tensors {
+            t.name = crate::engine::rename::apply_all(rules, &t.name);
         }
+        let by_name = NameIndex::new(&tensors).map_err(|(i, j)| Error::RenameCollision {
+            path: path.to_path_buf(),
+            first: self.tensors[i].name.clone(),
+            second: self.tensors[j].name.clone(),
+            name: tensors[i].name.clone(),
+        })?;
         Ok(Checkpoint { tensors: tensors.into(), by_name: Arc::new(by_name), ..self })
     }
 
     /// A checkpoint over the given shards (already opened) and tensors, some of
     /// them computed: how [`crate::engine::adapter`] assembles an adapted model.
+    /// Two tensors of one name are an error.
     pub(crate) fn from_parts(
         path: &Path,
         directory: Option<PathBuf>,
         shards: Vec<Arc<Shard>>,
         tensors: Vec<TensorEntry>,
         computed: Vec<crate::engine::adapter::Computed>,
-    ) -> Checkpoint {
-        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Checkpoint {
+    ) -> Result<Checkpoint> {
+        let by_name = NameIndex::new(&tensors).map_err(|(a, b)| Error::DuplicateTensor {
+            tensor: tensors[a].name.clone(),
+            first: shards[tensors[a].shard].path.clone(),
+            second: shards[tensors[b].shard].path.clone(),
+        })?;
+        Ok(Checkpoint {
             path: path.to_path_buf(),
             directory,
             shards: shards.into(),
             tensors: tensors.into(),
             by_name: Arc::new(by_name),
             computed: computed.into(),
-        }
+        })
     }
 
     /// The shards, shared (for assembling another checkpoint over them).
@@ -282,7 +330,7 @@ impl Checkpoint {
         }
     }
 
-    fn open_indexed(dir: &Path, index: &Path, key: Option<&str>) -> Result<Self> {
+    fn open_indexed(dir: &Path, index: &Path, options: &OpenOptions) -> Result<Self> {
         let text = read_bounded(index, MAX_INDEX_BYTES)?;
         let (weight_map, names) = parse_index(&text, index)?;
         let mut shards = Vec::with_capacity(names.len());
@@ -291,7 +339,7 @@ impl Checkpoint {
             if !shard_path.is_file() {
                 return Err(Error::MissingShard { index: index.to_path_buf(), shard: name });
             }
-            shards.push(open_shard(shard_path, key)?);
+            shards.push(open_shard(shard_path, options)?);
         }
         Self::assemble(dir, Some(dir.to_path_buf()), shards, Some((index, &weight_map)))
     }
@@ -306,34 +354,37 @@ impl Checkpoint {
     ) -> Result<Self> {
         let mut shards: Vec<Arc<Shard>> = Vec::with_capacity(opened.len());
         let mut tensors: Vec<TensorEntry> = Vec::new();
-        let mut by_name: HashMap<String, usize> = HashMap::new();
         for (shard_no, (shard, entries)) in opened.into_iter().enumerate() {
-            for mut entry in entries {
-                if let Some(&other) = by_name.get(&entry.name) {
-                    let first: &Shard = &shards[tensors[other].shard];
-                    return Err(Error::DuplicateTensor {
-                        tensor: entry.name,
-                        first: first.path.clone(),
-                        second: shard.path.clone(),
-                    });
-                }
-                entry.shard = shard_no;
-                by_name.insert(entry.name.clone(), tensors.len());
-                tensors.push(entry);
+            if tensors.len() + entries.len() > MAX_TENSORS {
+                return Err(Error::TooManyTensors {
+                    path: path.to_path_buf(),
+                    count: tensors.len() + entries.len(),
+                    limit: MAX_TENSORS,
+                });
             }
+            tensors.extend(entries.into_iter().map(|e| TensorEntry { shard: shard_no, ..e }));
             shards.push(Arc::new(shard));
         }
-        if let Some((index, weight_map)) = index {
-            check_index(index, weight_map, &shards, &tensors, &by_name)?;
-        }
-        Ok(Checkpoint {
+        let by_name = NameIndex::new(&tensors).map_err(|(a, b)| {
+            let (first, second) = (&tensors[a], &tensors[b]);
+            Error::DuplicateTensor {
+                tensor: first.name.clone(),
+                first: shards[first.shard].path.clone(),
+                second: shards[second.shard].path.clone(),
+            }
+        })?;
+        let checkpoint = Checkpoint {
             path: path.to_path_buf(),
             directory,
             shards: shards.into(),
             tensors: tensors.into(),
             by_name: Arc::new(by_name),
             computed: Arc::new([]),
-        })
+        };
+        if let Some((index, weight_map)) = index {
+            check_index(index, weight_map, &checkpoint)?;
+        }
+        Ok(checkpoint)
     }
 
     /// The path this checkpoint was opened from.
@@ -369,18 +420,19 @@ impl Checkpoint {
 
     /// Looks a tensor up by name.
     pub fn get(&self, name: &str) -> Option<&TensorEntry> {
-        self.by_name.get(name).map(|&i| &self.tensors[i])
+        self.position(name).map(|i| &self.tensors[i])
     }
 
     /// Position of a tensor in [`Checkpoint::tensors`].
     pub fn position(&self, name: &str) -> Option<usize> {
-        self.by_name.get(name).copied()
+        self.by_name.get(&self.tensors, name)
     }
 
     /// The same files seen with a different list of tensors (each a range inside
     /// them, e.g. an alias of another entry): for reconciling tied embeddings.
     pub(crate) fn with_tensors(&self, tensors: Vec<TensorEntry>) -> Checkpoint {
-        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        // Callers add aliases under names not yet present, so names stay distinct.
+        let by_name = NameIndex::new(&tensors).unwrap_or_default();
         Checkpoint { tensors: tensors.into(), by_name: Arc::new(by_name), ..self.clone() }
     }
 
@@ -409,6 +461,19 @@ impl Checkpoint {
         Cow::Owned(out)
     }
 
+    /// Fails with [`Error::InputChanged`] when a shard file changed (size or
+    /// modification time) since it was opened, or a fault hit its mapping: what was
+    /// read from it cannot be trusted.
+    pub(crate) fn check_unchanged(&self) -> Result<()> {
+        self.shards.iter().try_for_each(|s| s.map.check())
+    }
+
+    /// [`Checkpoint::check_unchanged`] for the shards a fault hit, only: cheap
+    /// enough for every chunk once [`mapped::faults`] has moved.
+    pub(crate) fn check_faulted(&self) -> Result<()> {
+        self.shards.iter().try_for_each(|s| s.map.check_faulted())
+    }
+
     /// Drops this process's mapping of bytes `start..end` of shard `shard` (see
     /// [`mapped::release`]); the data stays readable.
     pub(crate) fn release(&self, shard: usize, start: usize, end: usize) {
@@ -418,32 +483,39 @@ impl Checkpoint {
 
 /// Maps one shard and lists its tensors in file order: a PyTorch file when it is
 /// a zip archive or named like one (`.bin`, `.pt`, `.pth`), else safetensors.
-fn open_shard(path: PathBuf, key: Option<&str>) -> Result<(Shard, Vec<TensorEntry>)> {
+fn open_shard(path: PathBuf, options: &OpenOptions) -> Result<(Shard, Vec<TensorEntry>)> {
     let map = mapped::map_file(&path)?;
     let torch_name = path
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e, "bin" | "pt" | "pth"));
-    if crate::torch::looks_like_torch_zip(&map) || torch_name {
-        return open_torch_shard(path, map, key);
-    }
-    let (tensors, metadata) = parse_header(&map, &path)?;
-    Ok((Shard { path, map, metadata, torch: None }, tensors))
+    let parsed = if crate::torch::looks_like_torch_zip(&map) || torch_name {
+        read_torch(&map, &path, options)
+            .map(|(state, tensors)| (BTreeMap::new(), Some(state), tensors))
+    } else {
+        parse_header(&map, &path).map(|(tensors, metadata)| (metadata, None, tensors))
+    };
+    // A file truncated while its header was read reads as zeros past its new end,
+    // which would fail the format checks for the wrong reason: say what happened.
+    map.check()?;
+    let (metadata, torch, tensors) = parsed?;
+    Ok((Shard { path, map, metadata, torch }, tensors))
 }
 
-/// Reads a PyTorch file's state dict (at `key` in a training checkpoint),
+/// Reads a PyTorch file's state dict (at `options.key` in a training checkpoint),
 /// checking every entry it uses by CRC, which reads it all once, and lists its
 /// tensors in the dict's order.
-fn open_torch_shard(
-    path: PathBuf,
-    map: Mmap,
-    key: Option<&str>,
-) -> Result<(Shard, Vec<TensorEntry>)> {
+fn read_torch(
+    map: &Mapping,
+    path: &Path,
+    options: &OpenOptions,
+) -> Result<(crate::torch::StateDict, Vec<TensorEntry>)> {
     // The CRC pass reads every byte once; its pages are dropped window by window
     // (the merge maps them back as it goes), so RSS does not grow with the file.
-    let state = crate::torch::read_state_dict_at(&map, &path, key, &mut |r| {
-        mapped::release(&map, r.start, r.end)
+    let state = crate::torch::read_state_dict_at(map, path, options.key.as_deref(), &mut |r| {
+        mapped::release(map, r.start, r.end)
     })?;
+    check_views(&state, map.len() as u64, path, options)?;
     let tensors = state
         .tensors()
         .iter()
@@ -471,7 +543,43 @@ fn open_torch_shard(
             },
         })
         .collect();
-    Ok((Shard { path, map, metadata: BTreeMap::new(), torch: Some(state) }, tensors))
+    Ok((state, tensors))
+}
+
+/// Refuses views whose elements overlap (unless `options` allows them, up to its
+/// bound) and files whose tensors hold far more bytes than the file: what may be
+/// written out of a PyTorch file is bounded by the file.
+fn check_views(
+    state: &crate::torch::StateDict,
+    file_len: u64,
+    path: &Path,
+    options: &OpenOptions,
+) -> Result<()> {
+    let mut expanded = 0u64;
+    let mut total = 0u64;
+    for t in state.tensors() {
+        let bytes = t.byte_len() as u64;
+        if state.overlaps(t) {
+            if bytes > options.max_expanded_view {
+                return Err(Error::OverlappingView {
+                    path: path.to_path_buf(),
+                    tensor: t.name().to_owned(),
+                    shape: t.shape().to_vec(),
+                    strides: t.strides().to_vec(),
+                    bytes,
+                    limit: options.max_expanded_view,
+                });
+            }
+            expanded = expanded.saturating_add(bytes);
+        } else {
+            total = total.saturating_add(bytes);
+        }
+    }
+    let limit = file_len.saturating_mul(SHARED_STORAGE_FACTOR);
+    if total > limit {
+        return Err(Error::ViewsTooLarge { path: path.to_path_buf(), bytes: total, file_len });
+    }
+    Ok(())
 }
 
 /// Validates the safetensors header of a whole file's bytes and lists its tensors in
@@ -483,12 +591,35 @@ pub fn parse_header(
     path: &Path,
 ) -> Result<(Vec<TensorEntry>, BTreeMap<String, String>)> {
     let invalid = |source| Error::Header { path: path.to_path_buf(), source };
-    if declares_data_past_end(bytes) {
-        return Err(invalid(SafeTensorError::MetadataIncompleteBuffer));
+    let scan = scan_header(bytes);
+    if let Some(scan) = &scan {
+        if scan.data_past_end {
+            return Err(invalid(SafeTensorError::MetadataIncompleteBuffer));
+        }
+        if scan.entries > MAX_TENSORS {
+            return Err(Error::TooManyTensors {
+                path: path.to_path_buf(),
+                count: scan.entries,
+                limit: MAX_TENSORS,
+            });
+        }
     }
-    let (header_len, header) = SafeTensors::read_metadata(bytes).map_err(invalid)?;
+    let duplicate = || {
+        repeated_key(bytes).map(|tensor| Error::DuplicateKey { path: path.to_path_buf(), tensor })
+    };
+    let (header_len, header) = match SafeTensors::read_metadata(bytes) {
+        Ok(parsed) => parsed,
+        // A repeated name is why the offsets do not tile, if there is one.
+        Err(e) => return Err(duplicate().unwrap_or_else(|| invalid(e))),
+    };
     // read_metadata proved 8 + header_len + (end of the last tensor) == bytes.len()
-    // and that the tensors tile the data without gaps or overlaps.
+    // and that the tensors tile the data without gaps or overlaps, but kept only
+    // the last of two entries with one name (a JSON map's last key wins).
+    if scan.is_some_and(|scan| scan.entries != header.tensors().len() || scan.metadata > 1) {
+        if let Some(e) = duplicate() {
+            return Err(e);
+        }
+    }
     let data_start = 8 + header_len;
     let mut tensors: Vec<TensorEntry> = header
         .tensors()
@@ -511,27 +642,100 @@ pub fn parse_header(
     Ok((tensors, metadata))
 }
 
-/// True when the header (if it parses) declares tensor data ending past the end of
-/// `bytes`. safetensors 0.8 adds the declared data length to the header length
-/// without a checked add, so a header declaring ~2⁶⁴ bytes of data overflows there
-/// (a panic where overflow checks are on); such files are rejected here first with
-/// the error the format check gives when it does not overflow.
-fn declares_data_past_end(bytes: &[u8]) -> bool {
-    let header = bytes
+/// The header's JSON, if its length prefix and bytes can be read.
+fn header_json(bytes: &[u8]) -> Option<&[u8]> {
+    bytes
         .get(..8)
         .and_then(|prefix| usize::try_from(u64::from_le_bytes(prefix.try_into().ok()?)).ok())
-        .and_then(|n| bytes.get(8..8usize.checked_add(n)?));
-    let Some(Ok(entries)) =
-        header.map(serde_json::from_slice::<HashMap<String, serde_json::Value>>)
-    else {
-        return false; // read_metadata reports what is wrong with it
-    };
-    let file_len = bytes.len() as u64;
-    entries.values().any(|entry| {
-        let end =
-            entry.get("data_offsets").and_then(|o| o.get(1)).and_then(serde_json::Value::as_u64);
-        end.is_some_and(|end| end > file_len)
-    })
+        .and_then(|n| bytes.get(8..8usize.checked_add(n)?))
+}
+
+/// What one pass over a header's JSON finds before the format check, allocating
+/// nothing per entry.
+#[derive(Debug, Clone, Copy)]
+struct HeaderScan {
+    /// Tensor entries, a repeated name counted each time.
+    entries: usize,
+    /// `__metadata__` keys (more than one is ambiguous too).
+    metadata: usize,
+    /// Whether an entry declares data past the end of the file. safetensors 0.8
+    /// adds the declared data length to the header length without a checked add,
+    /// so a header declaring ~2⁶⁴ bytes of data overflows there (a panic where
+    /// overflow checks are on); such files are rejected first with the error the
+    /// format check gives when it does not overflow.
+    data_past_end: bool,
+}
+
+/// Scans the header, or `None` when it does not parse as a map of entries (then
+/// read_metadata reports what is wrong with it).
+fn scan_header(bytes: &[u8]) -> Option<HeaderScan> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    #[derive(Deserialize)]
+    struct End {
+        data_offsets: Option<(IgnoredAny, u64)>,
+    }
+
+    struct Scan(u64);
+
+    impl<'de> Visitor<'de> for Scan {
+        type Value = HeaderScan;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a safetensors header")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderScan, A::Error> {
+            let mut scan = HeaderScan { entries: 0, metadata: 0, data_past_end: false };
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                if key == "__metadata__" {
+                    scan.metadata += 1;
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                scan.entries += 1;
+                let end = map.next_value::<End>()?;
+                if end.data_offsets.is_some_and(|(_, end)| end > self.0) {
+                    scan.data_past_end = true;
+                }
+            }
+            Ok(scan)
+        }
+    }
+
+    let json = header_json(bytes)?;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    de.deserialize_map(Scan(bytes.len() as u64)).ok()
+}
+
+/// The first tensor name the header lists twice, if any.
+fn repeated_key(bytes: &[u8]) -> Option<String> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+    struct Repeated;
+
+    impl<'de> Visitor<'de> for Repeated {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a safetensors header")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                map.next_value::<IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(Some(key.into_owned()));
+                }
+            }
+            Ok(None)
+        }
+    }
+
+    let json = header_json(bytes)?;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    de.deserialize_map(Repeated).ok().flatten()
 }
 
 /// Parses the text of `model.safetensors.index.json` (or `pytorch_model.bin.index.json`,
@@ -552,10 +756,9 @@ pub fn parse_index(text: &str, path: &Path) -> Result<(BTreeMap<String, String>,
 fn check_index(
     index: &Path,
     weight_map: &BTreeMap<String, String>,
-    shards: &[Arc<Shard>],
-    tensors: &[TensorEntry],
-    by_name: &HashMap<String, usize>,
+    checkpoint: &Checkpoint,
 ) -> Result<()> {
+    let (shards, tensors) = (&checkpoint.shards, &checkpoint.tensors);
     let mismatch = |problem: String| Error::IndexMismatch { index: index.to_path_buf(), problem };
     let shard_name = |t: &TensorEntry| {
         shards[t.shard]
@@ -565,13 +768,13 @@ fn check_index(
             .unwrap_or_default()
     };
     for (tensor, shard) in weight_map {
-        match by_name.get(tensor) {
+        match checkpoint.position(tensor) {
             None => {
                 return Err(mismatch(format!(
                     "tensor {tensor:?} is mapped to {shard:?}, which does not contain it"
                 )))
             }
-            Some(&i) if shard_name(&tensors[i]) != *shard => {
+            Some(i) if shard_name(&tensors[i]) != *shard => {
                 return Err(mismatch(format!(
                     "tensor {tensor:?} is mapped to {shard:?} but is stored in {:?}",
                     shard_name(&tensors[i])

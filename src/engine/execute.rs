@@ -69,14 +69,26 @@ struct Chunk {
     len: usize,
 }
 
-/// Writes the plan's shard files into `dir` (which must exist) and returns their
-/// paths. Syncing them to disk is the caller's choice (see [`crate::engine::output`]).
+/// What [`write_shards`] wrote.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The shard files, in plan order.
+    pub files: Vec<PathBuf>,
+    /// Output values that are NaN or infinite.
+    pub non_finite: u64,
+    /// The first tensor (an index into [`Plan::tensors`], in output order) holding
+    /// one.
+    pub first_non_finite: Option<usize>,
+}
+
+/// Writes the plan's shard files into `dir` (which must exist). Syncing them to
+/// disk is the caller's choice (see [`crate::engine::output`]).
 pub fn write_shards(
     plan: &Plan,
     ingredients: &[Checkpoint],
     dir: &Path,
     run: &RunOptions,
-) -> Result<Vec<PathBuf>> {
+) -> Result<Written> {
     let mut paths = Vec::with_capacity(plan.shards.len());
     let mut files = Vec::with_capacity(plan.shards.len());
     for shard in &plan.shards {
@@ -95,22 +107,30 @@ pub fn write_shards(
 
     let chunks = chunk_plan(plan, run.chunk_elements.max(1));
     let out = Output { plan, ingredients, files: &files, paths: &paths };
+    let watched: Vec<&Checkpoint> = ingredients.iter().collect();
+    let (mut total, mut first) = (0u64, None);
     stream::run(
         run.threads,
         chunks.len(),
         run.cancel,
+        &watched,
         || (Accumulator::default(), Scratch::default(), Vec::new()),
         |i, (acc, scratch, bytes)| {
-            let written = out.produce(chunks[i], acc, scratch, bytes)?;
+            let (written, non_finite) = out.produce(chunks[i], acc, scratch, bytes)?;
             if let Some(progress) = run.progress {
                 progress(written);
             }
-            Ok(())
+            Ok(non_finite)
         },
-        |_, ()| {},
+        |i, non_finite| {
+            if non_finite > 0 {
+                total += non_finite as u64;
+                first.get_or_insert(chunks[i].tensor);
+            }
+        },
         |range| out.release(range, &chunks),
     )?;
-    Ok(paths)
+    Ok(Written { files: paths, non_finite: total, first_non_finite: first })
 }
 
 /// Cuts every tensor into chunks, in output order (shard by shard, offset by offset).
@@ -142,17 +162,17 @@ struct Output<'a> {
 
 impl Output<'_> {
     /// Computes one chunk, writes it at its final offset and returns the number of
-    /// bytes written.
+    /// bytes written and of non-finite values among them.
     fn produce(
         &self,
         chunk: Chunk,
         acc: &mut Accumulator,
         scratch: &mut Scratch,
         bytes: &mut Vec<u8>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, usize)> {
         let t = &self.plan.tensors[chunk.tensor];
         match &t.produce {
-            Produce::Average { dtype, inputs, weights } => {
+            Produce::Average { dtype, inputs, weights, divisor } => {
                 let read: Vec<(usize, Cow<[u8]>)> = self
                     .reads(chunk)
                     .map(|(i, ck, entry, start, len)| (i, ck.bytes(entry, start, len)))
@@ -161,8 +181,8 @@ impl Output<'_> {
                     .iter()
                     .map(|(i, bytes)| Input { dtype: inputs[*i], bytes, weight: weights[*i] })
                     .collect();
-                acc.mix(chunk.len, &mixed, *dtype, bytes);
-                self.write(t, chunk.start * dtype.size(), bytes)
+                let non_finite = acc.mix(chunk.len, &mixed, *divisor, *dtype, bytes);
+                Ok((self.write(t, chunk.start * dtype.size(), bytes)?, non_finite))
             }
             Produce::TaskVectors { dtype, inputs, base, params } => {
                 let mut owned: Vec<Option<Cow<[u8]>>> = vec![None; inputs.len()];
@@ -175,7 +195,7 @@ impl Output<'_> {
                     .map(|(bytes, &dtype)| bytes.as_deref().map(|b| (dtype, b)))
                     .collect();
                 let first = chunk.start as u64;
-                task_vectors::combine(
+                let non_finite = task_vectors::combine(
                     (first, chunk.len),
                     &read,
                     *base,
@@ -184,11 +204,13 @@ impl Output<'_> {
                     scratch,
                     bytes,
                 );
-                self.write(t, chunk.start * dtype.size(), bytes)
+                Ok((self.write(t, chunk.start * dtype.size(), bytes)?, non_finite))
             }
             Produce::Copy { .. } => {
                 let mut reads = self.reads(chunk);
-                let Some((_, first_ck, first, start, len)) = reads.next() else { return Ok(0) };
+                let Some((_, first_ck, first, start, len)) = reads.next() else {
+                    return Ok((0, 0));
+                };
                 let data = first_ck.bytes(first, start, len);
                 for (_, ck, entry, start, len) in reads {
                     if ck.bytes(entry, start, len) != data {
@@ -200,7 +222,7 @@ impl Output<'_> {
                         });
                     }
                 }
-                self.write(t, chunk.start, &data)
+                Ok((self.write(t, chunk.start, &data)?, 0))
             }
         }
     }

@@ -1,5 +1,6 @@
-//! The one arithmetic kernel of the engine: `Σ wᵢ·xᵢ` over a chunk, then a single
-//! rounding to the output format.
+//! The one arithmetic kernel of the engine: `(Σ wᵢ·xᵢ) / d` over a chunk, then a
+//! single rounding to the output format, counting the values that come out NaN or
+//! infinite.
 //!
 //! Every merge method that is linear in the weights (uniform, weighted, greedy and
 //! pruned candidates, learned coefficients) is a call of [`Accumulator::mix`]. The
@@ -13,7 +14,11 @@
 //! speed, where arithmetic on them would cost a microcode assist); products and sums
 //! carry 53 bits, and the only rounding that matters is the final one to the output
 //! format (to nearest, ties to even), done in one step so that there is no double
-//! rounding. An f32
+//! rounding. The divisor `d` is 1 except for weights that are exactly integers over
+//! a common count `kᵢ/d` (a uniform soup: all `1/n`): then the sum is `Σ kᵢ·xᵢ` and
+//! one correctly rounded division by `d` follows, so that a uniform soup is the
+//! correctly rounded mean (see "What exact means" in `docs/ARCHITECTURE.md`):
+//! `fl(1/n)` is not `1/n`, and `Σ fl(1/n)·xᵢ` misses the mean's ties. An f32
 //! accumulator would be about 1.5× faster where the kernel is bound by arithmetic,
 //! but drifts by several output ulps wherever ingredients cancel (and would truncate
 //! F64 inputs); see `docs/ARCHITECTURE.md`. No fused multiply-add is used, so every
@@ -66,14 +71,23 @@ pub struct Accumulator {
 }
 
 impl Accumulator {
-    /// Computes `Σ wᵢ·xᵢ` over the inputs (in their order, so the result never
-    /// depends on threads or tiling), rounds it to `dtype` with round-to-nearest-even
-    /// and puts the little-endian bytes in `out`, resized to fit. All inputs must
-    /// hold `len` elements; with no inputs the result is `len` zeros.
+    /// Computes `(Σ wᵢ·xᵢ) / divisor` over the inputs: the sum in f64 in input
+    /// order (so the result never depends on threads or tiling), the division
+    /// correctly rounded (and skipped when `divisor` is 1). Rounds the result to
+    /// `dtype` with round-to-nearest-even, puts the little-endian bytes in `out`,
+    /// resized to fit, and returns how many of them are NaN or infinite. All inputs
+    /// must hold `len` elements; with no inputs the result is `len` zeros.
     ///
     /// # Panics
     /// If an input's byte length is not `len × its element size`.
-    pub fn mix(&mut self, len: usize, inputs: &[Input], dtype: FloatDtype, out: &mut Vec<u8>) {
+    pub fn mix(
+        &mut self,
+        len: usize,
+        inputs: &[Input],
+        divisor: f64,
+        dtype: FloatDtype,
+        out: &mut Vec<u8>,
+    ) -> usize {
         for input in inputs {
             assert_eq!(
                 input.bytes.len(),
@@ -83,7 +97,7 @@ impl Accumulator {
         }
         out.resize(len * dtype.size(), 0);
         self.acc.resize(TILE, 0.0);
-        mix_tiles(&mut self.acc, len, inputs, dtype, out);
+        mix_tiles(&mut self.acc, len, inputs, divisor, dtype, out)
     }
 }
 
@@ -93,15 +107,29 @@ impl Accumulator {
     "x86_64+avx2+fma+f16c+bmi1+bmi2+lzcnt+popcnt+sse4.2",
     "x86_64+sse4.2+popcnt",
 ))]
-fn mix_tiles(acc: &mut [f64], len: usize, inputs: &[Input], dtype: FloatDtype, out: &mut [u8]) {
-    tiles(acc, len, inputs, dtype, out);
+fn mix_tiles(
+    acc: &mut [f64],
+    len: usize,
+    inputs: &[Input],
+    divisor: f64,
+    dtype: FloatDtype,
+    out: &mut [u8],
+) -> usize {
+    tiles(acc, len, inputs, divisor, dtype, out)
 }
 
 /// The body of [`mix_tiles`] (which the tests also call directly, to check that
 /// the baseline build computes the same bits): every tile in [`Pairs`] when every
 /// format is 16-bit (all but an odd last element), in [`Linear`] otherwise.
 #[inline(always)]
-fn tiles(acc: &mut [f64], len: usize, inputs: &[Input], dtype: FloatDtype, out: &mut [u8]) {
+fn tiles(
+    acc: &mut [f64],
+    len: usize,
+    inputs: &[Input],
+    divisor: f64,
+    dtype: FloatDtype,
+    out: &mut [u8],
+) -> usize {
     let halves = dtype.size() == 2 && inputs.iter().all(|input| input.dtype.size() == 2);
     let paired = if halves { len & !1 } else { 0 };
     let tile_bytes: usize = inputs.iter().map(|input| TILE * input.dtype.size()).sum();
@@ -109,14 +137,16 @@ fn tiles(acc: &mut [f64], len: usize, inputs: &[Input], dtype: FloatDtype, out: 
         if tile_bytes <= PREFETCH_MAX {
             prefetch_tile(inputs, start + 2 * TILE);
         }
-        Tile { inputs, start, end }
+        Tile { inputs, start, end, divisor }
     };
+    let mut non_finite = 0;
     for start in (0..paired).step_by(TILE) {
-        tile(start, paired.min(start + TILE)).run::<Pairs>(acc, dtype, out);
+        non_finite += tile(start, paired.min(start + TILE)).run::<Pairs>(acc, dtype, out);
     }
     for start in (paired..len).step_by(TILE) {
-        tile(start, len.min(start + TILE)).run::<Linear>(acc, dtype, out);
+        non_finite += tile(start, len.min(start + TILE)).run::<Linear>(acc, dtype, out);
     }
+    non_finite
 }
 
 /// Asks for tile `start..start + TILE` of every input now, so that it arrives while
@@ -130,18 +160,21 @@ fn prefetch_tile(inputs: &[Input], start: usize) {
     }
 }
 
-/// Elements `start..end` of every input, at most [`TILE`] of them.
+/// Elements `start..end` of every input, at most [`TILE`] of them, and the divisor
+/// of their sums.
 struct Tile<'a, 'b> {
     inputs: &'a [Input<'b>],
     start: usize,
     end: usize,
+    divisor: f64,
 }
 
 impl Tile<'_, '_> {
     /// Sums the tile into `acc` in layout `L`, by groups of consecutive inputs of
-    /// one format, then rounds it to `dtype` into the tile's part of `out`.
+    /// one format, divides the sums, then rounds them to `dtype` into the tile's part
+    /// of `out`; returns how many results are not finite.
     #[inline(always)]
-    fn run<L: Layout>(self, acc: &mut [f64], dtype: FloatDtype, out: &mut [u8]) {
+    fn run<L: Layout>(self, acc: &mut [f64], dtype: FloatDtype, out: &mut [u8]) -> usize {
         let acc = &mut acc[..self.end - self.start];
         if self.inputs.is_empty() {
             acc.fill(0.0);
@@ -156,7 +189,13 @@ impl Tile<'_, '_> {
             (rest, first) = (tail, false);
         }
         let size = dtype.size();
-        L::narrow_to(dtype, acc, &mut out[self.start * size..self.end * size]);
+        let out = &mut out[self.start * size..self.end * size];
+        let non_finite = if self.divisor == 1.0 {
+            L::narrow_to(dtype, acc, out, Unscaled)
+        } else {
+            L::narrow_to(dtype, acc, out, Quotient(self.divisor))
+        };
+        non_finite as usize
     }
 }
 
@@ -207,14 +246,15 @@ trait Layout {
         ws: [f64; N],
     );
 
-    /// Rounds the sums in `acc` to `O` into `out` (`acc.len()` elements).
-    fn narrow<O: Format>(acc: &[f64], out: &mut [u8]);
+    /// Rounds the sums in `acc`, scaled by `s`, to `O` into `out` (`acc.len()`
+    /// elements); returns how many results are NaN or infinite.
+    fn narrow<O: Format, S: Scale>(acc: &[f64], out: &mut [u8], s: S) -> u32;
 
     /// [`Pass::add`] for inputs of `dtype`: the `match` on the input format.
     fn add_group(pass: Pass, dtype: FloatDtype, first: bool);
 
     /// [`Layout::narrow`] to `dtype`: the `match` on the output format.
-    fn narrow_to(dtype: FloatDtype, acc: &[f64], out: &mut [u8]);
+    fn narrow_to<S: Scale>(dtype: FloatDtype, acc: &[f64], out: &mut [u8], s: S) -> u32;
 }
 
 /// `acc[j]` is element `j` of the tile.
@@ -238,11 +278,15 @@ impl Layout for Linear {
     }
 
     #[inline(always)]
-    fn narrow<O: Format>(acc: &[f64], out: &mut [u8]) {
+    fn narrow<O: Format, S: Scale>(acc: &[f64], out: &mut [u8], s: S) -> u32 {
         let out: &mut [O::Bytes] = bytemuck::cast_slice_mut(out);
+        let mut non_finite = 0u32;
         for (o, &x) in out.iter_mut().zip(acc) {
-            *o = O::narrow(x);
+            let bytes = O::narrow(s.apply(x));
+            non_finite += u32::from(O::non_finite(bytes));
+            *o = bytes;
         }
+        non_finite
     }
 
     #[inline(always)]
@@ -256,12 +300,12 @@ impl Layout for Linear {
     }
 
     #[inline(always)]
-    fn narrow_to(dtype: FloatDtype, acc: &[f64], out: &mut [u8]) {
+    fn narrow_to<S: Scale>(dtype: FloatDtype, acc: &[f64], out: &mut [u8], s: S) -> u32 {
         match dtype {
-            FloatDtype::F64 => Self::narrow::<f64>(acc, out),
-            FloatDtype::F32 => Self::narrow::<f32>(acc, out),
-            FloatDtype::F16 => Self::narrow::<f16>(acc, out),
-            FloatDtype::BF16 => Self::narrow::<bf16>(acc, out),
+            FloatDtype::F64 => Self::narrow::<f64, S>(acc, out, s),
+            FloatDtype::F32 => Self::narrow::<f32, S>(acc, out, s),
+            FloatDtype::F16 => Self::narrow::<f16, S>(acc, out, s),
+            FloatDtype::BF16 => Self::narrow::<bf16, S>(acc, out, s),
         }
     }
 }
@@ -290,12 +334,16 @@ impl Layout for Pairs {
     }
 
     #[inline(always)]
-    fn narrow<O: Format>(acc: &[f64], out: &mut [u8]) {
+    fn narrow<O: Format, S: Scale>(acc: &[f64], out: &mut [u8], s: S) -> u32 {
         let out: &mut [[O::Bytes; 2]] = bytemuck::cast_slice_mut(out);
         let (even, odd) = acc.split_at(acc.len() / 2);
+        let mut non_finite = 0u32;
         for ((o, &e), &d) in out.iter_mut().zip(even).zip(odd) {
-            *o = O::narrow_pair(e, d);
+            let pair = O::narrow_pair(s.apply(e), s.apply(d));
+            non_finite += u32::from(O::non_finite(pair[0])) + u32::from(O::non_finite(pair[1]));
+            *o = pair;
         }
+        non_finite
     }
 
     #[inline(always)]
@@ -308,10 +356,10 @@ impl Layout for Pairs {
     }
 
     #[inline(always)]
-    fn narrow_to(dtype: FloatDtype, acc: &[f64], out: &mut [u8]) {
+    fn narrow_to<S: Scale>(dtype: FloatDtype, acc: &[f64], out: &mut [u8], s: S) -> u32 {
         match dtype {
-            FloatDtype::F16 => Self::narrow::<f16>(acc, out),
-            FloatDtype::BF16 => Self::narrow::<bf16>(acc, out),
+            FloatDtype::F16 => Self::narrow::<f16, S>(acc, out, s),
+            FloatDtype::BF16 => Self::narrow::<bf16, S>(acc, out, s),
             FloatDtype::F32 | FloatDtype::F64 => unreachable!("pairs hold 16-bit formats only"),
         }
     }
@@ -335,18 +383,73 @@ pub(crate) fn widen_into(dtype: FloatDtype, bytes: &[u8], out: &mut [f64]) {
 }
 
 /// Rounds `values` to `dtype` (to nearest, ties to even, as [`Accumulator::mix`]
-/// does) and writes their little-endian bytes into `out`, for the reducers that
-/// compute their own f64 results (see `crate::engine::task_vectors`).
+/// does), writes their little-endian bytes into `out`, for the reducers that
+/// compute their own f64 results (see `crate::engine::task_vectors`), and returns
+/// how many are NaN or infinite.
 ///
 /// # Panics
 /// If `out` is not `values.len()` elements long.
-pub(crate) fn narrow_into(dtype: FloatDtype, values: &[f64], out: &mut [u8]) {
+pub(crate) fn narrow_into(dtype: FloatDtype, values: &[f64], out: &mut [u8]) -> usize {
     assert_eq!(out.len(), values.len() * dtype.size(), "output length differs from the values");
     match dtype {
         FloatDtype::F64 => narrow_as::<f64>(values, out),
         FloatDtype::F32 => narrow_as::<f32>(values, out),
         FloatDtype::F16 => narrow_as::<f16>(values, out),
         FloatDtype::BF16 => narrow_as::<bf16>(values, out),
+    }
+    count_non_finite(dtype, out)
+}
+
+/// How many of the little-endian values of `dtype` in `bytes` are NaN or infinite:
+/// one compare per element, which vectorises.
+#[inline(always)]
+fn count_non_finite(dtype: FloatDtype, bytes: &[u8]) -> usize {
+    match dtype {
+        FloatDtype::F64 => count_as::<f64>(bytes),
+        FloatDtype::F32 => count_as::<f32>(bytes),
+        FloatDtype::F16 => count_as::<f16>(bytes),
+        FloatDtype::BF16 => count_as::<bf16>(bytes),
+    }
+}
+
+#[inline(always)]
+fn count_as<E: Format>(bytes: &[u8]) -> usize {
+    let elements: &[E::Bytes] = bytemuck::cast_slice(bytes);
+    // 32-bit lanes: a tile holds far fewer than 2³² elements.
+    elements.iter().fold(0u32, |n, &e| n + u32::from(E::non_finite(e))) as usize
+}
+
+/// How the sums of a tile are scaled on their way to the output, inside the
+/// rounding loop (an extra pass over the tile would cost as much as the scaling):
+/// a divisor of 1 (most merges), or weights that are integers over a common
+/// count `d`, divided by `d` with IEEE division, correctly rounded. (Multiplying
+/// by `fl(1/d)` and dividing only near midpoints of the output was tried: for bf16
+/// soups, where exact ties are common, the test for "near" cost nearly as much as
+/// the division it saved.)
+trait Scale: Copy {
+    /// The value to round.
+    fn apply(self, x: f64) -> f64;
+}
+
+/// No scaling.
+#[derive(Clone, Copy)]
+struct Unscaled;
+
+impl Scale for Unscaled {
+    #[inline(always)]
+    fn apply(self, x: f64) -> f64 {
+        x
+    }
+}
+
+/// Divided by `d`, correctly rounded.
+#[derive(Clone, Copy)]
+struct Quotient(f64);
+
+impl Scale for Quotient {
+    #[inline(always)]
+    fn apply(self, x: f64) -> f64 {
+        x / self.0
     }
 }
 
@@ -374,6 +477,9 @@ trait Format {
     /// The exact value of one element.
     fn widen(bytes: Self::Bytes) -> f64;
 
+    /// Whether an element is NaN or infinite: all its exponent bits are set.
+    fn non_finite(bytes: Self::Bytes) -> bool;
+
     /// `x` rounded to nearest, ties to even.
     fn narrow(x: f64) -> Self::Bytes;
 
@@ -386,6 +492,12 @@ trait Format {
 
 impl Format for f64 {
     type Bytes = [u8; 8];
+
+    #[inline(always)]
+    fn non_finite(bytes: [u8; 8]) -> bool {
+        const EXPONENT: u64 = 0x7ff0_0000_0000_0000;
+        u64::from_le_bytes(bytes) & EXPONENT == EXPONENT
+    }
 
     #[inline(always)]
     fn widen(bytes: [u8; 8]) -> f64 {
@@ -402,6 +514,11 @@ impl Format for f32 {
     type Bytes = [u8; 4];
 
     #[inline(always)]
+    fn non_finite(bytes: [u8; 4]) -> bool {
+        u32::from_le_bytes(bytes) & 0x7f80_0000 == 0x7f80_0000
+    }
+
+    #[inline(always)]
     fn widen(bytes: [u8; 4]) -> f64 {
         f64::from(f32::from_le_bytes(bytes))
     }
@@ -414,6 +531,11 @@ impl Format for f32 {
 
 impl Format for bf16 {
     type Bytes = [u8; 2];
+
+    #[inline(always)]
+    fn non_finite(bytes: [u8; 2]) -> bool {
+        u16::from_le_bytes(bytes) & 0x7f80 == 0x7f80
+    }
 
     /// bf16 is the upper half of an f32.
     #[inline(always)]
@@ -437,6 +559,11 @@ impl Format for bf16 {
 
 impl Format for f16 {
     type Bytes = [u8; 2];
+
+    #[inline(always)]
+    fn non_finite(bytes: [u8; 2]) -> bool {
+        u16::from_le_bytes(bytes) & 0x7c00 == 0x7c00
+    }
 
     /// The f16 bits moved into an f32 without re-biasing the exponent, which gives
     /// an f32 `2^112` times smaller (f16 subnormals become f32 subnormals, which
@@ -720,6 +847,7 @@ mod tests {
         len: usize,
         out: FloatDtype,
         inputs: Vec<Ingredient>,
+        divisor: f64,
     }
 
     #[derive(Debug)]
@@ -731,6 +859,15 @@ mod tests {
     }
 
     impl Ingredient {
+        fn clone_of(i: &Ingredient) -> Ingredient {
+            Ingredient {
+                dtype: i.dtype,
+                buffer: i.buffer.clone(),
+                offset: i.offset,
+                weight: i.weight,
+            }
+        }
+
         fn bytes(&self, len: usize) -> &[u8] {
             &self.buffer[self.offset..self.offset + len * self.dtype.size()]
         }
@@ -754,7 +891,11 @@ mod tests {
 
         fn run(&self) -> Vec<u8> {
             let mut out = Vec::new();
-            Accumulator::default().mix(self.len, &self.inputs(0..self.len), self.out, &mut out);
+            let inputs = self.inputs(0..self.len);
+            let non_finite =
+                Accumulator::default().mix(self.len, &inputs, self.divisor, self.out, &mut out);
+            let decoded = decode(self.out, &out);
+            assert_eq!(non_finite, decoded.iter().filter(|x| !x.is_finite()).count());
             out
         }
 
@@ -768,7 +909,7 @@ mod tests {
                     for (input, x) in self.inputs.iter().zip(&values) {
                         s += input.weight * x[j];
                     }
-                    s
+                    s / self.divisor
                 })
                 .collect()
         }
@@ -821,7 +962,8 @@ mod tests {
     const REGIMES: [Regime; 5] =
         [Regime::Moderate, Regime::Wide, Regime::Tiny, Regime::Huge, Regime::Zero];
 
-    /// The weights of `k` inputs in one of four styles.
+    /// The weights of `k` inputs in one of five styles (the last: small integers,
+    /// to be divided by their sum).
     fn weights(rng: &mut Rng, k: usize, style: usize) -> Vec<f64> {
         const DECIMAL: [f64; 8] = [0.3, 0.7, 0.1, 0.25, 0.05, 0.45, 0.6, 0.9];
         (0..k)
@@ -829,6 +971,7 @@ mod tests {
                 0 => 1.0 / k as f64,
                 1 => DECIMAL[(i + rng.below(2) * rng.below(8)) % 8],
                 2 => rng.unit() * 3.0 - 1.5,
+                4 => (1 + rng.below(3)) as f64,
                 _ => {
                     let sign = if rng.next() & 1 == 1 { -1.0 } else { 1.0 };
                     sign * pow2(rng.between(-3, 3))
@@ -885,8 +1028,10 @@ mod tests {
                 buffer.extend(std::iter::repeat_n(0x5A, rng.below(3)));
                 Ingredient { dtype, buffer, offset, weight }
             })
-            .collect();
-        Case { len, out, inputs }
+            .collect::<Vec<_>>();
+        let divisor =
+            if style == 4 { inputs.iter().map(|i| i.weight).sum::<f64>().max(1.0) } else { 1.0 };
+        Case { len, out, inputs, divisor }
     }
 
     /// The value of one bit pattern of `dtype`.
@@ -903,7 +1048,7 @@ mod tests {
             len in prop::sample::select(LENS.to_vec()),
             k in 0usize..=9,
             out in prop::sample::select(DTYPES.to_vec()),
-            style in 0usize..4,
+            style in 0usize..5,
         ) {
             let case = case(seed, len, k, out, style);
             case.check(&case.run());
@@ -924,7 +1069,8 @@ mod tests {
             let mut acc = Accumulator::default();
             let (mut pieces, mut out) = (Vec::new(), Vec::new());
             for range in cuts.windows(2) {
-                acc.mix(range[1] - range[0], &case.inputs(range[0]..range[1]), case.out, &mut out);
+                let inputs = case.inputs(range[0]..range[1]);
+                acc.mix(range[1] - range[0], &inputs, case.divisor, case.out, &mut out);
                 pieces.extend_from_slice(&out);
             }
             prop_assert_eq!(pieces, whole);
@@ -975,10 +1121,11 @@ mod tests {
         for seed in 0..64 {
             let len = LENS[seed as usize % LENS.len()];
             let k = seed as usize % 10;
-            let case = case(seed, len, k, DTYPES[seed as usize / 16], seed as usize % 4);
+            let case = case(seed, len, k, DTYPES[seed as usize / 16], seed as usize % 5);
             let mut acc = vec![0.0; TILE];
             let mut baseline = vec![0; len * case.out.size()];
-            super::tiles(&mut acc, len, &case.inputs(0..len), case.out, &mut baseline);
+            let inputs = case.inputs(0..len);
+            super::tiles(&mut acc, len, &inputs, case.divisor, case.out, &mut baseline);
             assert_eq!(baseline, case.run(), "seed {seed}");
         }
     }
@@ -988,7 +1135,8 @@ mod tests {
     fn every_half_precision_value_widens_exactly() {
         let bits: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
         for dtype in [F16, BF16] {
-            let case = Case { len: 1 << 16, out: F64, inputs: vec![ingredient(dtype, &bits, 1.0)] };
+            let inputs = vec![ingredient(dtype, &bits, 1.0)];
+            let case = Case { len: 1 << 16, out: F64, inputs, divisor: 1.0 };
             case.check(&case.run());
         }
     }
@@ -1029,12 +1177,13 @@ mod tests {
             let ds: Vec<u8> = inputs.iter().flat_map(|(_, d)| d.to_le_bytes()).collect();
             // The midpoint plus the nudge, exactly, as one f64 input, then as two.
             let sums: Vec<u8> = inputs.iter().flat_map(|(m, d)| (m + d).to_le_bytes()).collect();
-            let one = Case { len, out, inputs: vec![ingredient(F64, &sums, 1.0)] };
+            let one = Case { len, out, inputs: vec![ingredient(F64, &sums, 1.0)], divisor: 1.0 };
             one.check(&one.run());
             let two = Case {
                 len,
                 out,
                 inputs: vec![ingredient(F64, &xs, 1.0), ingredient(F64, &ds, 1.0)],
+                divisor: 1.0,
             };
             two.check(&two.run());
         }
@@ -1077,6 +1226,7 @@ mod tests {
                                 ingredient(a, &encode(a, &xs), wa),
                                 ingredient(b, &encode(b, &ys), wb),
                             ],
+                            divisor: 1.0,
                         };
                         let got = case.run();
                         case.check(&got);
@@ -1105,9 +1255,106 @@ mod tests {
                 len: 1,
                 out,
                 inputs: vec![ingredient(dtype, &bytes, 1.0), ingredient(dtype, &bytes, 1.0)],
+                divisor: 1.0,
             };
             let got = case.run();
             case.check(&got);
+        }
+    }
+
+    /// Any count from 3 to 4096 as divisor, every output format, against the
+    /// oracle's f64 sum divided by it.
+    #[test]
+    fn division_by_any_count_rounds_like_the_true_quotient() {
+        let mut rng = Rng(13);
+        for seed in 0..96 {
+            let out = DTYPES[seed % 4];
+            let mut case = case(rng.next(), 3 * TILE + 5, 1 + seed % 4, out, 4);
+            case.divisor = (3 + rng.below(4094)) as f64;
+            case.check(&case.run());
+        }
+    }
+
+    /// The mean of n inputs whose exact mean lies exactly halfway between two
+    /// neighbours of the output format (built on purpose), at n = 3, 5 and 10:
+    /// `(Σ xᵢ)/n` rounds it to even, as the exact mean requires, and counts no
+    /// non-finite value; `Σ fl(1/n)·xᵢ` (the weights as doubles) does not. The
+    /// reference is exact integer arithmetic on the values' bits.
+    #[test]
+    fn equal_weights_give_the_correctly_rounded_mean_at_ties() {
+        let mut rng = Rng(11);
+        for n in [3usize, 5, 10] {
+            for out in [F32, BF16, F16] {
+                let f = Format::of(out);
+                // Every input a multiple of u/2 (u: the output's spacing at 1..2)
+                // near 1.5, with the sum an odd multiple of n·u/2: the mean is then
+                // an odd multiple of u/2, a tie.
+                let half = pow2(-(f.man as i32) - 1);
+                let len = 999;
+                let mut columns = vec![Vec::with_capacity(len); n];
+                for _ in 0..len {
+                    let mut units: Vec<i64> = (0..n)
+                        .map(|_| (3i64 << f.man) + rng.below(1 << (f.man - 2)) as i64)
+                        .collect();
+                    let sum: i64 = units.iter().sum();
+                    let target = {
+                        let q = sum.div_euclid(n as i64);
+                        if q % 2 == 0 {
+                            q + 1
+                        } else {
+                            q
+                        }
+                    };
+                    units[0] += target * n as i64 - sum;
+                    for (c, u) in columns.iter_mut().zip(&units) {
+                        c.push(*u as f64 * half);
+                    }
+                }
+                // Inputs wider than the output, so that they hold the half units.
+                let wide = if out == F32 { F64 } else { F32 };
+                let inputs: Vec<Ingredient> = columns
+                    .iter()
+                    .map(|c| {
+                        let bytes: Vec<u8> = c
+                            .iter()
+                            .flat_map(|&x| near(wide, x).to_le_bytes()[..wide.size()].to_vec())
+                            .collect();
+                        ingredient(wide, &bytes, 1.0)
+                    })
+                    .collect();
+                let exact = Case { len, out, inputs, divisor: n as f64 };
+                let got = exact.run();
+                let mut decimal_wrong = 0;
+                let fl = Case {
+                    len,
+                    out,
+                    inputs: exact
+                        .inputs
+                        .iter()
+                        .map(|i| Ingredient { weight: 1.0 / n as f64, ..Ingredient::clone_of(i) })
+                        .collect(),
+                    divisor: 1.0,
+                };
+                let naive = fl.run();
+                for j in 0..len {
+                    // The exact mean in units of u/2 is odd: round to the even
+                    // neighbour in units of u.
+                    let units: i64 =
+                        columns.iter().map(|c| (c[j] / half) as i64).sum::<i64>() / n as i64;
+                    let down = (units - 1) / 2;
+                    let want_units = if down % 2 == 0 { down } else { down + 1 };
+                    let want = want_units as f64 * 2.0 * half;
+                    let size = out.size();
+                    let value = |bytes: &[u8]| decode(out, &bytes[j * size..(j + 1) * size])[0];
+                    assert_eq!(value(&got), want, "n = {n}, {out:?}, element {j}");
+                    if value(&naive) != want {
+                        decimal_wrong += 1;
+                    }
+                }
+                // Weights of 1/n as doubles miss some of these ties (n = 3, 5, 10:
+                // fl(1/n) ≠ 1/n), which is why equal weights are divided instead.
+                assert!(decimal_wrong > 0, "n = {n}, {out:?}: the naive sum got every tie");
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The whole of one merge, as the CLI and the soup searches use it: a plan written
 //! into a staging directory beside the destination, with the index and the support
-//! files, then committed in place.
+//! files, then committed in place, all under the destination's lock.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::engine::checkpoint::{Checkpoint, INDEX_FILE};
 use crate::engine::dtype::FloatDtype;
 use crate::engine::execute::{self, RunOptions};
-use crate::engine::output::{self, StagedDir};
+use crate::engine::output::{self, Housekeeping, OutputLock, StagedDir};
 use crate::engine::plan::{Plan, Produce};
 use crate::error::{Error, Result};
 
@@ -47,6 +47,14 @@ pub struct MergeReport {
     pub support_files: Vec<String>,
     /// Wall time of the merge in seconds.
     pub seconds: f64,
+    /// Output values that are NaN or infinite (from the inputs, or from arithmetic
+    /// that overflowed the output format).
+    pub non_finite: u64,
+    /// The first tensor, in output order, holding such a value.
+    pub first_non_finite: Option<String>,
+    /// Leftovers of killed runs dealt with beside the destination, and a replaced
+    /// soup that could not be removed.
+    pub housekeeping: Vec<Housekeeping>,
 }
 
 /// Writes the soup described by `plan` to `dest`. On any error the destination is
@@ -58,11 +66,12 @@ pub fn write_soup(
     run: &RunOptions,
 ) -> Result<MergeReport> {
     let started = Instant::now();
-    refuse_overlap(dest.path, ingredients)?;
+    let lock = OutputLock::acquire(dest.path)?;
+    output::check_destination(dest.path, dest.force, ingredients)?;
     let staged = StagedDir::new(dest.path, dest.force)?;
     let written = execute::write_shards(plan, ingredients, staged.path(), run)?;
     let mut output_files: Vec<PathBuf> =
-        written.iter().filter_map(|p| p.file_name()).map(|n| dest.path.join(n)).collect();
+        written.files.iter().filter_map(|p| p.file_name()).map(|n| dest.path.join(n)).collect();
     if let Some(index) = plan.index() {
         let path = staged.path().join(INDEX_FILE);
         let json = serde_json::to_vec_pretty(&index).map_err(Error::Json)?;
@@ -78,7 +87,12 @@ pub fn write_soup(
     if let Some(dtype) = main_float_dtype(plan) {
         output::set_config_dtype(staged.path(), dtype)?;
     }
-    staged.commit(dest.durable)?;
+    // The inputs once more, just before the soup goes in place.
+    for ck in ingredients {
+        ck.check_unchanged()?;
+    }
+    let mut housekeeping = lock.housekeeping.clone();
+    housekeeping.extend(staged.commit(dest.durable)?);
     Ok(MergeReport {
         tensors: plan.tensors.len(),
         parameters: plan.parameters(),
@@ -87,6 +101,9 @@ pub fn write_soup(
         output_files,
         support_files,
         seconds: started.elapsed().as_secs_f64(),
+        non_finite: written.non_finite,
+        first_non_finite: written.first_non_finite.map(|t| plan.tensors[t].name.clone()),
+        housekeeping,
     })
 }
 
@@ -105,41 +122,4 @@ fn main_float_dtype(plan: &Plan) -> Option<FloatDtype> {
         }
     }
     elements.into_iter().max_by_key(|&(_, n)| n).map(|(d, _)| d)
-}
-
-/// Refuses an output that is an ingredient, lies inside one, or contains one:
-/// replacing it would destroy the user's checkpoint.
-fn refuse_overlap(dest: &Path, ingredients: &[Checkpoint]) -> Result<()> {
-    let Some(dest_abs) = absolute(dest) else {
-        return Ok(());
-    };
-    for ck in ingredients {
-        // An adapter's shards include its base's files.
-        let files = ck.shards().iter().map(|s| s.path());
-        for path in std::iter::once(ck.path()).chain(files) {
-            let Ok(source) = path.canonicalize() else {
-                continue;
-            };
-            if source.starts_with(&dest_abs) || dest_abs.starts_with(&source) {
-                return Err(Error::Output {
-                    path: dest.to_path_buf(),
-                    reason: format!("overlaps the ingredient {}", path.display()),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// `path` made absolute with symlinks resolved, for a path that may not exist yet.
-fn absolute(path: &Path) -> Option<PathBuf> {
-    if let Ok(p) = path.canonicalize() {
-        return Some(p);
-    }
-    let name = path.file_name()?;
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    absolute(parent).map(|p| p.join(name))
 }

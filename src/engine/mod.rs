@@ -5,7 +5,8 @@
 //! output from headers alone ([`plan`]), the chunked parallel skeleton every pass
 //! over the weights shares (`stream`), the two per-chunk reducers — the linear
 //! [`kernel`] and the [`task_vectors`] reducer with its seeded [`dropout`] masks —
-//! the writer ([`execute`]), and the atomic commit ([`output`], [`merge`]).
+//! the writer ([`execute`]), and the atomic commit ([`output`], [`merge`]) under a
+//! [`lock`] per destination.
 //!
 //! The engine knows nothing of merge methods, recipes or searches: it takes a plan
 //! whose per-tensor weights or task-vector parameters are already resolved. It
@@ -20,6 +21,7 @@ pub mod execute;
 pub mod hub;
 pub mod kernel;
 pub mod layers;
+pub mod lock;
 pub(crate) mod mapped;
 pub mod merge;
 pub mod output;

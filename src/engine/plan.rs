@@ -137,14 +137,18 @@ pub const DEFAULT_MAX_SHARD_SIZE: u64 = 5_000_000_000;
 /// How an output tensor is produced.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Produce {
-    /// `Σ wᵢ·xᵢ`, narrowed to `dtype`. Ingredients with weight 0 are not read.
+    /// `(Σ wᵢ·xᵢ) / divisor`, narrowed to `dtype`. Ingredients with weight 0 are
+    /// not read.
     Average {
         /// Output format.
         dtype: FloatDtype,
         /// Each ingredient's format for this tensor.
         inputs: Vec<FloatDtype>,
-        /// One weight per ingredient.
+        /// One weight per ingredient: the weights asked for, or, when those are
+        /// exactly integers over a common count `kᵢ/d`, the integers `kᵢ`.
         weights: Vec<f64>,
+        /// 1, or the common count `d` (see [`as_fractions`]).
+        divisor: f64,
     },
     /// `x_base + λ·merge(sparsified task vectors)`, narrowed to `dtype`.
     TaskVectors {
@@ -350,7 +354,8 @@ fn plan_tensor(
                 Mixing::Linear(weights) => {
                     let weights = weights.for_tensor(&entry.name);
                     check_weights(&weights, ingredients.len(), &entry.name)?;
-                    Produce::Average { dtype: out, inputs, weights }
+                    let (weights, divisor) = as_fractions(&weights).unwrap_or((weights, 1.0));
+                    Produce::Average { dtype: out, inputs, weights, divisor }
                 }
                 Mixing::TaskVectors(tv) => {
                     let params = (tv.params)(&entry.name);
@@ -388,6 +393,76 @@ fn check_weights(weights: &[f64], inputs: usize, tensor: &str) -> Result<()> {
         return Err(Error::NonFiniteWeight { tensor: tensor.to_owned(), ingredient: i, value: w });
     }
     Ok(())
+}
+
+/// The largest common count [`as_fractions`] looks for. Weights over larger
+/// counts are used as given; `Σ kᵢ·xᵢ` stays exact in f64 for f32 inputs only
+/// while `kᵢ` is small.
+const MAX_DENOMINATOR: u64 = 1 << 12;
+
+/// `(kᵢ, d)` with integers `kᵢ` and a count `d` (3 ≤ d ≤ 4096, the least one)
+/// such that every weight is the double nearest to `kᵢ/d`, when there are such:
+/// equal weights `1/n` (a uniform soup) give `(1, …, 1; n)`, `0.4, 0.2, 0.4` give
+/// `(2, 1, 2; 5)`. The kernel then computes `(Σ kᵢ·xᵢ) / d`, whose one division
+/// makes a uniform soup the correctly rounded mean, where `Σ fl(1/n)·xᵢ` is off
+/// at ties. `None` for weights that are not such fractions, and where `d` is a
+/// power of two (1 included): such weights are exact doubles already.
+pub fn as_fractions(weights: &[f64]) -> Option<(Vec<f64>, f64)> {
+    let mut d = 1u64;
+    for &w in weights {
+        let q = denominator(w)?;
+        d = d / gcd(d, q) * q;
+        if d > MAX_DENOMINATOR {
+            return None;
+        }
+    }
+    // Over a power of two the weights are exact doubles already, and `Σ wᵢ·xᵢ` is
+    // the same sum scaled exactly: no division needed.
+    if d.is_power_of_two() {
+        return None;
+    }
+    let df = d as f64;
+    let k: Vec<f64> = weights.iter().map(|w| (w * df).round()).collect();
+    k.iter()
+        .zip(weights)
+        .all(|(k, &w)| k / df == w && k.abs() <= df * 2f64.powi(20))
+        .then_some((k, df))
+}
+
+/// The least `q ≤ MAX_DENOMINATOR` with `w` the double nearest to some `p/q`, found
+/// among the continued-fraction convergents of `w` (which include every best
+/// approximation).
+fn denominator(w: f64) -> Option<u64> {
+    if w == w.trunc() {
+        return Some(1);
+    }
+    let (mut h0, mut h1, mut k0, mut k1) = (0f64, 1f64, 1u64, 0u64);
+    let mut x = w.abs();
+    for _ in 0..64 {
+        let a = x.floor();
+        let (h, k) = (a * h1 + h0, (a as u64).checked_mul(k1)?.checked_add(k0)?);
+        if k > MAX_DENOMINATOR {
+            return None;
+        }
+        if h / k as f64 == w.abs() {
+            return Some(k);
+        }
+        (h0, h1, k0, k1) = (h1, h, k1, k);
+        let frac = x - a;
+        if frac == 0.0 {
+            return None;
+        }
+        x = 1.0 / frac;
+    }
+    None
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// Splits the tensors into output shards of at most `max_shard_size` data bytes,
@@ -447,9 +522,56 @@ fn assign_shards(
 
 #[derive(Serialize)]
 struct HeaderTensor<'a> {
+    // Fields in sorted order, as a JSON map of them would have them.
+    data_offsets: (u64, u64),
     dtype: Dtype,
     shape: &'a [usize],
-    data_offsets: (u64, u64),
+}
+
+/// One entry of a header: the metadata, or a tensor.
+enum HeaderEntry<'a> {
+    Metadata(&'a BTreeMap<String, String>),
+    Tensor(HeaderTensor<'a>),
+}
+
+impl Serialize for HeaderEntry<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            HeaderEntry::Metadata(m) => m.serialize(s),
+            HeaderEntry::Tensor(t) => t.serialize(s),
+        }
+    }
+}
+
+/// A header's JSON object, written straight from the plan: keys in sorted order
+/// (the order a JSON map gives, so the bytes are those of earlier versions)
+/// without building a JSON value per tensor.
+struct HeaderJson<'a> {
+    /// Keys in sorted order, each with its entry's index (`None`: the metadata).
+    keys: Vec<(&'a str, Option<usize>)>,
+    tensors: &'a [PlannedTensor],
+    starts: Vec<u64>,
+    metadata: &'a BTreeMap<String, String>,
+}
+
+impl Serialize for HeaderJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.keys.iter().map(|&(key, entry)| {
+            let value = match entry {
+                None => HeaderEntry::Metadata(self.metadata),
+                Some(i) => {
+                    let t = &self.tensors[i];
+                    let start = self.starts[i];
+                    HeaderEntry::Tensor(HeaderTensor {
+                        dtype: t.dtype,
+                        shape: &t.shape,
+                        data_offsets: (start, start + t.len),
+                    })
+                }
+            };
+            (key, value)
+        }))
+    }
 }
 
 /// The safetensors header for tensors laid out back to back in the given order:
@@ -457,22 +579,25 @@ struct HeaderTensor<'a> {
 fn encode_header(tensors: &[PlannedTensor], extra: &BTreeMap<String, String>) -> Result<Vec<u8>> {
     let mut metadata = extra.clone();
     metadata.insert("format".to_owned(), "pt".to_owned());
-    let mut map = serde_json::Map::new();
-    map.insert("__metadata__".to_owned(), serde_json::to_value(&metadata).map_err(Error::Json)?);
+    let mut starts = Vec::with_capacity(tensors.len());
     let mut start = 0u64;
     for t in tensors {
-        let end = start + t.len;
-        let entry = HeaderTensor { dtype: t.dtype, shape: &t.shape, data_offsets: (start, end) };
-        map.insert(t.name.clone(), serde_json::to_value(&entry).map_err(Error::Json)?);
-        start = end;
+        starts.push(start);
+        start += t.len;
     }
-    let mut json = serde_json::to_vec(&map).map_err(Error::Json)?;
-    while json.len() % 8 != 0 {
-        json.push(b' ');
+    let mut keys: Vec<(&str, Option<usize>)> =
+        tensors.iter().enumerate().map(|(i, t)| (t.name.as_str(), Some(i))).collect();
+    keys.push(("__metadata__", None));
+    keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let json = HeaderJson { keys, tensors, starts, metadata: &metadata };
+    // The length prefix is filled in once the JSON is written after it.
+    let mut header = vec![0u8; 8];
+    serde_json::to_writer(&mut header, &json).map_err(Error::Json)?;
+    while !header.len().is_multiple_of(8) {
+        header.push(b' ');
     }
-    let mut header = Vec::with_capacity(8 + json.len());
-    header.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    header.extend_from_slice(&json);
+    let len = (header.len() - 8) as u64;
+    header[..8].copy_from_slice(&len.to_le_bytes());
     Ok(header)
 }
 

@@ -9,12 +9,21 @@
 //! any thread count. Once a batch of consecutive chunks is done, their input pages
 //! are released. The earliest failing chunk's error is reported, so errors do not
 //! depend on the thread count either.
+//!
+//! The inputs a pass reads are watched: after every chunk a worker compares the
+//! process's count of mapping faults with the one at the start (one atomic load),
+//! and when it moved, checks whether the fault hit one of this pass's inputs; at
+//! the end every input's size and modification time are compared with those it had
+//! when opened. An input that changed fails the pass with
+//! [`Error::InputChanged`] naming the file (see `engine::mapped`), so no result is
+//! ever built from bytes that changed underneath.
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::engine::checkpoint::Checkpoint;
+use crate::engine::mapped;
 use crate::error::{Error, Result};
 
 /// Chunks whose input pages are unmapped together: enough to make the system call
@@ -27,11 +36,14 @@ const RELEASE_BATCH: usize = 32;
 /// `in_order` in chunk order; `release` is called with ranges of consecutive
 /// finished chunks whose input pages may be dropped. Stops at the first error (or
 /// when `cancel` is set, with [`Error::Cancelled`]) and returns the error of the
-/// earliest failing chunk.
+/// earliest failing chunk; when one of the `watched` inputs changed while it was
+/// read, that is the error.
+#[allow(clippy::too_many_arguments)] // each is one role of the pass; a struct would only rename them
 pub(crate) fn run<S, T: Send>(
     threads: usize,
     count: usize,
     cancel: Option<&AtomicBool>,
+    watched: &[&Checkpoint],
     init: impl Fn() -> S + Sync,
     work: impl Fn(usize, &mut S) -> Result<T> + Sync,
     in_order: impl FnMut(usize, T) + Send,
@@ -45,6 +57,8 @@ pub(crate) fn run<S, T: Send>(
     let failed_at = AtomicUsize::new(usize::MAX);
     let first_error: Mutex<Option<(usize, Error)>> = Mutex::new(None);
     let finished = Mutex::new(Finished::new(count, in_order));
+    let faults = mapped::faults();
+    let changed = || watched.iter().try_for_each(|ck| ck.check_faulted());
     pool.scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|_| {
@@ -55,8 +69,15 @@ pub(crate) fn run<S, T: Send>(
                         break;
                     }
                     let cancelled = cancel.is_some_and(|c| c.load(Ordering::Relaxed));
-                    let result =
+                    let mut result =
                         if cancelled { Err(Error::Cancelled) } else { work(i, &mut state) };
+                    if mapped::faults() != faults {
+                        // Some mapping faulted since the pass began: if it is one of
+                        // ours, this chunk may have read zeros instead of data.
+                        if let Err(e) = changed() {
+                            result = Err(e);
+                        }
+                    }
                     match result {
                         Ok(value) => {
                             let due =
@@ -78,9 +99,14 @@ pub(crate) fn run<S, T: Send>(
             });
         }
     });
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some((_, e)) => Err(e),
-        None => Ok(()),
+    // A failure may itself come from a changed input (a write from a truncated
+    // mapping fails with EFAULT): the change is then what to report.
+    let unchanged = watched.iter().try_for_each(|ck| ck.check_unchanged());
+    match (first_error.into_inner().unwrap_or_else(|p| p.into_inner()), unchanged) {
+        (Some((_, Error::Cancelled)), _) => Err(Error::Cancelled),
+        (_, Err(changed)) => Err(changed),
+        (Some((_, e)), Ok(())) => Err(e),
+        (None, Ok(())) => Ok(()),
     }
 }
 
@@ -182,6 +208,7 @@ mod tests {
                 threads,
                 100,
                 None,
+                &[],
                 || (),
                 |i, _| Ok(i * 2),
                 |i, v| seen.push((i, v)),
@@ -202,6 +229,7 @@ mod tests {
                 threads,
                 50,
                 None,
+                &[],
                 || (),
                 |i, _| {
                     if i >= 7 {
@@ -221,7 +249,8 @@ mod tests {
     #[test]
     fn cancel_stops_the_run() {
         let cancel = AtomicBool::new(true);
-        let err = run(2, 10, Some(&cancel), || (), |_, _| Ok(()), |_, _| {}, |_| {}).unwrap_err();
+        let err =
+            run(2, 10, Some(&cancel), &[], || (), |_, _| Ok(()), |_, _| {}, |_| {}).unwrap_err();
         assert!(matches!(err, Error::Cancelled));
     }
 }

@@ -119,7 +119,7 @@ pub(crate) struct Scratch {
 /// is `(first, len)`). `inputs[i]`
 /// holds input `i`'s bytes for the chunk, or `None` when [`TaskParams::reads`]
 /// says it is not read; the base must be present. The result, rounded to `dtype`,
-/// replaces `out`.
+/// replaces `out`; returns how many of its values are NaN or infinite.
 ///
 /// # Panics
 /// If the base is missing or an input's byte length is not `len` elements.
@@ -131,7 +131,7 @@ pub(crate) fn combine(
     dtype: FloatDtype,
     scratch: &mut Scratch,
     out: &mut Vec<u8>,
-) {
+) -> usize {
     let (base_dtype, base_bytes) = inputs[base].expect("the base is always read");
     let read: Vec<usize> =
         (0..inputs.len()).filter(|&i| i != base && inputs[i].is_some()).collect();
@@ -139,6 +139,7 @@ pub(crate) fn combine(
     scratch.deltas.resize_with(read.len(), Vec::new);
     out.resize(len * dtype.size(), 0);
     let mut result = [0.0f64; TILE];
+    let mut non_finite = 0;
     // Σ wᵢ over every input but the base, in input order.
     let total_weight =
         params.weights.iter().enumerate().filter(|&(i, _)| i != base).fold(0.0, |s, (_, &w)| s + w);
@@ -159,8 +160,9 @@ pub(crate) fn combine(
             result[j] = element(j, b[j], &read, &scratch.deltas, total_weight, params);
         }
         let o = dtype.size();
-        narrow_into(dtype, &result[..n], &mut out[start * o..(start + n) * o]);
+        non_finite += narrow_into(dtype, &result[..n], &mut out[start * o..(start + n) * o]);
     }
+    non_finite
 }
 
 /// Turns input `i`'s widened values `d` into its weighted, sparsified task vector

@@ -151,13 +151,25 @@ fn linear(resolved: &Resolved, k: usize, has_base: bool) -> Result<Mixing, Strin
             w.push(t.base_weight);
         }
         if resolved.normalize.unwrap_or(true) {
+            // Scaled first, so that weights whose sum overflows (1e308, 1e308)
+            // still normalise to what they mean instead of to zeros.
+            rescale(&mut w);
             let sum: f64 = w.iter().sum();
-            if sum == 0.0 {
-                return Err(format!("the weights of tensor {name:?} sum to 0: cannot normalise"));
+            if sum == 0.0 || !sum.is_finite() {
+                return Err(format!(
+                    "the weights of tensor {name:?} sum to {sum}: cannot normalise"
+                ));
             }
             w.iter_mut().for_each(|x| *x /= sum);
         }
         map.insert(name.clone(), w);
+    }
+    // One vector for all tensors (the usual case) needs no table by name.
+    let mut vectors = map.values();
+    if let Some(first) = vectors.next() {
+        if vectors.all(|w| w == first) {
+            return Ok(Mixing::Linear(Weights::Global(first.clone())));
+        }
     }
     Ok(per_tensor(map, k + usize::from(has_base)))
 }
@@ -182,7 +194,7 @@ fn gram_per_tensor(
     models: &[Checkpoint],
     run: &RunOptions,
 ) -> Result<HashMap<String, Gram>> {
-    let names: Vec<&String> = resolved.order.iter().collect();
+    let names: Vec<&String> = resolved.tensors.iter().map(|(name, _)| name).collect();
     let index: HashMap<&str, usize> =
         names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
     let report = gram_pass(base, models, names.len(), &|n| index.get(n).copied(), run)?;
@@ -228,7 +240,7 @@ fn model_stock(
     let grams = gram_per_tensor(resolved, Some(base), models, run)?;
     let k = models.len();
     let mut map = HashMap::new();
-    for name in resolved.tensors.keys() {
+    for (name, _) in &resolved.tensors {
         let t = model_stock_ratio(&grams[name]);
         let mut w = vec![t / k as f64; k];
         w.push(1.0 - t);
@@ -281,8 +293,7 @@ fn ties(
 ) -> Result<Mixing> {
     let k = inputs.len() - 1;
     let mut map = HashMap::new();
-    for name in &resolved.order {
-        let t = &resolved.tensors[name];
+    for (name, t) in &resolved.tensors {
         let source = |i: usize| -> topk::Source {
             let ck = &inputs[i];
             let tensor = ck.position(name).unwrap_or_default();
@@ -349,8 +360,28 @@ fn task_params(
     sparsify: Sparsify,
 ) -> TaskParams {
     let mut weights = t.weights.clone();
+    if normalize {
+        // The reducer divides by Σ wᵢ, which must not overflow.
+        rescale(&mut weights);
+    }
     weights.push(0.0);
     TaskParams { weights, lambda: t.lambda, normalize, elect_sign, sparsify }
+}
+
+/// Multiplies the weights by the power of two that brings the largest magnitude
+/// into `[1, 2)`: exact, so their ratios (all that normalising keeps) are
+/// unchanged bit for bit, and their sum can no longer overflow. Weights all zero
+/// (or not finite, which the plan refuses) are left alone.
+fn rescale(weights: &mut [f64]) {
+    let max = weights.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+    if max == 0.0 || !max.is_finite() {
+        return;
+    }
+    let e = max.log2().floor() as i32;
+    // In two steps, so that neither factor overflows (2^1074 would).
+    let (a, b) = (-e / 2, -e - (-e / 2));
+    let (fa, fb) = (2f64.powi(a), 2f64.powi(b));
+    weights.iter_mut().for_each(|w| *w = *w * fa * fb);
 }
 
 /// The task-vector mixing over `k` models and the base at index `k`.

@@ -6,8 +6,6 @@
 //! match no rule for a tensor falls through to the next (own → shared →
 //! default). `t` has no default.
 
-use std::collections::HashMap;
-
 use crate::engine::checkpoint::Checkpoint;
 use crate::engine::dtype::FloatDtype;
 use crate::recipe::{layer_positions, Method, Parameters, Recipe, Setting};
@@ -32,10 +30,9 @@ pub(crate) struct TensorParams {
 /// Every float tensor's numbers, and the switches that do not vary.
 #[derive(Debug, Clone)]
 pub(crate) struct Resolved {
-    /// Float tensor names in the first input's order.
-    pub order: Vec<String>,
-    /// Their numbers.
-    pub tensors: HashMap<String, TensorParams>,
+    /// Float tensor names with their numbers, in the first input's order (a list,
+    /// not a map, so that each name is held once: a header may list many).
+    pub tensors: Vec<(String, TensorParams)>,
     /// The recipe's `normalize`, if set.
     pub normalize: Option<bool>,
 }
@@ -112,7 +109,7 @@ pub(crate) fn resolve(recipe: &Recipe, first: &Checkpoint) -> Result<Resolved, S
         .filter(|t| FloatDtype::from_safetensors(t.dtype).is_some())
         .collect();
     let positions = layer_positions(floats.iter().map(|t| t.name.as_str()));
-    let mut tensors = HashMap::with_capacity(floats.len());
+    let mut tensors = Vec::with_capacity(floats.len());
     for entry in &floats {
         let name = entry.name.as_str();
         let at = positions.get(name).copied().unwrap_or(0.0);
@@ -140,11 +137,7 @@ pub(crate) fn resolve(recipe: &Recipe, first: &Checkpoint) -> Result<Resolved, S
             lambda: eval(&None, &p.lambda, 1.0),
             t,
         };
-        tensors.insert(name.to_owned(), params);
+        tensors.push((name.to_owned(), params));
     }
-    Ok(Resolved {
-        order: floats.iter().map(|t| t.name.clone()).collect(),
-        tensors,
-        normalize: p.normalize,
-    })
+    Ok(Resolved { tensors, normalize: p.normalize })
 }

@@ -208,10 +208,14 @@ fn pass<T: Send>(
         std::iter::once(base.read(0, start, len))
             .chain(which.iter().enumerate().map(move |(j, &i)| inputs[i].0.read(j + 1, start, len)))
     };
+    let watched: Vec<&Checkpoint> = std::iter::once(base.checkpoint)
+        .chain(which.iter().map(|&i| inputs[i].0.checkpoint))
+        .collect();
     stream::run(
         run.threads,
         chunks.len(),
         run.cancel,
+        &watched,
         || (vec![0.0; TILE], vec![0.0; TILE]),
         |c, (b, x)| {
             let chunk = chunks[c].clone();

@@ -99,6 +99,11 @@ pub struct Ingredient {
     /// recipe's `base` (absent both: the adapter config's base model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adapter_base: Option<String>,
+    /// For PyTorch files: views whose elements overlap in storage (`expand()`)
+    /// are accepted up to this many bytes each, written out densely; absent,
+    /// they are refused (see [`OpenOptions::max_expanded_view`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expand_views: Option<u64>,
 }
 
 /// An ingredient written as a map.
@@ -116,6 +121,8 @@ struct IngredientMap {
     rename: Vec<String>,
     #[serde(default)]
     adapter_base: Option<String>,
+    #[serde(default)]
+    expand_views: Option<u64>,
 }
 
 /// A bare path, or a map whose unknown keys are errors that name them.
@@ -124,9 +131,16 @@ impl<'de> Deserialize<'de> for Ingredient {
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::String(path) => Ok(Ingredient::path(path)),
             other => {
-                let IngredientMap { path, weight, density, key, rename, adapter_base } =
-                    IngredientMap::deserialize(other).map_err(serde::de::Error::custom)?;
-                Ok(Ingredient { path, weight, density, key, rename, adapter_base })
+                let IngredientMap {
+                    path,
+                    weight,
+                    density,
+                    key,
+                    rename,
+                    adapter_base,
+                    expand_views,
+                } = IngredientMap::deserialize(other).map_err(serde::de::Error::custom)?;
+                Ok(Ingredient { path, weight, density, key, rename, adapter_base, expand_views })
             }
         }
     }
@@ -169,7 +183,12 @@ impl Ingredient {
         let rename =
             self.rename.iter().map(|r| Rename::parse(r)).collect::<Result<Vec<Rename>>>()?;
         let base = base.filter(|_| is_adapter(Path::new(&self.path))).cloned();
-        let options = OpenOptions { key: self.key.clone(), rename, base };
+        let options = OpenOptions {
+            key: self.key.clone(),
+            rename,
+            base,
+            max_expanded_view: self.expand_views.unwrap_or(0),
+        };
         Checkpoint::open_with(&self.path, &options)
     }
 }

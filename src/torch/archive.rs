@@ -41,6 +41,9 @@ impl<'a> Archive<'a> {
             .take(2)
             .collect::<Vec<_>>()
             .into_iter();
+        if let Some(entry) = repeated_entry(bytes, &zip) {
+            return Err(TorchError::DuplicateEntry { path: path.to_path_buf(), entry });
+        }
         let Some(prefix) = pickles.next() else {
             return Err(TorchError::NoDataPkl { path: path.to_path_buf() });
         };
@@ -117,4 +120,29 @@ impl<'a> Archive<'a> {
         }
         Ok(Some(range))
     }
+}
+
+/// The first entry name the central directory lists twice, if any: the zip
+/// reader keeps the last of them, so which bytes a name means is ambiguous. The
+/// directory is walked record by record from where the reader found it.
+fn repeated_entry(bytes: &[u8], zip: &ZipArchive<Cursor<&[u8]>>) -> Option<String> {
+    const SIGNATURE: &[u8] = b"PK\x01\x02";
+    const FIXED: usize = 46;
+    let mut at = usize::try_from(zip.central_directory_start()).ok()?;
+    let mut seen = std::collections::HashSet::new();
+    // The reader kept `len()` distinct names; any record beyond them repeats one.
+    while seen.len() <= zip.len() {
+        let record = bytes.get(at..at.checked_add(FIXED)?)?;
+        if &record[..4] != SIGNATURE {
+            return None;
+        }
+        let field = |i: usize| usize::from(u16::from_le_bytes([record[i], record[i + 1]]));
+        let (name_len, extra_len, comment_len) = (field(28), field(30), field(32));
+        let name = bytes.get(at + FIXED..at.checked_add(FIXED + name_len)?)?;
+        if !seen.insert(name) {
+            return Some(String::from_utf8_lossy(name).into_owned());
+        }
+        at = at.checked_add(FIXED + name_len + extra_len + comment_len)?;
+    }
+    None
 }

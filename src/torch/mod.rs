@@ -91,6 +91,16 @@ pub enum TorchError {
         path: PathBuf,
     },
 
+    /// A zip archive listing one entry name twice: which bytes it means is
+    /// ambiguous.
+    #[error("{}: the archive lists entry {entry} twice", path.display())]
+    DuplicateEntry {
+        /// The file.
+        path: PathBuf,
+        /// The repeated name.
+        entry: String,
+    },
+
     /// A zip archive with two candidate pickles.
     #[error("{}: archive holds both {first} and {second}", path.display())]
     SeveralDataPkl {
@@ -366,6 +376,18 @@ impl StateDict {
     /// If the tensor is not from this state dict and its storage index is out of range.
     pub fn storage_of(&self, tensor: &TorchTensor) -> &Storage {
         &self.storages[tensor.storage]
+    }
+
+    /// Whether two elements of `tensor` are the same storage element (an
+    /// `expand()`ed or otherwise overlapping view): written out, such a view can be
+    /// arbitrarily larger than the file.
+    ///
+    /// # Panics
+    /// As [`StateDict::storage_of`].
+    pub fn overlaps(&self, tensor: &TorchTensor) -> bool {
+        let storage = self.storage_of(tensor);
+        let numel = storage.len / view::element_size(storage.dtype).max(1);
+        view::overlaps(tensor.storage_offset, &tensor.shape, &tensor.strides, numel)
     }
 
     /// The file bytes of a contiguous tensor, or `None` if it is not contiguous

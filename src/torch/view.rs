@@ -72,6 +72,74 @@ pub(crate) fn is_contiguous(shape: &[usize], strides: &[usize]) -> bool {
     true
 }
 
+/// Whether two different indices of a view reach the same storage element (an
+/// `expand()`ed dimension has stride 0; `as_strided` can make others). Such a view
+/// holds more elements than the storage it reads, without bound: a 6-element
+/// storage viewed as 10⁶ × 10⁶ with strides (0, 0) is 4 TB when written out.
+///
+/// Fast path: sorted by stride, each dimension's stride passing the furthest
+/// reach of the dimensions below it proves the view has no overlap (every view
+/// made by slicing, transposing or permuting a dense tensor passes). Otherwise a
+/// zero stride, or more elements than the storage holds, proves an overlap, and the
+/// rest are decided by marking each element in a bit set of the storage (bounded
+/// by the storage, which is in the file). The view must lie inside its storage of
+/// `storage_numel` elements.
+pub(crate) fn overlaps(
+    offset: usize,
+    shape: &[usize],
+    strides: &[usize],
+    storage_numel: usize,
+) -> bool {
+    if shape.contains(&0) {
+        return false;
+    }
+    let mut dims: Vec<(usize, usize)> =
+        shape.iter().zip(strides).filter(|(&size, _)| size > 1).map(|(&a, &b)| (b, a)).collect();
+    dims.sort_unstable();
+    let mut reach = 0usize;
+    let mut proven = true;
+    for &(stride, size) in &dims {
+        if stride == 0 {
+            return true;
+        }
+        if stride <= reach {
+            proven = false;
+        }
+        // Cannot overflow: the view lies inside its storage.
+        reach = reach.saturating_add((size - 1).saturating_mul(stride));
+    }
+    if proven {
+        return false;
+    }
+    let total = numel(shape).unwrap_or(usize::MAX);
+    if total > storage_numel {
+        return true;
+    }
+    let mut seen = vec![0u64; storage_numel.div_ceil(64)];
+    let mut index = vec![0usize; dims.len()];
+    let mut at = offset;
+    loop {
+        let (word, bit) = (at / 64, 1u64 << (at % 64));
+        if seen[word] & bit != 0 {
+            return true;
+        }
+        seen[word] |= bit;
+        // Next index, innermost (smallest stride) first; the order does not matter.
+        let mut d = 0;
+        loop {
+            let Some(&(stride, size)) = dims.get(d) else { return false };
+            index[d] += 1;
+            at += stride;
+            if index[d] < size {
+                break;
+            }
+            at -= size * stride;
+            index[d] = 0;
+            d += 1;
+        }
+    }
+}
+
 /// The view with dimensions of size 1 dropped and neighbours that step like one
 /// dimension merged, as `(size, stride)` from outermost to innermost.
 fn simplify(shape: &[usize], strides: &[usize]) -> Vec<(usize, usize)> {
@@ -403,6 +471,50 @@ mod tests {
         assert!(is_contiguous(&[], &[]));
         assert!(!is_contiguous(&[3, 2], &[4, 1]));
         assert!(!is_contiguous(&[3], &[0]));
+    }
+
+    #[test]
+    fn overlap_is_found_exactly() {
+        // Brute force: every element's storage index, any repeated?
+        fn brute(offset: usize, shape: &[usize], strides: &[usize]) -> bool {
+            let n = numel(shape).unwrap();
+            let mut seen = std::collections::HashSet::new();
+            (0..n).any(|linear| {
+                let (mut rest, mut at) = (linear, offset);
+                for (&size, &stride) in shape.iter().zip(strides).rev() {
+                    at += (rest % size) * stride;
+                    rest /= size;
+                }
+                !seen.insert(at)
+            })
+        }
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[3, 4], &[4, 1]),
+            (&[4, 3], &[1, 4]),
+            (&[3, 4], &[1, 0]),
+            (&[3, 2], &[2, 3]),
+            (&[3, 3], &[2, 3]),
+            (&[2, 2], &[3, 2]),
+            (&[2, 3], &[1, 1]),
+            (&[4, 1, 2], &[2, 0, 1]),
+            (&[1, 5], &[0, 1]),
+            (&[5], &[0]),
+            (&[0, 3], &[0, 0]),
+            (&[], &[]),
+            (&[2, 2, 2], &[4, 1, 2]),
+            (&[2, 2, 2], &[3, 1, 2]),
+        ];
+        for &(shape, strides) in cases {
+            let storage = match last_element(1, shape, strides) {
+                Last::At(last) => last + 1,
+                _ => 1,
+            };
+            assert_eq!(
+                overlaps(1, shape, strides, storage),
+                !shape.contains(&0) && brute(1, shape, strides),
+                "{shape:?} {strides:?}"
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,9 @@ output file is read with `safetensors.safe_open(framework="numpy")`. The checks:
 * every tensor: same names as the ingredients, same shape, the expected dtype
   (--dtype for floats, else the first ingredient's), and values:
   - floats: expected = sum_i w_i * x_i in float64 (weights normalised to sum 1),
-    cast to the output dtype with numpy; never more than 1 ulp apart and
+    or, when the weights are integers over a common count k_i / d (equal
+    weights 1/n), (sum_i k_i * x_i) / d as soup documents it (numpy's
+    sum-then-divide), cast to the output dtype with numpy; never more than 1 ulp apart and
     bit-identical for at least 99.9% of the elements. (The tolerance is needed:
     ml_dtypes casts float64 to bfloat16 through float32, which double-rounds a
     few elements in 10^5, whereas soup rounds once.)
@@ -37,6 +39,7 @@ import math
 import os
 import re
 import sys
+from fractions import Fraction
 
 # Importing ml_dtypes registers bfloat16 with numpy, which safetensors' numpy
 # loader needs for BF16 tensors; it must come before any load.
@@ -220,6 +223,20 @@ def ordered(bits: np.ndarray) -> np.ndarray:
     return np.where(wide & sign, np.uint64(0) - magnitude, magnitude)
 
 
+def as_fractions(weights: list[float]):
+    """(k_i, d) when every weight is the double nearest k_i / d for integers k_i and
+    a count 3 <= d <= 4096 that is not a power of two, else None."""
+    fractions = [Fraction(w).limit_denominator(4096) for w in weights]
+    if any(float(f) != w for f, w in zip(fractions, weights, strict=True)):
+        return None
+    d = 1
+    for f in fractions:
+        d = d * f.denominator // math.gcd(d, f.denominator)
+    if d > 4096 or d & (d - 1) == 0:
+        return None
+    return [int(f * d) for f in fractions], d
+
+
 def ulp_distance(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
     """Distance in ulps of two arrays of one float dtype, flattened (so 0-d
     tensors stay arrays); NaN matches only NaN."""
@@ -298,10 +315,13 @@ def check_tensor(
     ):
         return
     acc = np.zeros(actual.shape, dtype=np.float64)
-    for w, x in zip(weights, inputs, strict=True):
+    numerators, divisor = as_fractions(weights) or (weights, 1)
+    for w, x in zip(numerators, inputs, strict=True):
         # soup does not read weight-0 ingredients; w * x = 0 adds nothing anyway.
         if w != 0.0:
-            acc += w * x.astype(np.float64)
+            acc += float(w) * x.astype(np.float64)
+    if divisor != 1:
+        acc /= float(divisor)
     expected = acc.astype(actual.dtype)
     distance = ulp_distance(actual, expected)
     exact = int(np.count_nonzero(distance == 0))

@@ -84,7 +84,7 @@ pub fn run(args: &DemoArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let Size { spec, plan, learned_evaluations } = Size::new(args.small, args.seed);
     let say = |text: String| {
         if !args.quiet {
-            eprintln!("[{:5.1}s] {text}", start.elapsed().as_secs_f64());
+            errln!("[{:5.1}s] {text}", start.elapsed().as_secs_f64());
         }
     };
     say(format!("work directory: {} (seed {})", dir.display(), args.seed));
@@ -177,9 +177,9 @@ pub fn run(args: &DemoArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         std::fs::write(dir.join("greedy.svg"), greedy).context("cannot write greedy.svg")?;
     }
     if args.json {
-        println!("{}", report::tables_json(&summary));
+        outln!("{}", report::tables_json(&summary));
     } else {
-        print!("{}", report::text(&summary));
+        out!("{}", report::text(&summary));
     }
     say(format!("report, soups and pictures in {}", dir.display()));
     Ok(Exit::Success)
@@ -277,7 +277,7 @@ fn check(interrupted: &AtomicBool) -> anyhow::Result<()> {
 pub fn eval(args: &DemoEvalArgs) -> anyhow::Result<Exit> {
     let (model, spec) = checkpoint::load(&args.model)?;
     let accuracy = model.accuracy(&generate(&spec, split_of(args.split)));
-    println!("{}", serde_json::json!({ "score": accuracy }));
+    outln!("{}", serde_json::json!({ "score": accuracy }));
     Ok(Exit::Success)
 }
 
