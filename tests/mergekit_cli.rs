@@ -75,6 +75,7 @@ fn weighted(path: &str, weight: f64, density: Option<f64>) -> Ingredient {
         path: path.to_owned(),
         weight: Some(weight.into()),
         density: density.map(Into::into),
+        ..Ingredient::default()
     }
 }
 
@@ -228,7 +229,7 @@ fn unsupported_mergekit_keys_are_named_in_the_error() {
     let root = dir.path();
     models(root);
     for (yaml, named) in [
-        ("merge_method: passthrough\nslices: []\n", "passthrough"),
+        ("merge_method: ram\nmodels: [a]\n", "ram"),
         (
             "merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n\
              tokenizer_source: union\n",

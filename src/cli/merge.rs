@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use modelsoup::engine::merge::write_soup_with_files;
 use modelsoup::method::{self, Prepared};
 use modelsoup::recipe::{Ingredient, Method, Recipe};
-use modelsoup::{write_soup, Checkpoint, Destination, MergeReport, RunOptions};
+use modelsoup::{Checkpoint, Destination, MergeReport, RunOptions};
 
 use super::args::{MergeArgs, MethodArg, NonFloat, WriteArgs};
 use super::text::{human_bytes, human_count, plural};
@@ -17,13 +18,13 @@ use super::{init_check, progress};
 
 /// Runs `soup merge`.
 pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
-    let recipe = match &args.recipe {
+    let (recipe, source) = match &args.recipe {
         Some(path) => {
-            let mut recipe = Recipe::load(path)?;
+            let (mut recipe, source) = Recipe::load_with_source(path)?;
             apply_write_options(&mut recipe, &args.write);
-            recipe
+            (recipe, source)
         }
-        None => recipe_from_args(args)?,
+        None => (recipe_from_args(args)?, None),
     };
     let output = Output {
         path: &args.output,
@@ -31,6 +32,9 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         json: args.json,
         quiet: args.quiet,
         chunk_elements: args.chunk_elements,
+        card: !args.no_card,
+        mergekit_source: source.as_deref(),
+        durable: true,
     };
     let written = write_recipe(&recipe, &output, interrupted)?;
     if !args.json && !args.quiet {
@@ -51,6 +55,13 @@ pub struct Output<'a> {
     pub quiet: bool,
     /// Elements per work chunk.
     pub chunk_elements: usize,
+    /// Write a model card (README.md).
+    pub card: bool,
+    /// The mergekit configuration the recipe was read from, for the card (which
+    /// shows it) and `mergekit_config.yml` (which mergekit writes too).
+    pub mergekit_source: Option<&'a str>,
+    /// Sync the output to disk before it is renamed into place.
+    pub durable: bool,
 }
 
 /// What one merge did: the engine's report and the statistics passes before it.
@@ -63,34 +74,139 @@ pub struct Written {
 
 /// Opens a recipe's checkpoints, runs its statistics passes and writes its soup,
 /// with progress bars, and the JSON summary on stdout with `--json`; the caller
-/// prints its own summary line.
+/// prints its own summary line. A recipe with intermediates (a multi-document
+/// mergekit configuration) writes them first, into a hidden directory beside
+/// the output that is removed afterwards, whatever happens.
 pub fn write_recipe(
     recipe: &Recipe,
     out: &Output,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<Written> {
-    let paths: Vec<&str> = recipe.ingredients.iter().map(|i| i.path.as_str()).collect();
-    let ingredients = open_all(&paths)?;
-    let base = match &recipe.base {
-        Some(b) => Some(Checkpoint::open(&b.path).context("base model")?),
-        None => None,
-    };
-    let labels: Vec<String> = paths.iter().map(|p| (*p).to_owned()).collect();
-    warn_repeated(&ingredients, &labels);
-    init_check::warn_if_independent(&ingredients, &labels, out.write.no_init_check);
+    let area = Intermediates::new(out.path, recipe)?;
+    for (i, intermediate) in recipe.intermediates.iter().enumerate() {
+        let dir = area.dir_of(&intermediate.name).unwrap_or_default();
+        if !out.quiet {
+            eprintln!(
+                "intermediate {}/{}: {} ({})",
+                i + 1,
+                recipe.intermediates.len(),
+                intermediate.name,
+                intermediate.recipe.method.name()
+            );
+        }
+        let stage = Output {
+            path: &dir,
+            json: false,
+            card: false,
+            mergekit_source: None,
+            durable: false,
+            ..*out
+        };
+        write_one(&intermediate.recipe, &stage, &area, interrupted)
+            .with_context(|| format!("intermediate merge {:?}", intermediate.name))?;
+    }
+    write_one(recipe, out, &area, interrupted)
+}
+
+/// The hidden directory that holds a recipe's intermediate soups while the
+/// final one is written (`.NAME.soup-intermediates-PID` beside the output),
+/// removed when dropped.
+struct Intermediates {
+    dir: Option<std::path::PathBuf>,
+    names: Vec<String>,
+}
+
+impl Intermediates {
+    fn new(output: &Path, recipe: &Recipe) -> anyhow::Result<Self> {
+        let names: Vec<String> = recipe.intermediates.iter().map(|i| i.name.clone()).collect();
+        if names.is_empty() {
+            return Ok(Intermediates { dir: None, names });
+        }
+        let parent = match output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let name = output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = parent.join(format!(".{name}.soup-intermediates-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Intermediates { dir: Some(dir), names })
+    }
+
+    /// Where the intermediate named `name` is written, if it is one.
+    fn dir_of(&self, name: &str) -> Option<std::path::PathBuf> {
+        let dir = self.dir.as_ref()?;
+        self.names.iter().any(|n| n == name).then(|| dir.join(name))
+    }
+
+    /// The path a recipe's model path is opened from.
+    fn open_path(&self, path: &str) -> std::path::PathBuf {
+        self.dir_of(path).unwrap_or_else(|| path.into())
+    }
+}
+
+impl Drop for Intermediates {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The directory of a model path: an intermediate's, a Hub snapshot, the path
+/// itself, or the directory of a weight file.
+fn model_dir(area: &Intermediates, path: &str) -> modelsoup::Result<std::path::PathBuf> {
+    let path = area.open_path(path);
+    if let Some((_, snapshot)) = modelsoup::engine::hub::locate(&path)? {
+        return Ok(snapshot.dir);
+    }
+    if path.is_dir() {
+        return Ok(path);
+    }
+    Ok(path.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// Writes one soup (no intermediates of its own), its models opened through
+/// `area`.
+fn write_one(
+    recipe: &Recipe,
+    out: &Output,
+    area: &Intermediates,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Written> {
+    let paths: Vec<std::path::PathBuf> =
+        recipe.models().iter().map(|p| area.open_path(p)).collect();
+    let models = open_models(&paths, recipe)?;
+    let labels: Vec<String> = recipe.models().iter().map(|p| (*p).to_owned()).collect();
+    if recipe.slices.is_empty() {
+        let ingredients: Vec<Checkpoint> = recipe
+            .ingredients
+            .iter()
+            .filter_map(|i| labels.iter().position(|l| *l == i.path).map(|j| models[j].clone()))
+            .collect();
+        let ingredient_labels: Vec<String> =
+            recipe.ingredients.iter().map(|i| i.path.clone()).collect();
+        warn_repeated(&ingredients, &ingredient_labels);
+        init_check::warn_if_independent(&ingredients, &ingredient_labels, out.write.no_init_check);
+    }
 
     let threads = out.write.file.threads.unwrap_or(0);
     let started = Instant::now();
     let statistics_read = AtomicU64::new(0);
     let prepared = {
-        // Statistics passes report the bytes they read: one pass for SLERP and Model
-        // Stock, as many as the selection needs for TIES, none for the others.
-        let total: u64 = ingredients.iter().chain(&base).map(Checkpoint::float_bytes).sum();
+        // Statistics passes report the bytes they read: one pass for the methods
+        // that need angles, as many as the selection needs for those that select
+        // by rank, none for the others.
+        let total: u64 = models.iter().map(Checkpoint::float_bytes).sum();
         let bar = match recipe.method {
-            Method::Slerp | Method::ModelStock => {
-                progress::bytes_bar(total, out.quiet, "analysing")
+            Method::Slerp
+            | Method::ModelStock
+            | Method::Nuslerp
+            | Method::Multislerp
+            | Method::Karcher => progress::bytes_bar(total, out.quiet, "analysing"),
+            Method::Ties | Method::Breadcrumbs | Method::BreadcrumbsTies | Method::Sce => {
+                progress::bytes_counter(out.quiet, "selecting")
             }
-            Method::Ties => progress::bytes_counter(out.quiet, "selecting"),
             _ => progress::bytes_counter(true, ""),
         };
         let on_read = |bytes: u64| {
@@ -103,15 +219,36 @@ pub fn write_recipe(
             progress: Some(&on_read),
             cancel: Some(interrupted),
         };
-        let prepared = method::prepare(recipe, &ingredients, base.as_ref(), &run);
+        let prepared = method::prepare_models(recipe, &models, &run);
         bar.finish_and_clear();
         prepared?
     };
-    let Prepared { inputs, plan } = prepared;
+    let Prepared { inputs, plan, blocks } = prepared;
     let statistics = Statistics {
         bytes_read: statistics_read.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
     };
+
+    // The files the recipe makes beside the weights: tokenizer, chat template,
+    // config of a sliced model, model card.
+    let support = out
+        .write
+        .copy_files_from
+        .clone()
+        .or_else(|| inputs.first().and_then(Checkpoint::directory).map(Path::to_path_buf));
+    let mut files =
+        modelsoup::recipe::files::support_files(recipe, support.as_deref(), blocks, &|p| {
+            model_dir(area, p)
+        })?;
+    if out.card {
+        let name =
+            out.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let card = modelsoup::recipe::card::card(recipe, &name, out.mergekit_source);
+        files.push(("README.md".to_owned(), card.into_bytes()));
+        if let Some(source) = out.mergekit_source {
+            files.push(("mergekit_config.yml".to_owned(), source.as_bytes().to_vec()));
+        }
+    }
 
     let bar = progress::bytes_bar(plan.output_bytes(), out.quiet, "writing");
     let on_chunk = |bytes: u64| bar.inc(bytes);
@@ -125,10 +262,10 @@ pub fn write_recipe(
         path: out.path,
         force: out.write.file.force,
         support_files_from: out.write.copy_files_from.as_deref(),
-        durable: true,
+        durable: out.durable,
     };
     // Library errors name the file, tensor and output path themselves.
-    let report = write_soup(&inputs, &plan, &dest, &run);
+    let report = write_soup_with_files(&inputs, &plan, &dest, &files, &run);
     bar.finish_and_clear();
     let report = report?;
 
@@ -244,6 +381,27 @@ pub fn recorded_path(path: &Path) -> String {
     }
 }
 
+/// Opens every model of a recipe (as [`Recipe::models`] lists them, from
+/// `paths`), naming the one that failed by its role.
+fn open_models(paths: &[std::path::PathBuf], recipe: &Recipe) -> anyhow::Result<Vec<Checkpoint>> {
+    let names = recipe.models();
+    paths
+        .iter()
+        .zip(&names)
+        .map(|(p, name)| {
+            Checkpoint::open(p).with_context(|| {
+                match recipe.ingredients.iter().position(|i| i.path == *name) {
+                    Some(i) => format!("ingredient {}", i + 1),
+                    None if recipe.base.as_ref().is_some_and(|b| b.path == *name) => {
+                        "base model".to_owned()
+                    }
+                    None => format!("model {name}"),
+                }
+            })
+        })
+        .collect()
+}
+
 /// Opens every ingredient, naming the one that failed.
 pub fn open_all(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Checkpoint>> {
     paths
@@ -285,7 +443,7 @@ pub struct Statistics {
 
 fn summary_line(written: &Written, recipe: &Recipe, output: &Path) -> String {
     let Written { report: r, statistics: st } = written;
-    let k = recipe.ingredients.len();
+    let k = recipe.models().len();
     let passes = if st.bytes_read > 0 {
         format!("; statistics passes read {} in {:.2} s", human_bytes(st.bytes_read), st.seconds)
     } else {

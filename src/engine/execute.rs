@@ -117,8 +117,13 @@ pub fn write_shards(
 fn chunk_plan(plan: &Plan, chunk_elements: usize) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     for (tensor, t) in plan.tensors.iter().enumerate() {
-        let (total, step) = match t.produce {
-            Produce::Average { .. } | Produce::TaskVectors { .. } => (t.numel, chunk_elements),
+        let (total, step) = match &t.produce {
+            Produce::Average { .. } => (t.numel, chunk_elements),
+            Produce::TaskVectors { params, .. } => {
+                // Whole rows when the reducer works row by row (DELLA).
+                let rows = params.chunk_multiple();
+                (t.numel, (chunk_elements / rows).max(1) * rows)
+            }
             // Copied tensors are cut by bytes; their element may be smaller than one.
             Produce::Copy { .. } => (t.len as usize, chunk_elements.saturating_mul(4)),
         };
@@ -214,7 +219,8 @@ impl Output<'_> {
         chunk: Chunk,
     ) -> impl Iterator<Item = (usize, &Checkpoint, &TensorEntry, usize, usize)> {
         let t = &self.plan.tensors[chunk.tensor];
-        self.ingredients.iter().zip(&t.sources).enumerate().filter_map(move |(i, (ck, &src))| {
+        let drawn = self.ingredients.get(t.first_input..).unwrap_or_default();
+        drawn.iter().zip(&t.sources).enumerate().filter_map(move |(i, (ck, &src))| {
             let entry = &ck.tensors()[src];
             match &t.produce {
                 Produce::Average { inputs, weights, .. } => (weights[i] != 0.0).then(|| {
@@ -237,8 +243,9 @@ impl Output<'_> {
     /// Unmaps the input pages of chunks `range`.
     fn release(&self, range: std::ops::Range<usize>, chunks: &[Chunk]) {
         let reads = chunks[range].iter().flat_map(|&chunk| {
-            self.reads(chunk).map(|(input, checkpoint, entry, start, len)| stream::Read {
-                input,
+            let first = self.plan.tensors[chunk.tensor].first_input;
+            self.reads(chunk).map(move |(input, checkpoint, entry, start, len)| stream::Read {
+                input: first + input,
                 checkpoint,
                 shard: entry.shard,
                 start: entry.offset + start,

@@ -56,6 +56,20 @@ pub fn write_soup(
     dest: &Destination,
     run: &RunOptions,
 ) -> Result<MergeReport> {
+    write_soup_with_files(ingredients, plan, dest, &[], run)
+}
+
+/// [`write_soup`], then `files` (name, contents) written beside the weights
+/// after the support files, replacing any of the same name: a model card, a
+/// config or tokenizer files made for this soup. Names must be plain file
+/// names.
+pub fn write_soup_with_files(
+    ingredients: &[Checkpoint],
+    plan: &Plan,
+    dest: &Destination,
+    files: &[(String, Vec<u8>)],
+    run: &RunOptions,
+) -> Result<MergeReport> {
     let started = Instant::now();
     refuse_overlap(dest.path, ingredients)?;
     let staged = StagedDir::new(dest.path, dest.force)?;
@@ -70,10 +84,24 @@ pub fn write_soup(
     }
     let support_from =
         dest.support_files_from.or_else(|| ingredients.first().and_then(Checkpoint::directory));
-    let support_files = match support_from {
+    let mut support_files = match support_from {
         Some(dir) => output::copy_support_files(dir, staged.path())?,
         None => Vec::new(),
     };
+    for (name, contents) in files {
+        let path = staged.path().join(name);
+        if std::path::Path::new(name).file_name() != Some(std::ffi::OsStr::new(name)) {
+            return Err(Error::Output {
+                path: dest.path.to_path_buf(),
+                reason: format!("{name:?} is not a plain file name"),
+            });
+        }
+        std::fs::write(&path, contents).map_err(Error::io("write", &path))?;
+        if !support_files.contains(name) {
+            support_files.push(name.clone());
+        }
+    }
+    support_files.sort();
     staged.commit(dest.durable)?;
     Ok(MergeReport {
         tensors: plan.tensors.len(),
