@@ -74,7 +74,7 @@ fn apply(u: &[Vec<f64>], a: &[f64]) -> Vec<f64> {
 /// `m ∝ Σ wᵢ·uᵢ`, the tangent `τ = Σ wᵢ·(uᵢ − ⟨uᵢ, m⟩·m)`, the exponential map
 /// `m·cos‖τ‖' + τ·sin‖τ‖'/‖τ‖'` (`‖τ‖' = ‖τ‖ + eps`), times `Σ wᵢ·‖vᵢ‖`. One
 /// vector is itself; when the weighted mean vanishes, two vectors are averaged
-/// linearly and more are an error.
+/// linearly, zero vectors give zero, and more are an error.
 pub fn multislerp_coefficients(
     g: &Gram,
     weights: &[f64],
@@ -97,6 +97,11 @@ pub fn multislerp_coefficients(
         (0..k).map(|i| (0..k).map(|j| g.dot(i, j) / (d[i] * d[j])).collect()).collect();
     let mean_norm = form(&u, &w, &w).max(0.0).sqrt();
     if mean_norm < eps {
+        if norms.iter().all(|&n| n == 0.0) {
+            // Nothing to interpolate (an empty tensor, or no task vector at
+            // all): the origin, where mergekit stops with an error.
+            return Ok(vec![0.0; k]);
+        }
         if k == 2 {
             return Ok(vec![w[0], w[1]]);
         }

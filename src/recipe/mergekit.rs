@@ -1196,7 +1196,7 @@ mod tests {
     }
 
     /// The fixtures, by file name, for the parse test and the end-to-end tests.
-    const FIXTURES: [(&str, &str); 8] = [
+    const FIXTURES: [(&str, &str); 18] = [
         ("linear.yaml", include_str!("../../tests/fixtures/mergekit/linear.yaml")),
         (
             "task_arithmetic.yaml",
@@ -1208,6 +1208,22 @@ mod tests {
         ("slerp.yaml", include_str!("../../tests/fixtures/mergekit/slerp.yaml")),
         ("model_stock.yaml", include_str!("../../tests/fixtures/mergekit/model_stock.yaml")),
         ("ties_gradient.yaml", include_str!("../../tests/fixtures/mergekit/ties_gradient.yaml")),
+        (
+            "breadcrumbs_ties.yaml",
+            include_str!("../../tests/fixtures/mergekit/breadcrumbs_ties.yaml"),
+        ),
+        ("della.yaml", include_str!("../../tests/fixtures/mergekit/della.yaml")),
+        ("sce.yaml", include_str!("../../tests/fixtures/mergekit/sce.yaml")),
+        ("nuslerp.yaml", include_str!("../../tests/fixtures/mergekit/nuslerp.yaml")),
+        ("multislerp.yaml", include_str!("../../tests/fixtures/mergekit/multislerp.yaml")),
+        ("karcher.yaml", include_str!("../../tests/fixtures/mergekit/karcher.yaml")),
+        ("nearswap.yaml", include_str!("../../tests/fixtures/mergekit/nearswap.yaml")),
+        ("slerp_slices.yaml", include_str!("../../tests/fixtures/mergekit/slerp_slices.yaml")),
+        (
+            "passthrough_slices.yaml",
+            include_str!("../../tests/fixtures/mergekit/passthrough_slices.yaml"),
+        ),
+        ("multi.yaml", include_str!("../../tests/fixtures/mergekit/multi.yaml")),
     ];
 
     fn fixture(name: &str) -> Recipe {
@@ -1407,9 +1423,8 @@ mod tests {
     fn every_fixture_parses_as_a_recipe_with_base_a_b_c_paths() {
         for (name, _) in FIXTURES {
             let recipe = fixture(name);
-            let paths = recipe.ingredients.iter().chain(&recipe.base).map(|i| i.path.as_str());
-            for path in paths {
-                assert!(["base", "a", "b", "c"].contains(&path), "{name}: {path}");
+            for path in recipe.models() {
+                assert!(["base", "a", "b", "c", "ab"].contains(&path), "{name}: {path}");
             }
         }
     }
