@@ -339,6 +339,13 @@ fn sparsify_weighted(
                     *x = w * (*x - base);
                 }
             }
+            Keep::Above { threshold, last_tie } => {
+                for (j, (x, &base)) in d.iter_mut().zip(b).enumerate() {
+                    let delta = *x - base;
+                    let kept = above(delta.abs().to_bits(), at + j as u64, threshold, last_tie);
+                    *x = w * if kept { delta } else { 0.0 };
+                }
+            }
             keep => {
                 for (j, (x, &base)) in d.iter_mut().zip(b).enumerate() {
                     let delta = *x - base;
@@ -355,17 +362,12 @@ fn sparsify_weighted(
             }
             Some(mask) => {
                 fill_draws(mask, at, draws);
-                let (below, density) = (mask.below(), densities[i]);
+                let below = mask.below();
+                // Dividing by 1 is exact: one branch-free loop either way.
+                let density = if *rescale { densities[i] } else { 1.0 };
                 for ((x, &base), &draw) in d.iter_mut().zip(b).zip(draws.iter()) {
-                    let delta = *x - base;
-                    let kept = if draw >= below {
-                        0.0
-                    } else if *rescale {
-                        delta / density
-                    } else {
-                        delta
-                    };
-                    *x = w * kept;
+                    let scaled = (*x - base) / density;
+                    *x = w * if draw < below { scaled } else { 0.0 };
                 }
             }
         },
@@ -373,15 +375,8 @@ fn sparsify_weighted(
             (Some(ranked), Some(p)) => {
                 fill_draws(ranked.mask, at, draws);
                 for (((x, &base), &draw), &p) in d.iter_mut().zip(b).zip(draws.iter()).zip(p) {
-                    let delta = *x - base;
-                    let kept = if draw >= threshold(p) {
-                        0.0
-                    } else if *rescale {
-                        delta / p
-                    } else {
-                        delta
-                    };
-                    *x = w * kept;
+                    let scaled = (*x - base) / if *rescale { p } else { 1.0 };
+                    *x = w * if draw < threshold(p) { scaled } else { 0.0 };
                 }
             }
             _ => {

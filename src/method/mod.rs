@@ -22,6 +22,7 @@
 //! The passes stream chunk by chunk like the merge itself, so memory stays
 //! bounded; `docs/METHODS.md` lists each method's passes and memory.
 
+mod fine;
 mod params;
 mod slices;
 mod sparse;

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use super::fine::{self, Job};
 use super::params::{Resolved, TensorParams};
 use super::topk::{self, Count, Key, Source, Target};
 use crate::engine::checkpoint::Checkpoint;
@@ -63,15 +64,18 @@ pub(super) fn task_params(
     TaskParams { weights, lambda: t.lambda, normalize, elect_sign, sparsify }
 }
 
-/// TIES: each tensor's magnitude thresholds by radix selection, then the
-/// task-vector reducer with sign election.
+/// TIES: each tensor's magnitude thresholds, selected for the whole model at
+/// once (`method/fine.rs`), then the task-vector reducer with sign election.
 pub(super) fn ties(
     resolved: &Resolved,
     inputs: &[Checkpoint],
     run: &RunOptions,
 ) -> Result<HashMap<String, TaskParams>> {
     let k = inputs.len() - 1;
-    let mut map = HashMap::new();
+    let mut keeps_of: Vec<Vec<Keep>> = Vec::new();
+    let mut jobs = Vec::new();
+    // Per tensor: the job that selects for it, and which input each target is.
+    let mut chosen: Vec<Option<(usize, Vec<usize>)>> = Vec::new();
     for name in &resolved.order {
         let t = &resolved.tensors[name];
         let numel = t.numel;
@@ -86,15 +90,30 @@ pub(super) fn ties(
                 Some(_) => *keep = Keep::Nothing,
             }
         }
-        if !select.is_empty() {
-            let sources: Vec<(Source, u64)> =
-                select.iter().map(|&(i, n)| (source(inputs, i, name), n)).collect();
-            let found = topk::largest(source(inputs, k, name), &sources, numel, run)?;
-            for (&(i, _), keep) in select.iter().zip(found) {
+        keeps_of.push(keeps);
+        if select.is_empty() {
+            chosen.push(None);
+            continue;
+        }
+        let targets = select
+            .iter()
+            .enumerate()
+            .map(|(slot, &(_, n))| Target { key: Key::Delta(slot), count: Count::Exactly(n) })
+            .collect();
+        let sources = select.iter().map(|&(i, _)| source(inputs, i, name)).collect();
+        jobs.push(Job { base: source(inputs, k, name), inputs: sources, targets, numel });
+        chosen.push(Some((jobs.len() - 1, select.iter().map(|&(i, _)| i).collect())));
+    }
+    let found = fine::select_all(&jobs, run)?;
+    let normalize = resolved.normalize.unwrap_or(true);
+    let mut map = HashMap::new();
+    for ((name, mut keeps), chosen) in resolved.order.iter().zip(keeps_of).zip(chosen) {
+        if let Some((job, which)) = chosen {
+            for (&i, &keep) in which.iter().zip(&found[job]) {
                 keeps[i] = keep;
             }
         }
-        let normalize = resolved.normalize.unwrap_or(true);
+        let t = &resolved.tensors[name];
         map.insert(name.clone(), task_params(t, normalize, true, Sparsify::Magnitude(keeps)));
     }
     Ok(map)
@@ -110,15 +129,18 @@ pub(super) fn breadcrumbs(
     run: &RunOptions,
 ) -> Result<HashMap<String, TaskParams>> {
     let k = inputs.len() - 1;
-    let mut map = HashMap::new();
+    let mut jobs = Vec::new();
+    // Per tensor: its rules so far, its job, and per selected input the targets
+    // of its kept ranks and of its outliers.
+    type Chosen = Vec<(usize, Option<usize>, Option<usize>)>;
+    let mut pending: Vec<(Vec<Keep>, Option<usize>, Chosen)> = Vec::new();
     for name in &resolved.order {
         let t = &resolved.tensors[name];
         let numel = t.numel as u64;
         let mut keeps = vec![Keep::All; k + 1];
         let mut sources = Vec::new();
         let mut targets = Vec::new();
-        // Per input: (its index, the target of its kept ranks, of its outliers).
-        let mut chosen: Vec<(usize, Option<usize>, Option<usize>)> = Vec::new();
+        let mut chosen: Chosen = Vec::new();
         for (i, keep) in keeps.iter_mut().enumerate().take(k) {
             let Some((dropped, kept)) = breadcrumbs_counts(t.densities[i], t.gammas[i], t.numel)
             else {
@@ -140,27 +162,32 @@ pub(super) fn breadcrumbs(
             let lower = target(dropped);
             chosen.push((i, upper, lower));
         }
-        if !targets.is_empty() {
-            let found = topk::select(source(inputs, k, name), &sources, &targets, t.numel, run)?;
-            let bounds = |target: Option<usize>, all: bool| match target.map(|j| found[j]) {
-                Some(Keep::Above { threshold, last_tie }) => (threshold, last_tie),
-                // A selection that resolved to everything, or a count of n.
-                Some(Keep::All) | None if all => (0, u64::MAX),
-                // No outliers: a bound above every key.
-                _ => (u64::MAX, 0),
-            };
-            for (i, upper, lower) in chosen {
-                let (threshold, last_tie) = bounds(upper, true);
-                let (drop_threshold, drop_last_tie) = bounds(lower, false);
-                keeps[i] = Keep::Band { threshold, last_tie, drop_threshold, drop_last_tie };
-            }
-        } else {
-            for (i, _, _) in chosen {
-                keeps[i] = Keep::All;
-            }
+        let job = (!targets.is_empty()).then(|| {
+            let base = source(inputs, k, name);
+            jobs.push(Job { base, inputs: sources, targets, numel: t.numel });
+            jobs.len() - 1
+        });
+        pending.push((keeps, job, chosen));
+    }
+    let found = fine::select_all(&jobs, run)?;
+    let normalize = resolved.normalize.unwrap_or(false);
+    let elect = method == Method::BreadcrumbsTies;
+    let mut map = HashMap::new();
+    for (name, (mut keeps, job, chosen)) in resolved.order.iter().zip(pending) {
+        let found: &[Keep] = job.map_or(&[], |j| &found[j]);
+        let bounds = |target: Option<usize>, all: bool| match target.map(|j| found[j]) {
+            Some(Keep::Above { threshold, last_tie }) => (threshold, last_tie),
+            // A selection that resolved to everything, or a count of n.
+            Some(Keep::All) | None if all => (0, u64::MAX),
+            // No outliers: a bound above every key.
+            _ => (u64::MAX, 0),
+        };
+        for (i, upper, lower) in chosen {
+            let (threshold, last_tie) = bounds(upper, true);
+            let (drop_threshold, drop_last_tie) = bounds(lower, false);
+            keeps[i] = Keep::Band { threshold, last_tie, drop_threshold, drop_last_tie };
         }
-        let normalize = resolved.normalize.unwrap_or(false);
-        let elect = method == Method::BreadcrumbsTies;
+        let t = &resolved.tensors[name];
         map.insert(name.clone(), task_params(t, normalize, elect, Sparsify::Magnitude(keeps)));
     }
     Ok(map)
@@ -250,19 +277,29 @@ pub(super) fn sce(
     run: &RunOptions,
 ) -> Result<HashMap<String, TaskParams>> {
     let k = inputs.len() - 1;
-    let mut map = HashMap::new();
+    let mut jobs = Vec::new();
+    let mut keeps: Vec<Result<Keep, usize>> = Vec::new();
     for name in &resolved.order {
+        let t = &resolved.tensors[name];
+        keeps.push(if t.select_topk >= 1.0 || t.numel == 0 {
+            Ok(Keep::All)
+        } else if t.select_topk <= 0.0 {
+            Ok(Keep::Nothing)
+        } else {
+            let target = Target { key: Key::Variance, count: Count::OfNonZero(t.select_topk) };
+            let sources = (0..k).map(|i| source(inputs, i, name)).collect();
+            let base = source(inputs, k, name);
+            jobs.push(Job { base, inputs: sources, targets: vec![target], numel: t.numel });
+            Err(jobs.len() - 1)
+        });
+    }
+    let found = fine::select_all(&jobs, run)?;
+    let mut map = HashMap::new();
+    for (name, keep) in resolved.order.iter().zip(keeps) {
         let t = &resolved.tensors[name];
         let sources: Vec<Source> = (0..k).map(|i| source(inputs, i, name)).collect();
         let base = source(inputs, k, name);
-        let keep = if t.select_topk >= 1.0 || t.numel == 0 {
-            Keep::All
-        } else if t.select_topk <= 0.0 {
-            Keep::Nothing
-        } else {
-            let target = Target { key: Key::Variance, count: Count::OfNonZero(t.select_topk) };
-            topk::select(base, &sources, &[target], t.numel, run)?[0]
-        };
+        let keep = keep.unwrap_or_else(|job| found[job][0]);
         let squares = if keep == Keep::Nothing {
             vec![0.0; k]
         } else {

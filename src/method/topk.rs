@@ -46,13 +46,13 @@ pub(crate) struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn bytes(&self, start: usize, len: usize) -> std::borrow::Cow<'_, [u8]> {
+    pub(super) fn bytes(&self, start: usize, len: usize) -> std::borrow::Cow<'_, [u8]> {
         let entry = &self.checkpoint.tensors()[self.tensor];
         let size = self.dtype.size();
         self.checkpoint.bytes(entry, start * size, len * size)
     }
 
-    fn read(&self, input: usize, start: usize, len: usize) -> Read<'_> {
+    pub(super) fn read(&self, input: usize, start: usize, len: usize) -> Read<'_> {
         let entry = &self.checkpoint.tensors()[self.tensor];
         let size = self.dtype.size();
         let from = entry.offset + start * size;
@@ -94,16 +94,16 @@ pub(crate) struct Target {
 
 /// One tensor of the selection: the base, the inputs, the targets, the size.
 #[derive(Clone, Copy)]
-struct Tensor<'a> {
-    base: Source<'a>,
-    inputs: &'a [Source<'a>],
-    targets: &'a [Target],
-    numel: usize,
+pub(super) struct Tensor<'a> {
+    pub base: Source<'a>,
+    pub inputs: &'a [Source<'a>],
+    pub targets: &'a [Target],
+    pub numel: usize,
 }
 
 /// Where one target's selection stands.
 #[derive(Debug, Clone, Copy)]
-enum State {
+pub(super) enum State {
     /// The count is a fraction of the non-zero keys, known after one pass.
     Counting(f64),
     /// The `need` largest keys among those whose top `known` bits equal `prefix`
@@ -116,6 +116,12 @@ enum State {
     /// The threshold is `key`; the `need`-th entry equal to it is the last kept.
     Ties {
         key: u64,
+        need: u64,
+    },
+    /// The `need` largest keys in the bucket of their top bits `bucket` are
+    /// still to be found (`method/fine.rs`).
+    Boundary {
+        bucket: u64,
         need: u64,
     },
     Done(Keep),
@@ -131,26 +137,23 @@ impl State {
     }
 }
 
-/// For each target, the rule that keeps exactly its count of largest keys in a
-/// tensor of `numel` elements whose base is `base` and whose other inputs are
-/// `inputs`.
-pub(crate) fn select(
-    base: Source,
-    inputs: &[Source],
-    targets: &[Target],
-    numel: usize,
+/// The initial state of a target in a tensor of `numel` elements.
+pub(super) fn initial(target: &Target, numel: usize) -> State {
+    match target.count {
+        Count::Exactly(0) => State::Done(Keep::Nothing),
+        Count::Exactly(k) if k >= numel as u64 => State::Done(Keep::All),
+        Count::Exactly(k) => State::Digits { known: 0, prefix: 0, need: k },
+        Count::OfNonZero(f) => State::Counting(f),
+    }
+}
+
+/// Radix selection from `states` on, until every target is done.
+pub(super) fn resolve(
+    tensor: Tensor,
+    mut states: Vec<State>,
     run: &RunOptions,
 ) -> Result<Vec<Keep>> {
-    let tensor = Tensor { base, inputs, targets, numel };
-    let mut states: Vec<State> = targets
-        .iter()
-        .map(|t| match t.count {
-            Count::Exactly(0) => State::Done(Keep::Nothing),
-            Count::Exactly(k) if k >= numel as u64 => State::Done(Keep::All),
-            Count::Exactly(k) => State::Digits { known: 0, prefix: 0, need: k },
-            Count::OfNonZero(f) => State::Counting(f),
-        })
-        .collect();
+    let numel = tensor.numel;
     loop {
         let active: Vec<usize> =
             (0..states.len()).filter(|&i| states[i].digits().is_some()).collect();
@@ -180,24 +183,6 @@ pub(crate) fn select(
             })
             .collect());
     }
-}
-
-/// For each input in `inputs`, the rule that keeps exactly its `k` largest
-/// task-vector magnitudes (`k` between 1 and `numel − 1`) in a tensor of `numel`
-/// elements whose base is `base`.
-pub(crate) fn largest(
-    base: Source,
-    inputs: &[(Source, u64)],
-    numel: usize,
-    run: &RunOptions,
-) -> Result<Vec<Keep>> {
-    let sources: Vec<Source> = inputs.iter().map(|&(s, _)| s).collect();
-    let targets: Vec<Target> = inputs
-        .iter()
-        .enumerate()
-        .map(|(i, &(_, k))| Target { key: Key::Delta(i), count: Count::Exactly(k) })
-        .collect();
-    select(base, &sources, &targets, numel, run)
 }
 
 /// Counts per bucket of the next digit, with each bucket's smallest and largest
