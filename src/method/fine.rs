@@ -533,7 +533,7 @@ fn boundary_pass(
                     State::Boundary { need, .. } => {
                         // Largest first; positions ascend within a key (the
                         // entries arrived in order and the sort is stable).
-                        keys.sort_by(|a, b| b.0.cmp(&a.0));
+                        keys.sort_by_key(|k| std::cmp::Reverse(k.0));
                         match keys.get(need as usize - 1) {
                             Some(&(threshold, last_tie)) => {
                                 State::Done(Keep::Above { threshold, last_tie })
