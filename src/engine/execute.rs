@@ -20,6 +20,7 @@ use crate::engine::kernel::{Accumulator, Input};
 use crate::engine::plan::{Plan, PlannedTensor, Produce};
 use crate::engine::stream;
 use crate::engine::task_vectors::{self, Scratch};
+use crate::engine::writeback::Writeback;
 use crate::error::{Error, Result};
 
 /// Default chunk length in elements: 64 Ki elements keeps a worker's buffers
@@ -70,12 +71,15 @@ struct Chunk {
 }
 
 /// Writes the plan's shard files into `dir` (which must exist) and returns their
-/// paths. Syncing them to disk is the caller's choice (see [`crate::engine::output`]).
+/// paths. Syncing them to disk is the caller's choice (see [`crate::engine::output`]);
+/// with `writeback`, writing them to disk starts behind the workers
+/// ([`crate::engine::writeback`]), so that a final sync has little left.
 pub fn write_shards(
     plan: &Plan,
     ingredients: &[Checkpoint],
     dir: &Path,
     run: &RunOptions,
+    writeback: bool,
 ) -> Result<Vec<PathBuf>> {
     let mut paths = Vec::with_capacity(plan.shards.len());
     let mut files = Vec::with_capacity(plan.shards.len());
@@ -95,6 +99,8 @@ pub fn write_shards(
 
     let chunks = chunk_plan(plan, run.chunk_elements.max(1));
     let out = Output { plan, ingredients, files: &files, paths: &paths };
+    let headers: Vec<u64> = plan.shards.iter().map(|s| s.header.len() as u64).collect();
+    let mut behind = writeback.then(|| Writeback::new(&files, &headers));
     stream::run(
         run.threads,
         chunks.len(),
@@ -107,7 +113,12 @@ pub fn write_shards(
             }
             Ok(())
         },
-        |_, ()| {},
+        |i, ()| {
+            if let Some(behind) = behind.as_mut() {
+                let (shard, end) = out.end_of(chunks[i]);
+                behind.finished(shard, end);
+            }
+        },
         |range| out.release(range, &chunks),
     )?;
     Ok(paths)
@@ -253,6 +264,16 @@ impl Output<'_> {
             })
         });
         stream::release(self.ingredients.len(), reads);
+    }
+
+    /// The shard a chunk is written to and the offset just past it.
+    fn end_of(&self, chunk: Chunk) -> (usize, u64) {
+        let t = &self.plan.tensors[chunk.tensor];
+        let size = match &t.produce {
+            Produce::Average { dtype, .. } | Produce::TaskVectors { dtype, .. } => dtype.size(),
+            Produce::Copy { .. } => 1,
+        };
+        (t.shard, t.offset + ((chunk.start + chunk.len) * size) as u64)
     }
 
     fn write(&self, t: &PlannedTensor, byte_start: usize, data: &[u8]) -> Result<u64> {

@@ -73,7 +73,7 @@ pub fn write_soup_with_files(
     let started = Instant::now();
     refuse_overlap(dest.path, ingredients)?;
     let staged = StagedDir::new(dest.path, dest.force)?;
-    let written = execute::write_shards(plan, ingredients, staged.path(), run)?;
+    let written = execute::write_shards(plan, ingredients, staged.path(), run, dest.durable)?;
     let mut output_files: Vec<PathBuf> =
         written.iter().filter_map(|p| p.file_name()).map(|n| dest.path.join(n)).collect();
     if let Some(index) = plan.index() {

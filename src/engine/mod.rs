@@ -26,3 +26,4 @@ pub mod plan;
 pub(crate) mod stream;
 pub mod task_vectors;
 pub mod tied;
+pub mod writeback;
