@@ -333,7 +333,10 @@ def sce64(b, deltas, select):
     """SCE: the entries of largest variance, mean-square weights, elected sign."""
     tv = torch.stack(deltas)
     if select < 1:
-        var = tv.var(dim=0, unbiased=False).reshape(-1)
+        # The population variance in soup's order (sum from +0, input by
+        # input), so that ties at the selection's edge fall the same way.
+        mean = sum(tv[i] for i in range(len(deltas))) / len(deltas)
+        var = (sum((tv[i] - mean) ** 2 for i in range(len(deltas))) / len(deltas)).reshape(-1)
         k = int(int((var != 0).sum()) * select)
         keep = torch.zeros(var.numel(), dtype=torch.bool)
         keep[by_magnitude(var)[:k]] = True
