@@ -223,6 +223,40 @@ pub enum Error {
     #[error("cancelled")]
     Cancelled,
 
+    /// A `--rename` rule is not `s/PATTERN/REPLACEMENT/`.
+    #[error("rename rule {rule:?}: {reason}")]
+    Rename {
+        /// The rule as written.
+        rule: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Renaming gave two tensors of one checkpoint the same name.
+    #[error(
+        "{}: renaming gives tensors {first:?} and {second:?} the same name {name:?}",
+        path.display()
+    )]
+    RenameCollision {
+        /// The checkpoint.
+        path: PathBuf,
+        /// One tensor's original name.
+        first: String,
+        /// The other's.
+        second: String,
+        /// The name both would get.
+        name: String,
+    },
+
+    /// A LoRA adapter that cannot be applied to its base.
+    #[error("{}: LoRA adapter: {reason}", path.display())]
+    Adapter {
+        /// The adapter directory.
+        path: PathBuf,
+        /// What is wrong, naming the tensor or config key.
+        reason: String,
+    },
+
     /// A PyTorch `.bin` checkpoint could not be read.
     #[error(transparent)]
     Torch(#[from] crate::torch::TorchError),

@@ -199,7 +199,9 @@ fn convert_speaks_for_itself() {
     let dir = common::tempdir();
     let a = model(dir.path(), "a", &base_values(1), 0.05, 2);
     let help = String::from_utf8(soup_ok(&["convert", "--help"]).stdout).unwrap();
-    for foreign in ["--no-init-check", "--non-float", "--copy-files-from", "--weights"] {
+    for foreign in
+        ["--no-init-check", "--non-float", "--copy-files-from", "--support-files-from", "--weights"]
+    {
         assert!(!help.contains(foreign), "convert --help offers {foreign}:\n{help}");
     }
     for line in help.lines() {

@@ -219,6 +219,7 @@ proptest! {
                 offset,
                 len: t.data.len(),
                 strided: None,
+                computed: None,
             });
             offset += t.data.len();
         }

@@ -50,6 +50,7 @@ impl MixScorer for Synthetic {
             reused: false,
             cancelled: false,
             metrics: Default::default(),
+            log: None,
         })
     }
 }
@@ -77,7 +78,7 @@ fn run(
         sigma: 1.0,
         start: vec![vec![1.0 / k as f64; k]; groups],
     };
-    learn(scorer, &grouping(groups), &config, &AtomicBool::new(false), &|_, _| {}).unwrap()
+    learn(scorer, &grouping(groups), &config, &AtomicBool::new(false), &|_| {}).unwrap()
 }
 
 fn best_weights(l: &Learned) -> Vec<Vec<f64>> {
@@ -130,4 +131,58 @@ fn same_seed_same_search_other_seed_other_search() {
     assert_eq!(points(&a), points(&b), "the thread count must not change the search");
     assert_ne!(points(&a), points(&c));
     assert_eq!(a.evaluations.len(), 60);
+}
+
+/// Numbers its calls, and holds the second call (the first of generation 1)
+/// until another evaluation of that generation has been reported.
+struct Slowed {
+    calls: std::sync::atomic::AtomicUsize,
+    reported: std::sync::atomic::AtomicUsize,
+}
+
+impl MixScorer for Slowed {
+    fn score_mix(&self, _mix: &Mix, _cancel: &AtomicBool) -> modelsoup::search::Result<Scored> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.calls.fetch_add(1, SeqCst);
+        if n == 1 {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while self.reported.load(SeqCst) < 2 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        Ok(Scored {
+            candidate: format!("call-{n}"),
+            score: Ok(-(n as f64)),
+            reused: false,
+            cancelled: false,
+            metrics: Default::default(),
+            log: None,
+        })
+    }
+}
+
+#[test]
+fn each_evaluation_is_reported_as_it_ends() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let scorer = Slowed { calls: AtomicUsize::new(0), reported: AtomicUsize::new(0) };
+    let order = std::sync::Mutex::new(Vec::new());
+    let config = Learn {
+        budget: 5,
+        jobs: 2,
+        minimize: false,
+        seed: 3,
+        sigma: 1.0,
+        start: vec![vec![0.5; 2]],
+    };
+    let on_eval = |e: &modelsoup::search::learned::Evaluated| {
+        order.lock().unwrap().push(e.scored.candidate.clone());
+        scorer.reported.fetch_add(1, SeqCst);
+    };
+    let learned = learn(&scorer, &grouping(1), &config, &AtomicBool::new(false), &on_eval).unwrap();
+    let order = order.into_inner().unwrap();
+    // call-1 waited for call-2 to be reported: reports follow the ends, not the
+    // order in which the generation was proposed or started.
+    let at = |c: &str| order.iter().position(|o| o == c).unwrap();
+    assert!(at("call-2") < at("call-1") && at("call-0") == 0, "{order:?}");
+    assert_eq!(order.len(), learned.evaluations.len());
 }

@@ -283,7 +283,7 @@ fn check_report(world: &Mixture, report: &Value, out: &Path, budget: usize, befo
     }
     assert_eq!(curve.last().unwrap()["best"].as_f64(), Some(score));
     let counts = &report["evaluations"];
-    let total = counts["run"].as_u64().unwrap() + counts["reused"].as_u64().unwrap();
+    let total = counts["finished"].as_u64().unwrap() + counts["reused"].as_u64().unwrap();
     assert_eq!(total, budget as u64, "evaluations in the report: {counts}");
     assert_eq!(counts["failed"], 0);
 
@@ -337,7 +337,7 @@ fn per_model_coefficients_reach_a_known_mix() {
     // Exactly `budget` evaluator calls, one journal record each.
     assert_eq!(ends(&log), budget);
     assert_eq!(journal(&run_dir).len(), budget);
-    assert_eq!(report["evaluations"]["run"], budget);
+    assert_eq!(report["evaluations"]["finished"], budget);
     let md = fs::read_to_string(run_dir.join("report.md")).unwrap();
     assert!(md.contains("Learned coefficients") && md.contains("| all |"), "{md}");
 }
@@ -540,7 +540,7 @@ fn a_killed_learned_search_resumes_without_paying_twice() {
     resume.push("--force".into());
     let run = soup_ok_in(dir.path(), &resume);
     let stderr = stderr_of(&run);
-    assert!(stderr.contains(&format!("resuming: {} evaluation(s)", before.len())), "{stderr}");
+    assert!(stderr.contains(&format!("resuming: {} evaluations", before.len())), "{stderr}");
 
     // Only what the journal lacked was evaluated: the budget's remainder.
     let new: Vec<Call> = calls(&log)[calls_before..].to_vec();
@@ -555,7 +555,7 @@ fn a_killed_learned_search_resumes_without_paying_twice() {
     let report = read_json(&run_dir.join("report.json"));
     check_report(&world, &report, &out, budget, 0);
     assert_eq!(report["evaluations"]["reused"], before.len());
-    assert_eq!(report["evaluations"]["run"], budget - before.len());
+    assert_eq!(report["evaluations"]["finished"], budget - before.len());
     let old: BTreeSet<&str> = before.iter().map(|r| r["candidate"].as_str().unwrap()).collect();
     for step in report["steps"].as_array().unwrap() {
         let journaled = old.contains(step["candidate"].as_str().unwrap());
@@ -628,7 +628,7 @@ fn init_greedy_starts_from_the_greedy_soup() {
     let args = world.args(&out, &eval, &["--budget", "40", "--seed", "2", "--init", "greedy"]);
     let run = soup_ok_in(dir.path(), &args);
     let stderr = stderr_of(&run);
-    assert!(stderr.contains("starting from the greedy soup of 3 ingredient(s), score"), "{stderr}");
+    assert!(stderr.contains("starting from the greedy soup of 3 ingredients, score"), "{stderr}");
     let report = read_json(&run_dir.join("report.json"));
     check_report(&world, &report, &out, budget, 4);
     // Greedy's last proposal (adding in3) is the uniform soup of all four: the
@@ -689,7 +689,7 @@ fn the_budget_counts_the_baselines() {
         let report = read_json(&run_dir.join("report.json"));
         assert_eq!(report["steps"].as_array().unwrap().len(), 1, "{init}: {report}");
         let counts = &report["evaluations"];
-        let total = counts["run"].as_u64().unwrap() + counts["reused"].as_u64().unwrap();
+        let total = counts["finished"].as_u64().unwrap() + counts["reused"].as_u64().unwrap();
         assert_eq!(total, budget as u64, "{init}: {counts}");
         assert_eq!(report["curve"].as_array().unwrap().len(), budget - world.k() - before);
     }

@@ -406,6 +406,8 @@ fn tokenizer_source_chat_template_and_the_model_card() {
     };
     write("base", "tokenizer.json", "base tokenizer");
     write("base", "tokenizer_config.json", r#"{"model_max_length": 8, "chat_template": "A"}"#);
+    write("base", "tokenizer.model", "base sentencepiece");
+    write("base", "README.md", "card of base");
     for (model, template) in [("a", "B"), ("b", "B"), ("c", "C")] {
         write(model, "tokenizer.json", &format!("{model} tokenizer"));
         write(model, "tokenizer_config.json", &format!(r#"{{"chat_template": "{template}"}}"#));
@@ -435,8 +437,22 @@ fn tokenizer_source_chat_template_and_the_model_card() {
         assert!(card.contains(says), "the card says {says:?}:\n{card}");
     }
     assert_eq!(std::fs::read_to_string(out.join("mergekit_config.yml")).unwrap(), config);
+    // The support files come from the base (TIES is built on one), but another
+    // tokenizer source replaces its tokenizer whole: none of the base's
+    // tokenizer files stays beside it.
+    write(".", "tok_a.yaml", &config.replace("tokenizer_source: base", "tokenizer_source: a"));
+    let run = soup_in(root, &["merge", "--recipe", "tok_a.yaml", "-o", "tok_a"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let out = root.join("tok_a");
+    assert_eq!(std::fs::read_to_string(out.join("tokenizer.json")).unwrap(), "a tokenizer");
+    assert!(!out.join("tokenizer.model").exists());
+    assert!(root.join("soup/tokenizer.model").exists());
+    let tok: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert!(tok["chat_template"].as_str().unwrap().contains("<|im_start|>"), "{tok}");
+    assert!(tok.get("model_max_length").is_none(), "{tok}");
     // `auto`: the template most of the models have; --no-card keeps the
-    // support files' own README.
+    // support files' own README (the base's).
     write(
         ".",
         "auto.yaml",
@@ -448,7 +464,7 @@ fn tokenizer_source_chat_template_and_the_model_card() {
         serde_json::from_slice(&std::fs::read(root.join("auto/tokenizer_config.json")).unwrap())
             .unwrap();
     assert_eq!(tok["chat_template"], "B");
-    assert_eq!(std::fs::read_to_string(root.join("auto/README.md")).unwrap(), "card of a");
+    assert_eq!(std::fs::read_to_string(root.join("auto/README.md")).unwrap(), "card of base");
     assert!(!root.join("auto/mergekit_config.yml").exists());
     // A tokenizer source without tokenizer files is named.
     write(

@@ -78,6 +78,7 @@ impl Scorer for FakeScorer {
             reused: false,
             cancelled: false,
             metrics: Default::default(),
+            log: None,
         })
     }
 }

@@ -572,7 +572,11 @@ fn searches_match_brute_force_for_every_order_tie_rule_and_job_count() {
                             // Every evaluation run is one evaluator call. (Pruned:
                             // see pruned_report_counts_the_uniform_evaluation.)
                             let new_ends = all[calls_before..].iter().filter(|c| c.event == "end");
-                            assert_eq!(report["evaluations"]["run"], new_ends.count(), "{name}");
+                            assert_eq!(
+                                report["evaluations"]["finished"],
+                                new_ends.count(),
+                                "{name}"
+                            );
                         }
                     } else {
                         // Evaluations started (each makes its log files) against
@@ -595,6 +599,15 @@ fn searches_match_brute_force_for_every_order_tie_rule_and_job_count() {
                         }
                         assert!(started >= needed.len(), "{name}: {started} < {}", needed.len());
                         wasted += started - needed.len();
+                        // Honest accounting: every evaluation started (one log
+                        // file each) either finished, and then is in the journal,
+                        // or was cancelled.
+                        let counts = &report["evaluations"];
+                        let count = |key: &str| counts[key].as_u64().unwrap() as usize;
+                        assert_eq!(count("started"), started, "{name}: {counts}");
+                        assert_eq!(count("started"), count("finished") + count("cancelled"));
+                        assert_eq!(count("journaled"), count("finished"), "{name}");
+                        assert_eq!(journal(&run_dir).len(), count("finished"), "{name}");
                     }
                     configs += 1;
                 }
@@ -652,7 +665,7 @@ fn pruned_report_counts_the_uniform_evaluation() {
     let ends = calls(&log).iter().filter(|c| c.event == "end").count();
     let report = read_json(&dir.path().join("soup.run/report.json"));
     assert_eq!(journal(&dir.path().join("soup.run")).len(), ends);
-    assert_eq!(report["evaluations"]["run"], ends, "evaluator calls vs evaluations.run");
+    assert_eq!(report["evaluations"]["finished"], ends, "evaluator calls vs evaluations.finished");
 }
 
 // ---------------------------------------------------------------------------
@@ -851,7 +864,7 @@ fn a_killed_search_resumes_without_paying_twice() {
     resume.push("--force".into());
     let run = soup_ok_in(dir.path(), &resume);
     let stderr = stderr_of(&run);
-    assert!(stderr.contains(&format!("resuming: {} evaluation(s)", before.len())), "{stderr}");
+    assert!(stderr.contains(&format!("resuming: {} evaluations", before.len())), "{stderr}");
 
     // Nothing journaled before the kill was evaluated again.
     let after = calls(&log);
@@ -917,7 +930,7 @@ fn a_torn_journal_line_is_ignored_and_its_evaluation_rerun() {
     args.push("--force".into());
     let run = soup_ok_in(dir.path(), &args);
     let stderr = stderr_of(&run);
-    assert!(stderr.contains("warning: ignored 1 damaged line(s)"), "{stderr}");
+    assert!(stderr.contains("warning: ignored 1 damaged line "), "{stderr}");
     let rerun: Vec<Call> =
         calls(&log)[calls_before..].iter().filter(|c| c.event == "end").cloned().collect();
     assert_eq!(rerun.len(), 1, "{rerun:?}");
@@ -927,10 +940,17 @@ fn a_torn_journal_line_is_ignored_and_its_evaluation_rerun() {
         "the torn record's evaluation is the one re-run"
     );
     let second = read_json(&run_dir.join("report.json"));
-    assert_eq!(second["evaluations"]["run"], 1);
-    for key in ["members", "weights", "score", "individual_scores", "uniform"] {
+    assert_eq!(second["evaluations"]["finished"], 1);
+    for key in ["members", "weights", "score", "individual_scores"] {
         assert_eq!(first[key], second[key], "{key}");
     }
+    assert_eq!(first["uniform"]["score"], second["uniform"]["score"]);
+    assert_eq!(second["uniform"]["reused"], true, "the uniform soup came from the journal");
+    // The first run's report is kept beside the new one, and linked from it.
+    assert_eq!(read_json(&run_dir.join("report.1.json")), first, "history of reruns");
+    let md = fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(md.contains("Earlier runs in this directory: report.1.md."), "{md}");
+    assert!(run_dir.join("report.1.md").exists() && run_dir.join("search.1.svg").exists());
     let decisions = |r: &Value| -> Vec<(Value, Value, Value)> {
         r["steps"]
             .as_array()
@@ -1058,7 +1078,28 @@ fn reports_have_every_field_and_the_soup_its_recipe() {
         for label in world.label_set(&want.members) {
             assert!(md.contains(&label), "{label} not in report.md");
         }
+        // The figure: one mark per step, accepted ones filled, linked from report.md.
+        assert!(md.contains("![score of every candidate](search.svg)"), "{md}");
+        let svg = fs::read_to_string(run_dir.join("search.svg")).unwrap();
+        let steps = report["steps"].as_array().unwrap();
+        let accepted = steps.iter().filter(|s| s["accepted"] == true).count();
+        assert_eq!(svg.matches("<circle class=\"accepted\"").count(), accepted, "{svg}");
+        assert_eq!(svg.matches("<circle class=").count(), steps.len());
+        assert!(svg.contains("best individual") && svg.ends_with("</svg>\n"));
+        assert_eq!(svg.contains("uniform soup"), method == Method::Pruned(2));
     }
+    // A greedy search in a run directory where the uniform soup was evaluated
+    // (by pruned, above) shows it, from the journal.
+    let out = dir.path().join("greedy-again");
+    let mut args = search_args(&world, Method::Greedy, &out, &eval);
+    args.extend(["--run-dir".into(), p(&dir.path().join("pruned.run"))]);
+    soup_ok_in(dir.path(), &args);
+    let report = read_json(&dir.path().join("pruned.run/report.json"));
+    assert_eq!(report["method"], "greedy");
+    assert_eq!(report["uniform"]["reused"], true, "{report}");
+    let md = fs::read_to_string(dir.path().join("pruned.run/report.md")).unwrap();
+    assert!(md.contains("| uniform | ") && md.contains("(journal) | 5 |"), "{md}");
+    assert!(dir.path().join("pruned.run/report.1.md").exists(), "the pruned report is kept");
 }
 
 #[test]
@@ -1090,7 +1131,9 @@ fn a_scores_file_skips_individual_evaluations() {
     assert!(all.iter().all(|c| c.members.len() >= 2), "an ingredient was evaluated alone: {all:?}");
     let report = read_json(&dir.path().join("soup.run/report.json"));
     check_report(&world, &report, &want, Method::Greedy, "--scores");
-    assert_eq!(report["evaluations"]["run"], want.steps.len());
+    assert_eq!(report["evaluations"]["finished"], want.steps.len());
+    assert_eq!(report["evaluations"]["given"], world.n());
+    assert_eq!(report["evaluations"]["reused"], 0, "given scores are not reused ones");
 }
 
 #[test]
@@ -1311,4 +1354,360 @@ fn a_learned_search_over_task_vectors_records_a_replayable_recipe() {
     assert_eq!(recipe["parameters"]["lambda"], 0.7);
     assert_eq!(recipe["parameters"]["normalize"], false);
     assert_recipe_replays(&out);
+}
+
+// ---------------------------------------------------------------------------
+// 6. Evaluation servers, devices and stopping
+// ---------------------------------------------------------------------------
+
+const SERVER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/evaluators/distance_server.py");
+const PYTHON_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/python");
+
+impl World {
+    /// The --eval-server command: tests/evaluators/distance_server.py with this
+    /// world's target and quantum (modelsoup.server from the source tree).
+    fn server(&self, extra: &str) -> String {
+        format!(
+            "PYTHONPATH={} exec python3 -S {} {} --quantum {} {extra}",
+            sh_quote(PYTHON_DIR),
+            sh_quote(SERVER),
+            sh_quote(&p(&self.target_file)),
+            self.quantum
+        )
+    }
+}
+
+/// `args` with `--eval TEMPLATE` replaced by `--eval-server COMMAND`.
+fn with_server(mut args: Vec<String>, command: &str) -> Vec<String> {
+    let at = args.iter().position(|a| a == "--eval").unwrap();
+    args[at] = "--eval-server".into();
+    args[at + 1] = command.into();
+    args
+}
+
+fn count(report: &Value, key: &str) -> u64 {
+    report["evaluations"][key].as_u64().unwrap_or_else(|| panic!("no {key}: {report}"))
+}
+
+#[test]
+fn a_server_scores_like_the_command_and_stays_warm() {
+    let dir = common::tempdir();
+    let mut world = find_world(6, 0.0);
+    world.write(dir.path(), false);
+    let (log, starts) = (dir.path().join("calls.log"), dir.path().join("starts"));
+    let server =
+        world.server(&format!("--log {} --starts {}", sh_quote(&p(&log)), sh_quote(&p(&starts))));
+    for method in [Method::Greedy, Method::Pruned(2)] {
+        let out = dir.path().join(method.name());
+        let mut args = with_server(search_args(&world, method, &out, "unused"), &server);
+        args.extend(["--jobs".into(), "2".into()]);
+        fs::write(&starts, "").unwrap();
+        soup_ok_in(dir.path(), &args);
+        let want = world_reference(&world, method, Order::Sorted, Rule::MAX);
+        let run_dir = dir.path().join(format!("{}.run", method.name()));
+        let report = read_json(&run_dir.join("report.json"));
+        check_report(&world, &report, &want, method, method.name());
+        check_soup(&world, &out, &want.members, method.name());
+        // Warm: one server per slot for the whole search (plus a restart for
+        // each speculative evaluation cancelled while it ran).
+        let started = fs::read_to_string(&starts).unwrap();
+        let slots: BTreeSet<&str> = started.lines().map(|l| l.split(' ').nth(1).unwrap()).collect();
+        assert!(slots.iter().all(|s| ["0", "1"].contains(s)), "{started}");
+        let restarts = count(&report, "server_restarts") as usize;
+        assert_eq!(started.lines().count(), slots.len() + restarts, "{started}");
+        assert!(restarts as u64 <= count(&report, "cancelled"), "{report}");
+        assert_eq!(
+            count(&report, "started"),
+            count(&report, "finished") + count(&report, "cancelled")
+        );
+        // Results are journaled under the server command, metrics included.
+        let records = journal(&run_dir);
+        assert_eq!(records.len() as u64, count(&report, "journaled"));
+        assert!(records.iter().all(|r| r["evaluator"] == format!("--eval-server {server}")));
+        assert!(records.iter().all(|r| r["metrics"]["distance"].is_f64()), "{records:?}");
+    }
+}
+
+#[test]
+fn server_failures_fail_one_evaluation_and_restart_the_server() {
+    let dir = common::tempdir();
+    let mut world = find_world(6, 0.0);
+    world.write(dir.path(), false);
+    let starts = dir.path().join("starts");
+    // Candidates with in1 kill the server, with in2 hang it, with in3 make
+    // score_fn raise; those with in5 print noise before their reply.
+    let trap = dir.path().join("trap");
+    let server = world.server(&format!(
+        "--starts {} --trap {} --fault in1=exit --fault in2=hang --fault in3=error --fault in5=noise",
+        sh_quote(&p(&starts)),
+        sh_quote(&p(&trap))
+    ));
+    let fails = |m: &[usize]| m.contains(&1) || m.contains(&2) || m.contains(&3);
+    let score = |m: &[usize]| if fails(m) { None } else { Some(world.score(m)) };
+    let out = dir.path().join("soup");
+    let run_dir = dir.path().join("soup.run");
+    let mut args = with_server(search_args(&world, Method::Greedy, &out, "unused"), &server);
+    args.extend(["--timeout", "3s", "--kill-grace", "1s"].map(String::from));
+    let run = soup_ok_in(dir.path(), &args);
+    let want = reference(6, &score, Method::Greedy, Order::Sorted, Rule::MAX).unwrap();
+    let report = read_json(&run_dir.join("report.json"));
+    check_report(&world, &report, &want, Method::Greedy, "server faults");
+    check_soup(&world, &out, &want.members, "greedy");
+
+    let records = journal(&run_dir);
+    let reason = |members: &[usize]| {
+        record_of(&records, &world.label_set(members))["failure"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(reason(&[1]), "the evaluation server exited with code 3");
+    assert_eq!(reason(&[2]), "timed out after 3s");
+    assert_eq!(reason(&[3]), "the evaluation server says: ValueError: cannot score in3");
+    // Each death and each timeout costs one restart; an error reply none.
+    let restarts = count(&report, "server_restarts");
+    let deaths = want.steps.iter().filter(|(m, _, _)| m.contains(&1) || m.contains(&2)).count();
+    assert_eq!(restarts as usize, 2 + deaths, "{report}");
+    assert_eq!(fs::read_to_string(&starts).unwrap().lines().count() as u64, restarts + 1);
+    // The tail of the server's stderr is shown for a failure: the traceback.
+    let stderr = stderr_of(&run);
+    assert!(stderr.contains("ValueError: cannot score in3\n"), "{stderr}");
+    assert!(stderr.contains("| giving up on"), "{stderr}");
+    // Not a terminal: plain lines, one as each evaluation starts.
+    assert!(stderr.contains("  started greedy-0001 ("), "{stderr}");
+    assert!(!stderr.contains('\r') && !stderr.contains("\u{1b}["), "no live lines: {stderr}");
+    let md = fs::read_to_string(run_dir.join("report.md")).unwrap();
+    assert!(md.contains("evaluation servers restarted"), "{md}");
+    // The hung server was stopped with SIGTERM, which serve() turns into
+    // SystemExit, so its clean-up ran before the grace period ended.
+    assert!(fs::read_to_string(&trap).unwrap_or_default().contains("term"), "no clean-up");
+    // What score_fn prints goes to the server's stderr, never among the replies.
+    let logs = |ext: &str| -> String {
+        fs::read_dir(run_dir.join("logs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|x| x.to_str().unwrap().ends_with(ext) && p(x).contains("/server-"))
+            .map(|x| fs::read_to_string(x).unwrap())
+            .collect()
+    };
+    assert!(logs(".stderr").contains("progress: 100%"), "{}", logs(".stderr"));
+    assert!(!logs(".stdout").contains("progress") && logs(".stdout").contains("\"score\""));
+}
+
+#[test]
+fn only_a_reply_naming_the_candidate_answers_it() {
+    let dir = common::tempdir();
+    let mut world = find_world(3, 0.0);
+    world.write(dir.path(), false);
+    // A server in sh: noise, a reply for another candidate, then the answer.
+    let server = r#"while read -r line; do
+        id=$(printf '%s' "$line" | sed 's/^{"candidate":"\([^"]*\)".*/\1/')
+        echo "loading $id"; echo '{"candidate": "someone-else", "score": 9}'
+        printf '{"candidate": "%s", "score": 0.5, "note": "ok"}\n' "$id"
+    done"#;
+    let out = dir.path().join("soup");
+    let args = with_server(search_args(&world, Method::Greedy, &out, "unused"), server);
+    soup_ok_in(dir.path(), &args);
+    let report = read_json(&dir.path().join("soup.run/report.json"));
+    let steps = report["steps"].as_array().unwrap();
+    assert!(steps.iter().all(|s| s["score"] == 0.5 && s["metrics"]["note"] == "ok"), "{steps:?}");
+    assert_eq!(strings(&report["members"]).len(), 3, "ties are accepted");
+    let log = fs::read_to_string(dir.path().join("soup.run/logs/server-0.1.stdout")).unwrap();
+    assert!(log.contains("loading greedy-0001\n") && log.contains("someone-else"), "{log}");
+}
+
+#[test]
+fn the_journal_key_shares_results_between_eval_and_eval_server_only_when_declared() {
+    let dir = common::tempdir();
+    let mut world = find_world(4, 0.0);
+    world.write(dir.path(), false);
+    let log = dir.path().join("calls.log");
+    let eval = world.eval(&format!("--log {}", sh_quote(&p(&log))));
+    let server = world.server(&format!("--log {}", sh_quote(&p(&log))));
+    let out = dir.path().join("soup");
+    let args = search_args(&world, Method::Greedy, &out, &eval);
+    let keyed =
+        |args: Vec<String>| [args, vec!["--journal-key".into(), "distance v1".into()]].concat();
+    soup_ok_in(dir.path(), &keyed(args.clone()));
+    let first = ends(&log);
+    // The same key: everything comes from the journal.
+    let served = [with_server(args.clone(), &server), vec!["--force".into()]].concat();
+    soup_ok_in(dir.path(), &keyed(served.clone()));
+    assert_eq!(ends(&log), first, "a declared twin re-evaluated something");
+    let report = read_json(&dir.path().join("soup.run/report.json"));
+    assert_eq!((count(&report, "started"), count(&report, "reused")), (0, first as u64));
+    // Without the key, the server is another evaluator: all of it runs again.
+    soup_ok_in(dir.path(), &served);
+    assert_eq!(ends(&log), 2 * first);
+    let records = journal(&dir.path().join("soup.run"));
+    let keys: BTreeSet<&str> = records.iter().map(|r| r["evaluator"].as_str().unwrap()).collect();
+    assert_eq!(keys, BTreeSet::from(["distance v1", &*format!("--eval-server {server}")]));
+}
+
+#[test]
+fn devices_give_each_job_its_own_slot() {
+    let dir = common::tempdir();
+    let mut world = find_world(6, 0.0);
+    world.write(dir.path(), false);
+    let slots = dir.path().join("slots.log");
+    // Every evaluation logs its slot and devices when it starts and ends.
+    let mark = |event: &str| {
+        format!(
+            r#"echo "{event} {{slot}} {{devices}} $SOUP_SLOT $CUDA_VISIBLE_DEVICES" >> {}"#,
+            sh_quote(&p(&slots))
+        )
+    };
+    let eval = format!("{}; {} --sleep 0.2 && {}", mark("start"), world.eval(""), mark("end"));
+    let out = dir.path().join("soup");
+    let mut args = search_args(&world, Method::Greedy, &out, &eval);
+    args.extend(["--devices".into(), "0:1,2".into()]);
+    soup_ok_in(dir.path(), &args);
+    let want = world_reference(&world, Method::Greedy, Order::Sorted, Rule::MAX);
+    check_soup(&world, &out, &want.members, "greedy");
+    let text = fs::read_to_string(&slots).unwrap();
+    let mut busy = [false, false];
+    let mut used = [0, 0];
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let slot: usize = f[1].parse().unwrap();
+        let devices = ["0", "1,2"][slot];
+        assert_eq!(f[1..], [f[1], devices, f[1], devices], "{line}");
+        match f[0] {
+            "start" => {
+                assert!(!busy[slot], "slot {slot} used twice at once:\n{text}");
+                busy[slot] = true;
+                used[slot] += 1;
+            }
+            _ => busy[slot] = false,
+        }
+    }
+    assert!(used[0] > 0 && used[1] > 0, "--devices implies two jobs: {used:?}");
+    // --devices sets the number of jobs, so --jobs cannot be given too.
+    let err = soup_in(dir.path(), &[args, vec!["--jobs".into(), "3".into()]].concat());
+    assert_eq!(err.status.code(), Some(2));
+    let mut bad = search_args(&world, Method::Greedy, &out, "echo 1 {devices}");
+    bad.push("--force".into());
+    let err = soup_in(dir.path(), &bad);
+    assert!(stderr_of(&err).contains("--devices"), "{}", stderr_of(&err));
+}
+
+/// Starts `soup args` in `cwd` and waits (up to a minute) until `file` exists.
+fn start_until(cwd: &Path, args: &[String], file: &Path) -> std::process::Child {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_soup"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "{} never appeared", file.display());
+        assert!(child.try_wait().unwrap().is_none(), "soup ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn pid_in(file: &Path) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(pid) = fs::read_to_string(file).unwrap_or_default().trim().parse() {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no pid in {}", file.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn evaluators_end_when_soup_is_killed() {
+    let dir = common::tempdir();
+    let mut world = find_world(3, 0.0);
+    world.write(dir.path(), false);
+    for server in [false, true] {
+        let pid_file = dir.path().join(format!("evaluator-{server}.pid"));
+        // `exec` keeps the pid: the evaluator is soup's own child.
+        let command = format!("echo $$ > {}; exec sleep 600", sh_quote(&p(&pid_file)));
+        let out = dir.path().join(format!("soup-{server}"));
+        let mut args = search_args(&world, Method::Greedy, &out, &command);
+        if server {
+            args = with_server(args, &command);
+        }
+        let mut soup = start_until(dir.path(), &args, &pid_file);
+        let pid = pid_in(&pid_file);
+        soup.kill().unwrap(); // SIGKILL: soup cannot stop anything itself
+        soup.wait().unwrap();
+        assert!(
+            dies(pid, Duration::from_secs(10)),
+            "evaluator {pid} outlived soup (server: {server})"
+        );
+    }
+}
+
+#[test]
+fn ctrl_c_stops_evaluations_gracefully() {
+    let dir = common::tempdir();
+    let mut world = find_world(3, 0.0);
+    world.write(dir.path(), false);
+    let (ready, cleaned) = (dir.path().join("ready"), dir.path().join("cleaned"));
+    fs::create_dir(&ready).unwrap();
+    // The evaluator needs 300 ms to clean up after SIGTERM.
+    let eval = format!(
+        "trap 'sleep 0.3; echo $SOUP_CANDIDATE >> {}; exit 1' TERM; touch {}/$SOUP_CANDIDATE; sleep 600 & wait",
+        sh_quote(&p(&cleaned)),
+        sh_quote(&p(&ready))
+    );
+    let out = dir.path().join("soup");
+    let mut args = search_args(&world, Method::Greedy, &out, &eval);
+    args.extend(["--jobs".into(), "3".into()]);
+    let soup = start_until(dir.path(), &args, &ready);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::read_dir(&ready).unwrap().count() < 3 {
+        assert!(Instant::now() < deadline, "the three evaluations did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(soup.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = soup.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let cleaned = fs::read_to_string(&cleaned).unwrap_or_default();
+    assert_eq!(cleaned.lines().count(), 3, "every running evaluation cleaned up: {cleaned:?}");
+    assert!(journal(&dir.path().join("soup.run")).is_empty(), "nothing cancelled is journaled");
+}
+
+#[test]
+fn a_terminal_gets_live_status_lines() {
+    let dir = common::tempdir();
+    let mut world = find_world(3, 0.0);
+    world.write(dir.path(), false);
+    let out = dir.path().join("soup");
+    let mut args = search_args(&world, Method::Greedy, &out, &world.eval("--sleep 0.6"));
+    args.extend(["--jobs".into(), "2".into()]);
+    // `script` (util-linux) runs soup on a pseudo-terminal.
+    let command: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_soup").to_owned())
+        .chain(args)
+        .map(|a| sh_quote(&a))
+        .collect();
+    let run = std::process::Command::new("script")
+        .args(["-qec", &command.join(" "), "/dev/null"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script (util-linux) runs a command on a terminal");
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{text}");
+    // The summary line and one line per running evaluation, with elapsed time.
+    assert!(text.contains("best none yet · 0/5 evaluations"), "{text}");
+    assert!(text.contains("2 running"), "{text}");
+    assert!(text.contains("greedy-0001 (") && text.contains("ETA "), "{text}");
+    assert!(!text.contains("  started greedy-"), "plain lines are for pipes: {text}");
+    check_soup(
+        &world,
+        &out,
+        &world_reference(&world, Method::Greedy, Order::Sorted, Rule::MAX).members,
+        "greedy",
+    );
 }

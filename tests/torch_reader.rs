@@ -289,10 +289,15 @@ fn other_objects_are_refused_with_advice() {
     let (kind, message) = pickle_error("nested.bin");
     assert_eq!(
         kind,
-        PickleErrorKind::NestedDict { keys: vec!["state_dict".into(), "epoch".into()] }
+        PickleErrorKind::NestedDict {
+            key: None,
+            keys: vec!["state_dict".into(), "epoch".into()],
+            candidates: vec![("state_dict".into(), 9)],
+        }
     );
     assert!(message.contains("\"state_dict\", \"epoch\""), "{message}");
-    assert!(message.contains("model.state_dict()"), "{message}");
+    assert!(message.contains("\"state_dict\" (9 tensors)"), "{message}");
+    assert!(message.contains("--key state_dict"), "{message}");
 
     let (kind, message) = pickle_error("neg_view.bin");
     assert_eq!(kind, PickleErrorKind::LazyTensorBits);
@@ -666,4 +671,48 @@ fn results_cross_threads() {
     send_sync::<modelsoup::Error>();
     let safetensors = fs::read(fixture("views.expected.safetensors")).unwrap();
     assert!(!looks_like_torch_zip(&safetensors));
+}
+
+#[test]
+fn what_lies_beside_the_selected_state_dict_is_never_built() {
+    use modelsoup::torch::parse_pickle_at;
+    // {"sd": {"w": tensor}, "x": <value>, "w2": <tensor of a storage used only here>}
+    let with_beside = |beside: &[u8]| {
+        let mut p = pickle(b"}(X\x02\x00\x00\x00sd}(X\x01\x00\x00\x00w");
+        p.extend(tensor(b'0', 6, 0, &[6], &[1]));
+        p.extend_from_slice(b"uX\x01\x00\x00\x00x");
+        p.extend_from_slice(beside);
+        p.extend_from_slice(b"X\x02\x00\x00\x00w2");
+        p.extend(tensor(b'1', 4, 0, &[4], &[1]));
+        p.extend_from_slice(b"u.");
+        p
+    };
+    let besides: [&[u8]; 9] = [
+        b"cos\nsystem\n(X\x02\x00\x00\x00idtR", // a call of a forbidden global
+        b"cargparse\nNamespace\n)\x81}b",       // NEWOBJ + BUILD of an object
+        b"\x8a\x09\x01\x02\x03\x04\x05\x06\x07\x08\x09", // an integer of 9 bytes
+        b"\x8b\x0a\x00\x00\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a", // LONG4
+        b"C\x03abc",                            // bytes
+        b"\x8f(K\x01K\x02\x90",                 // a set
+        b"ctorch\nFloatStorage\n)R",            // calling a storage type
+        b"ctorch._utils\n_rebuild_tensor_v2\n(K\x01tR", // bad tensor arguments
+        b"X\x01\x00\x00\x00yQ",                 // a persistent id of another form
+    ];
+    for (i, beside) in besides.iter().enumerate() {
+        let p = with_beside(beside);
+        let sd = parse_pickle_at(&p, Some("sd")).unwrap_or_else(|e| panic!("case {i}: {e}"));
+        assert_eq!(sd.tensors.len(), 1, "case {i}");
+        // Only the storage of the selected tensor is bound.
+        assert_eq!(sd.storages.len(), 1, "case {i}");
+        assert_eq!(sd.storages[0].key, "0", "case {i}");
+        // Selecting the value itself reports why it cannot be built.
+        assert!(parse_pickle_at(&p, Some("x")).is_err(), "case {i}");
+    }
+    // Without a key the file is a dict of dicts: one candidate, "sd".
+    let p = with_beside(b"N");
+    let e = parse_pickle(&p).unwrap_err();
+    assert!(
+        matches!(e.kind(), PickleErrorKind::NestedDict { candidates, .. } if candidates == &[("sd".to_owned(), 1)]),
+        "{e:?}"
+    );
 }

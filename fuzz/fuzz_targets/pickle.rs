@@ -3,17 +3,25 @@
 //! returns, so besides "never panics, never hangs, never runs out of memory" this
 //! checks the promises `read_state_dict` relies on: names and storage keys are
 //! distinct, every tensor's storage index is in range with the storage's dtype, and
-//! every non-empty view lies inside its storage's elements.
+//! every non-empty view lies inside its storage's elements. The same bytes are also
+//! read at the key `state_dict` (a training checkpoint's state dict), with the
+//! same promises.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use modelsoup::torch::parse_pickle;
+use modelsoup::torch::{parse_pickle, parse_pickle_at, PickledStateDict};
 
 fuzz_target!(|bytes: &[u8]| {
-    let Ok(sd) = parse_pickle(bytes) else {
-        return;
-    };
+    if let Ok(sd) = parse_pickle(bytes) {
+        check(&sd);
+    }
+    if let Ok(sd) = parse_pickle_at(bytes, Some("state_dict")) {
+        check(&sd);
+    }
+});
+
+fn check(sd: &PickledStateDict) {
     let mut names: Vec<&str> = sd.tensors.iter().map(|t| t.name()).collect();
     names.sort_unstable();
     assert!(names.windows(2).all(|w| w[0] != w[1]), "duplicate tensor names");
@@ -44,4 +52,4 @@ fuzz_target!(|bytes: &[u8]| {
         }
     }
     assert!(used.iter().all(|&u| u), "a storage no tensor uses");
-});
+}

@@ -166,14 +166,7 @@ pub fn gram_pass(
         let t = &tensors[chunk.tensor];
         inputs.iter().zip(&t.sources).enumerate().map(move |(input, (ck, &(dtype, i)))| {
             let entry = &ck.tensors()[i];
-            let start = entry.offset + chunk.start * dtype.size();
-            Read {
-                input,
-                checkpoint: ck,
-                shard: entry.shard,
-                start,
-                end: start + chunk.len * dtype.size(),
-            }
+            Read::of(input, ck, entry, chunk.start * dtype.size(), chunk.len * dtype.size())
         })
     };
     let in_order = |i: usize, partial: Vec<f64>| {

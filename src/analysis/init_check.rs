@@ -122,7 +122,8 @@ pub fn check_shared_init(ingredients: &[Checkpoint]) -> InitCheck {
             }
             // The kernel maps whole readahead windows around each sample; drop them,
             // or a few windows per matrix add up to hundreds of MB of RSS.
-            ck.release(t.shard, t.offset, t.offset + t.len);
+            let (shard, span) = ck.span(t, 0, t.len);
+            ck.release(shard, span.start, span.end);
         }
         matrices += 1;
         sampled += samples[0].len() as u64;

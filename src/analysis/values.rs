@@ -48,14 +48,7 @@ pub fn count_non_finite(checkpoint: &Checkpoint, run: &RunOptions) -> Result<Vec
     }
     let read = |c: Chunk| {
         let entry = &checkpoint.tensors()[c.tensor];
-        let start = entry.offset + c.start * c.dtype.size();
-        Read {
-            input: 0,
-            checkpoint,
-            shard: entry.shard,
-            start,
-            end: start + c.len * c.dtype.size(),
-        }
+        Read::of(0, checkpoint, entry, c.start * c.dtype.size(), c.len * c.dtype.size())
     };
     let mut found: Vec<NonFinite> = Vec::new();
     stream::run(

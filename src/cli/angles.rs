@@ -10,18 +10,21 @@ use modelsoup::analysis::init_check::check_shared_init;
 use modelsoup::{Checkpoint, RunOptions};
 
 use super::args::{AnglesArgs, Format};
-use super::merge::open_all;
+use super::merge::{ingredient_from, open_all};
 use super::text::plural;
 use super::{init_check, progress, svg, Exit};
 
 /// Runs `soup angles`.
 pub fn run(args: &AnglesArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let names: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
-    let ingredients = open_all(&args.ingredients)?;
     let base = match &args.base {
-        Some(path) => Some(Checkpoint::open(path).context("base")?),
+        Some(path) => {
+            let base = ingredient_from(path, &args.read, false, None)?;
+            Some(base.open(None).context("base")?)
+        }
         None => None,
     };
+    let ingredients = open_all(&args.ingredients, &args.read, base.as_ref())?;
     let total: u64 = base.iter().chain(&ingredients).map(Checkpoint::float_bytes).sum();
     let bar = progress::bytes_bar(total, args.quiet, "reading");
     let on_chunk = |bytes: u64| bar.inc(bytes);

@@ -67,15 +67,20 @@ const DEMO_EXAMPLES: &str = "\
 Examples:
   soup demo                      everything in a fresh temporary directory (kept)
   soup demo --dir demo/          in demo/ (new or empty)
+  soup demo --seed 3             another draw of the data, the sweep and the inits
+  soup demo --json               the tables as JSON on stdout
   soup demo --small              a reduced run, for tests
 
-A small MLP is pretrained on a synthetic source task, then fine-tuned on a related
-target task with varied learning rate, weight decay, epochs, input noise and seed;
-a control set is trained from scratch. Every model is written as a checkpoint, and
-the soups are built by this program's merge, greedy, pruned, learned and angles
-commands, scoring candidates with `soup demo-eval MODEL --split val` as the
-evaluator. Prints the accuracy table; writes report.md, report.json, accuracy.svg
-and the angle heatmaps into the work directory.";
+A small MLP is pretrained on a broad synthetic source task, then fine-tuned on a
+small target set with a random sweep of learning rate, weight decay, epochs, input
+noise, label smoothing and seed; a control set is trained from scratch. Every model
+is written as a checkpoint, and the soups are built by this program's merge,
+greedy, pruned, learned and angles commands, scoring candidates with
+`soup demo-eval MODEL --split val` as the evaluator. Every soup is then scored on
+the in-distribution test set and on four shifted test sets (heavy-style,
+style-offset, noise, faint) by the same evaluator. Prints the tables and the
+story's checks; writes report.md, report.json, the pictures (figure1.svg,
+greedy.svg) and the angle heatmaps into the work directory.";
 
 /// Arguments of `soup demo`.
 #[derive(Debug, Args)]
@@ -87,6 +92,14 @@ pub struct DemoArgs {
     /// A reduced run: fewer ingredients and examples.
     #[arg(long)]
     pub small: bool,
+
+    /// Seed of the data, the hyperparameter sweep and every initialisation.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub seed: u64,
+
+    /// Print the tables as JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
 
     /// No progress lines.
     #[arg(short, long)]
@@ -110,8 +123,16 @@ pub struct DemoEvalArgs {
 pub enum DemoSplit {
     /// Validation: where soups are chosen.
     Val,
-    /// Test: where they are reported.
+    /// Test, in distribution: where they are reported.
     Test,
+    /// Test with styles four times heavier.
+    HeavyStyle,
+    /// Test with every style moved by one offset.
+    StyleOffset,
+    /// Test with noise on every input.
+    Noise,
+    /// Test with the content pulled toward its mean.
+    Faint,
 }
 
 const ANGLES_EXAMPLES: &str = "\
@@ -150,6 +171,8 @@ Examples:
   soup convert old-run/ -o old-run-st/                  pytorch_model.bin (or shards) to safetensors
   soup convert model.bin -o out/ --dtype bf16           and round every float tensor to bf16
   soup convert big/ -o resharded/ --max-shard-size 2GB
+  soup convert lora-run/ --base base/ -o merged/        a LoRA adapter merged into its base
+  soup convert epoch=3.ckpt --key state_dict -o st/     the state dict of a training checkpoint
 
 PyTorch files are read without running their pickle: only state dicts of tensors
 are accepted (a whole pickled model, or a legacy pre-1.6 file, is refused with
@@ -166,9 +189,19 @@ output is written beside the destination and renamed into place when complete.";
 /// Arguments of `soup convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// A checkpoint: a .bin or .safetensors file, or a checkpoint directory.
+    /// A checkpoint: a .bin or .safetensors file, a checkpoint directory, or a
+    /// LoRA adapter directory (written out as its base with the adapter merged).
     #[arg(value_name = "CHECKPOINT")]
     pub input: PathBuf,
+
+    /// For a LoRA adapter: the model it applies to [default: the adapter
+    /// config's base_model_name_or_path].
+    #[arg(long, value_name = "MODEL")]
+    pub base: Option<PathBuf>,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
 
     /// Output directory (must not exist or be empty, unless --force).
     #[arg(short, long, value_name = "DIR")]
@@ -193,6 +226,15 @@ pub struct InspectArgs {
     /// Checkpoints: .safetensors or PyTorch .bin files, or checkpoint directories.
     #[arg(required = true, value_name = "CHECKPOINT")]
     pub checkpoints: Vec<PathBuf>,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
+
+    /// For LoRA adapter directories: the model they apply to [default: the one
+    /// each adapter's config names].
+    #[arg(long, value_name = "MODEL")]
+    pub base: Option<PathBuf>,
 
     /// Read every float tensor and count NaN and infinite values.
     #[arg(long)]
@@ -240,6 +282,10 @@ pub struct AnglesArgs {
     #[arg(long, value_name = "CHECKPOINT")]
     pub base: Option<PathBuf>,
 
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
+
     /// Also give the angles per layer group: embeddings, each numbered block, the
     /// rest.
     #[arg(long)]
@@ -270,7 +316,8 @@ const GREEDY_EXAMPLES: &str = "\
 Examples:
   soup greedy runs/*/ -o best-soup/ --eval 'python eval.py --model {model} --split val'
   soup greedy runs/*/ -o best-soup/ --eval '...' --scores individual.json
-  soup greedy runs/*/ -o out/ --eval 'srun --gres=gpu:1 python eval.py {model}' --jobs 8
+  soup greedy runs/*/ -o out/ --eval 'exec srun -n1 --gres=gpu:1 python eval.py {model}' -j 8
+  soup greedy runs/*/ -o out/ --eval-server 'python serve.py' --devices 0,1,2,3
 
 Every candidate is written to a scratch directory and scored by running --eval
 with `sh -c`; {model} is replaced by the candidate's directory (shell-quoted),
@@ -278,7 +325,12 @@ which is also in $SOUP_MODEL. The score is the last non-empty line of the
 command's stdout: a number, or a JSON object with a numeric \"score\". Failed
 evaluations count as \"not better\". Every evaluation is journaled in the run
 directory (default OUT.run/): rerun the same command to resume after a crash
-without paying for an evaluation twice. See docs/EVALUATOR.md.
+without paying for an evaluation twice. --eval-server keeps one evaluator per
+job running for the whole search (a line-based JSON protocol; modelsoup.serve in
+Python speaks it); --devices gives each job its own GPUs ({devices} and
+$CUDA_VISIBLE_DEVICES). A timeout or an interrupt stops an evaluation with
+SIGTERM, then SIGKILL after --kill-grace. See docs/EVALUATOR.md and, for Slurm,
+docs/CLUSTER.md.
 
 Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130
 interrupted.";
@@ -382,8 +434,8 @@ pub struct SearchArgs {
 
     /// Evaluation command, run with `sh -c`; {model} becomes the candidate's
     /// directory.
-    #[arg(long = "eval", value_name = "COMMAND")]
-    pub eval: String,
+    #[arg(long = "eval", value_name = "COMMAND", required_unless_present = "eval_server")]
+    pub eval: Option<String>,
 
     /// The pretrained model, for soups of task vectors: every candidate (single
     /// ingredients included) and the final soup become base + lambda x (soup -
@@ -401,6 +453,10 @@ pub struct SearchArgs {
         allow_negative_numbers = true
     )]
     pub lambda: f64,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
 
     /// Evaluations to run at once (each in its own process).
     #[arg(short = 'j', long, value_name = "N", default_value_t = 1, value_parser = parse_jobs)]
@@ -460,6 +516,36 @@ pub struct SearchArgs {
     /// No progress lines or summary (errors are still printed).
     #[arg(short, long)]
     pub quiet: bool,
+
+    // Persistent evaluators, devices and stopping (docs/EVALUATOR.md, docs/CLUSTER.md).
+    /// A persistent evaluation server instead of --eval: started once per job with
+    /// `sh -c` and kept for the whole search, it reads one JSON request per line on
+    /// stdin and answers each with a JSON line on stdout.
+    #[arg(long, value_name = "COMMAND", conflicts_with = "eval")]
+    pub eval_server: Option<String>,
+
+    /// Devices for the jobs, one slot per job: `0,1,2,3` (one each) or `0,1:2,3`
+    /// (two each). Sets --jobs; every evaluation (or server) gets its slot's
+    /// CUDA_VISIBLE_DEVICES, SOUP_SLOT, and {devices} and {slot} in the command.
+    #[arg(long, value_name = "LIST", conflicts_with = "jobs")]
+    pub devices: Option<String>,
+
+    /// How long a stopped evaluation (timeout, Ctrl-C, stale speculation) gets to
+    /// end after the stop signal, before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "10s",
+          value_parser = super::duration::parse_duration_or_zero)]
+    pub kill_grace: std::time::Duration,
+
+    /// The signal that asks an evaluation to stop: TERM, INT (what `srun -X`
+    /// passes on to its tasks), HUP, USR1 or USR2.
+    #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
+    pub stop_signal: modelsoup::search::process::StopSignal,
+
+    /// Journal results under KEY instead of the evaluator command: evaluators
+    /// given the same KEY are declared to score alike and share results (a --eval
+    /// script and its --eval-server twin).
+    #[arg(long, value_name = "KEY")]
+    pub journal_key: Option<String>,
 }
 
 /// The order in which ingredients are proposed.
@@ -497,6 +583,9 @@ Examples:
   soup merge --recipe frankenmerge.yaml -o out/                 mergekit slices, passthrough, multi-document
   soup merge --recipe old-soup/ -o rebuilt/                     replay the recipe a soup records
   soup merge a/ b/ -o soup/ --dtype bf16 --max-shard-size 2GB   convert and re-shard
+  soup merge runs/*/last.ckpt --key state_dict --rename 's/^model\\.//' -o soup/
+                                                                Lightning training checkpoints
+  soup merge lora-a/ lora-b/ --base base/ -o soup/              LoRA adapters (peft) over their base
 
 An ingredient is a .safetensors or PyTorch .bin file, or a Hugging Face checkpoint
 directory (model.safetensors, or shards listed in model.safetensors.index.json;
@@ -505,8 +594,17 @@ sharded differently, mix formats, and mix F32, F16 and BF16. Float tensors are c
 in f64 and rounded once (to nearest even) to the output dtype; integer and bool
 tensors must be identical and are copied. The output directory holds
 model.safetensors (or shards and an index), the recipe in each file's metadata
-(replay it with --recipe), the first ingredient's config and tokenizer files,
-and a model card (README.md; --no-card to skip).
+(replay it with --recipe), the config and tokenizer files of the first
+ingredient (of the base, for methods built on one; a recipe's tokenizer_source
+names another model), the config naming the dtype written, and a model card
+(README.md; --no-card to skip).
+
+A PyTorch training checkpoint (optimizer, epoch, callbacks beside the weights) is
+read at --key, the dotted path of its state dict; --rename maps tensor names
+before ingredients are matched (s/^module\\.// drops DDP's prefix). A LoRA
+adapter directory (adapter_config.json + adapter_model.safetensors) reads as its
+base (--base, or the base its config names) with each adapted matrix computed as
+W0 + (alpha/r)·B·A, chunk by chunk.
 It is written beside the destination and renamed into place only when complete.
 
 Methods (definitions and papers in docs/METHODS.md): linear (the default: the
@@ -534,7 +632,7 @@ pub struct MergeArgs {
 
     /// A recipe to replay instead of ingredients and method options: a recipe file
     /// (YAML or JSON, ours or a mergekit config), or a soup whose metadata holds one.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["ingredients", "method", "base", "weights", "lambda", "density", "seed", "t", "normalize", "no_rescale"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ingredients", "method", "base", "weights", "lambda", "density", "seed", "t", "normalize", "no_rescale", "key", "rename"])]
     pub recipe: Option<PathBuf>,
 
     /// Merge method.
@@ -581,6 +679,10 @@ pub struct MergeArgs {
     /// Do not rescale DARE's surviving entries by 1/density.
     #[arg(long)]
     pub no_rescale: bool,
+
+    /// How ingredients are read: training checkpoints, renamed tensors, adapters.
+    #[command(flatten)]
+    pub read: IngredientArgs,
 
     /// How the soup is written.
     #[command(flatten)]
@@ -654,9 +756,10 @@ pub struct WriteArgs {
     pub file: FileArgs,
 
     /// Copy config.json, tokenizer and other non-weight files from this directory
-    /// instead of the first ingredient's.
-    #[arg(long, value_name = "DIR")]
-    pub copy_files_from: Option<PathBuf>,
+    /// [default: the base's with task arithmetic, TIES, DARE and Model Stock (as
+    /// mergekit does), else the first ingredient's; an adapter's are its base's].
+    #[arg(long, value_name = "DIR", alias = "copy-files-from")]
+    pub support_files_from: Option<PathBuf>,
 
     /// What to do when a tensor that is not averaged (integers, bool) differs
     /// between ingredients.
@@ -666,6 +769,23 @@ pub struct WriteArgs {
     /// Skip the check that the ingredients share one pretrained initialisation.
     #[arg(long)]
     pub no_init_check: bool,
+}
+
+/// How ingredients are read: options of every command that opens them.
+#[derive(Debug, Clone, Args)]
+pub struct IngredientArgs {
+    /// The dotted key of the state dict inside PyTorch training checkpoints:
+    /// state_dict (Lightning, most loops), model, module… Files that are a state
+    /// dict already are read as they are.
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<String>,
+
+    /// Rename tensors before matching ingredients to each other and to the base:
+    /// s/PATTERN/REPLACEMENT/, PATTERN a regular expression (s/^module\.// drops
+    /// DDP's prefix, s/^/model./ adds one); applied to every model; repeatable,
+    /// in order.
+    #[arg(long, value_name = "s/PATTERN/REPLACEMENT/")]
+    pub rename: Vec<String>,
 }
 
 /// Handling of non-averaged tensors that differ.

@@ -3,22 +3,28 @@
 
 use std::sync::atomic::AtomicBool;
 
-use modelsoup::recipe::{Ingredient, Method, Recipe};
+use modelsoup::recipe::{Method, Recipe};
 
 use super::args::{ConvertArgs, NonFloat, WriteArgs};
-use super::merge::{apply_write_options, recorded_path, write_recipe, Output, Written};
+use super::merge::{apply_write_options, ingredient_from, write_recipe, Output, Written};
 use super::text::{human_bytes, human_count, plural};
 use super::Exit;
 
 /// Runs `soup convert`: the linear "soup" of one ingredient with weight 1, which
 /// reproduces every value exactly (or rounds it once, with `--dtype`).
 pub fn run(args: &ConvertArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
-    let mut recipe =
-        Recipe::new(Method::Linear, vec![Ingredient::path(recorded_path(&args.input))]);
+    if args.base.is_some() && !modelsoup::engine::adapter::is_adapter(&args.input) {
+        anyhow::bail!(
+            "--base applies to LoRA adapter directories (adapter_config.json), and {} is not one",
+            args.input.display()
+        );
+    }
+    let ingredient = ingredient_from(&args.input, &args.read, false, args.base.as_deref())?;
+    let mut recipe = Recipe::new(Method::Linear, vec![ingredient]);
     // One input: nothing to check across ingredients, nothing to choose between.
     let write = WriteArgs {
         file: args.file.clone(),
-        copy_files_from: None,
+        support_files_from: None,
         non_float: NonFloat::Error,
         no_init_check: true,
     };

@@ -23,10 +23,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
+/// Like [`parse_duration`], but also accepts zero (`0`, `0s`).
+pub fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    let digits = text.trim().trim_end_matches(['s', 'm', 'h']).trim();
+    match digits.parse::<f64>() {
+        Ok(0.0) => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_duration_or_zero};
     use std::time::Duration;
+
+    #[test]
+    fn zero_only_where_allowed() {
+        assert_eq!(parse_duration_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration_or_zero("2.5s"), Ok(Duration::from_millis(2500)));
+        assert!(parse_duration_or_zero("-1").is_err());
+    }
 
     #[test]
     fn parses_units() {

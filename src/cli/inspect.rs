@@ -13,14 +13,18 @@ use modelsoup::{Checkpoint, Error, FloatDtype, RunOptions};
 use serde_json::json;
 
 use super::args::InspectArgs;
-use super::merge::open_all;
+use super::merge::{ingredient_from, open_all};
 use super::text::plural;
 use super::{init_check, progress, Exit};
 
 /// Runs `soup inspect`.
 pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let names: Vec<String> = args.checkpoints.iter().map(|p| p.display().to_string()).collect();
-    let checkpoints = open_all(&args.checkpoints)?;
+    let base = match &args.base {
+        Some(path) => Some(ingredient_from(path, &args.read, false, None)?.open(None)?),
+        None => None,
+    };
+    let checkpoints = open_all(&args.checkpoints, &args.read, base.as_ref())?;
     let mut non_finite: Vec<Option<Vec<NonFinite>>> = vec![None; checkpoints.len()];
     if args.check_values {
         let total: u64 = checkpoints.iter().map(Checkpoint::float_bytes).sum();
@@ -103,8 +107,9 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
 fn totals(ck: &Checkpoint) -> BTreeMap<String, (usize, u64, u64)> {
     let mut totals: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();
     for t in ck.tensors() {
-        let e = totals.entry(format!("{:?}", t.dtype)).or_default();
-        *e = (e.0 + 1, e.1 + t.numel() as u64, e.2 + t.len as u64);
+        // A LoRA-adapted matrix as it is stored: its base's dtype and size.
+        let e = totals.entry(format!("{:?}", ck.declared_dtype(t))).or_default();
+        *e = (e.0 + 1, e.1 + t.numel() as u64, e.2 + ck.declared_len(t) as u64);
     }
     totals
 }
@@ -123,10 +128,10 @@ fn checkpoint_json(
         .map(|(i, t)| {
             let mut v = json!({
                 "name": t.name,
-                "dtype": format!("{:?}", t.dtype),
+                "dtype": format!("{:?}", ck.declared_dtype(t)),
                 "shape": t.shape,
                 "parameters": t.numel(),
-                "bytes": t.len,
+                "bytes": ck.declared_len(t),
                 "shard": ck.shards()[t.shard].path().file_name().map(|n| n.to_string_lossy()),
             });
             if non_finite.is_some() && FloatDtype::from_safetensors(t.dtype).is_some() {
@@ -147,7 +152,7 @@ fn checkpoint_json(
         "shards": ck.shards().iter().map(|s| json!({"file": s.path(), "bytes": s.len()})).collect::<Vec<_>>(),
         "tensors": tensors,
         "parameters": ck.tensors().iter().map(|t| t.numel() as u64).sum::<u64>(),
-        "bytes": ck.tensors().iter().map(|t| t.len as u64).sum::<u64>(),
+        "bytes": ck.tensors().iter().map(|t| ck.declared_len(t) as u64).sum::<u64>(),
         "totals_by_dtype": by_dtype,
         "metadata": metadata,
         "recipe": Recipe::from_metadata(&metadata),
@@ -168,7 +173,7 @@ fn checkpoint_text(
     table: bool,
 ) {
     let parameters: u64 = ck.tensors().iter().map(|t| t.numel() as u64).sum();
-    let bytes: u64 = ck.tensors().iter().map(|t| t.len as u64).sum();
+    let bytes: u64 = ck.tensors().iter().map(|t| ck.declared_len(t) as u64).sum();
     let _ = writeln!(
         out,
         "{name}: {}, {parameters} parameters, {bytes} bytes of tensor data in {}",
@@ -217,10 +222,10 @@ fn tensor_table(out: &mut String, ck: &Checkpoint) {
         .map(|t| {
             [
                 t.name.clone(),
-                format!("{:?}", t.dtype),
+                format!("{:?}", ck.declared_dtype(t)),
                 format!("{:?}", t.shape),
                 t.numel().to_string(),
-                t.len.to_string(),
+                ck.declared_len(t).to_string(),
             ]
         })
         .collect();

@@ -1,13 +1,13 @@
 //! `soup learned`: layer groups, the evaluation budget and progress around the
 //! library's CMA-ES search.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::bail;
 use modelsoup::search::candidate::Mix;
 use modelsoup::search::groups::Grouping;
 use modelsoup::search::learned::{learn, Evaluated, Learn, Learned};
+use modelsoup::search::report::format_score;
 use modelsoup::search::scorer::EvalScorer;
 use modelsoup::search::sequential::{greedy_order, Scored, Search};
 
@@ -36,8 +36,6 @@ pub struct Outcome {
     pub best: Mix,
     /// The uniform soup's score, when it has one.
     pub uniform: Option<f64>,
-    /// Evaluations made before CMA-ES started (greedy start, uniform soup).
-    pub before: Vec<Scored>,
 }
 
 /// Runs the learned search after the individual scores are known; `None` when no
@@ -70,27 +68,25 @@ pub fn run(
     let uniform_row = vec![1.0 / k as f64; k];
     let rows = |row: &[f64]| vec![row.to_vec(); grouping.names.len()];
     let mut spent = k - settings.given;
-    let mut before = Vec::new();
     let (start, uniform) = match (settings.init_greedy, greedy_start) {
         (true, Some(first)) => {
             let first_score = individual[order[first]].score.clone().unwrap_or(f64::NAN);
             let finish = search.greedy(&greedy_order(order, first), first_score)?;
             spent += finish.steps.len();
-            before.extend(finish.steps.iter().map(|s| s.scored.clone()));
             let members = finish.soup.members();
             let row: Vec<f64> = (0..k)
                 .map(|i| if members.contains(&i) { 1.0 / members.len() as f64 } else { 0.0 })
                 .collect();
+            let soup = if members.len() == 1 { "ingredient" } else { "ingredients" };
             say(format!(
-                "starting from the greedy soup of {} ingredient(s), score {}",
+                "starting from the greedy soup of {} {soup}, score {}",
                 members.len(),
-                finish.score
+                format_score(finish.score)
             ));
             let uniform_mix = Mix { grouping: Arc::clone(&grouping), weights: rows(&uniform_row) };
             let scored = scorer.score_mix(&uniform_mix, search.interrupt)?;
             spent += 1;
             let uniform = scored.score.as_ref().ok().copied();
-            before.push(scored);
             (row, uniform)
         }
         (true, None) => {
@@ -115,20 +111,29 @@ pub fn run(
         start: rows(&start),
     };
     let total = settings.budget;
-    let done = AtomicUsize::new(spent);
-    let on_eval = |e: &Evaluated, best: Option<&Evaluated>| {
-        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+    // Printed as each evaluation ends (a generation runs --jobs at a time), with
+    // the best score seen so far.
+    let progress = Mutex::new((spent, None::<f64>));
+    let on_eval = |e: &Evaluated| {
+        let mut progress = progress.lock().unwrap_or_else(PoisonError::into_inner);
+        progress.0 += 1;
+        if let Ok(s) = e.scored.score {
+            let better = |b: f64| if search.policy.minimize { s < b } else { s > b };
+            if progress.1.is_none_or(better) {
+                progress.1 = Some(s);
+            }
+        }
         let score = match &e.scored.score {
-            Ok(s) => s.to_string(),
+            Ok(s) => format_score(*s),
             Err(reason) => format!("failed: {reason}"),
         };
-        let best = best.and_then(|b| b.scored.score.as_ref().ok().copied());
         say(format!(
-            "[evaluation {n}/{total}] {} (generation {}): {score}{} (best {})",
+            "[evaluation {}/{total}] {} (generation {}): {score}{} (best {})",
+            progress.0,
             e.scored.candidate,
             e.generation,
             if e.scored.reused { " (journal)" } else { "" },
-            best.map_or("none".to_owned(), |b| b.to_string())
+            progress.1.map_or("none".to_owned(), format_score)
         ));
     };
     let result = learn(scorer, &grouping, &config, search.interrupt, &on_eval)?;
@@ -140,5 +145,5 @@ pub fn run(
     } else {
         result.evaluations.first().and_then(|e| e.scored.score.as_ref().ok().copied())
     };
-    Ok(Some(Outcome { result, best, uniform, before }))
+    Ok(Some(Outcome { result, best, uniform }))
 }

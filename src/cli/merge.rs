@@ -11,7 +11,9 @@ use modelsoup::method::{self, Prepared};
 use modelsoup::recipe::{Ingredient, Method, Recipe};
 use modelsoup::{Checkpoint, Destination, MergeReport, RunOptions};
 
-use super::args::{MergeArgs, MethodArg, NonFloat, WriteArgs};
+use modelsoup::engine::adapter;
+
+use super::args::{IngredientArgs, MergeArgs, MethodArg, NonFloat, WriteArgs};
 use super::text::{human_bytes, human_count, plural};
 use super::Exit;
 use super::{init_check, progress};
@@ -143,6 +145,26 @@ impl Intermediates {
     fn open_path(&self, path: &str) -> std::path::PathBuf {
         self.dir_of(path).unwrap_or_else(|| path.into())
     }
+
+    /// `recipe` with the names of intermediates (as models and as adapter bases)
+    /// replaced by the directories they are written to, for opening its models.
+    fn localise(&self, recipe: &Recipe) -> Recipe {
+        let mut local = recipe.clone();
+        let ingredients = local.ingredients.iter_mut().chain(local.base.as_mut()).chain(
+            local.slices.iter_mut().flat_map(|s| s.ingredients.iter_mut().chain(s.base.as_mut())),
+        );
+        for ingredient in ingredients {
+            if let Some(dir) = self.dir_of(&ingredient.path) {
+                ingredient.path = dir.display().to_string();
+            }
+            if let Some(base) = ingredient.adapter_base.as_mut() {
+                if let Some(dir) = self.dir_of(base) {
+                    *base = dir.display().to_string();
+                }
+            }
+        }
+        local
+    }
 }
 
 impl Drop for Intermediates {
@@ -174,21 +196,22 @@ fn write_one(
     area: &Intermediates,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<Written> {
-    let paths: Vec<std::path::PathBuf> =
-        recipe.models().iter().map(|p| area.open_path(p)).collect();
-    let models = open_models(&paths, recipe)?;
-    let labels: Vec<String> = recipe.models().iter().map(|p| (*p).to_owned()).collect();
-    if recipe.slices.is_empty() {
-        let ingredients: Vec<Checkpoint> = recipe
-            .ingredients
-            .iter()
-            .filter_map(|i| labels.iter().position(|l| *l == i.path).map(|j| models[j].clone()))
-            .collect();
-        let ingredient_labels: Vec<String> =
-            recipe.ingredients.iter().map(|i| i.path.clone()).collect();
-        warn_repeated(&ingredients, &ingredient_labels);
-        init_check::warn_if_independent(&ingredients, &ingredient_labels, out.write.no_init_check);
-    }
+    let local = area.localise(recipe);
+    // A recipe of ingredients and a base opens them as `soup merge` names them
+    // (adapters over the base); one of slices opens each of its models once.
+    let (models, base) = if recipe.slices.is_empty() {
+        let (ingredients, base) = open_recipe(&local)?;
+        let labels: Vec<String> = recipe.ingredients.iter().map(|i| i.path.clone()).collect();
+        warn_repeated(&ingredients, &labels);
+        init_check::warn_if_independent(&ingredients, &labels, out.write.no_init_check);
+        (ingredients, base)
+    } else {
+        let models = open_models(&local)?;
+        let base = local.base.as_ref().and_then(|b| {
+            local.models().iter().position(|p| *p == b.path).map(|j| models[j].clone())
+        });
+        (models, base)
+    };
 
     let threads = out.write.file.threads.unwrap_or(0);
     let started = Instant::now();
@@ -197,7 +220,7 @@ fn write_one(
         // Statistics passes report the bytes they read: one pass for the methods
         // that need angles, as many as the selection needs for those that select
         // by rank, none for the others.
-        let total: u64 = models.iter().map(Checkpoint::float_bytes).sum();
+        let total: u64 = models.iter().chain(&base).map(Checkpoint::float_bytes).sum();
         let bar = match recipe.method {
             Method::Slerp
             | Method::ModelStock
@@ -219,7 +242,11 @@ fn write_one(
             progress: Some(&on_read),
             cancel: Some(interrupted),
         };
-        let prepared = method::prepare_models(recipe, &models, &run);
+        let prepared = if recipe.slices.is_empty() {
+            method::prepare(recipe, &models, base.as_ref(), &run)
+        } else {
+            method::prepare_models(recipe, &models, &run)
+        };
         bar.finish_and_clear();
         prepared?
     };
@@ -229,13 +256,20 @@ fn write_one(
         seconds: started.elapsed().as_secs_f64(),
     };
 
-    // The files the recipe makes beside the weights: tokenizer, chat template,
-    // config of a sliced model, model card.
+    // The config and tokenizer are copied from --support-files-from, else the
+    // base for methods built on one (as mergekit does), else the first input;
+    // the recipe then makes its own files over them: the tokenizer of its
+    // tokenizer_source (which wins), a chat template, the config of a sliced
+    // model, the model card.
+    let base_files =
+        base.as_ref().filter(|_| recipe.method.needs_base()).and_then(|b| b.directory());
     let support = out
         .write
-        .copy_files_from
-        .clone()
-        .or_else(|| inputs.first().and_then(Checkpoint::directory).map(Path::to_path_buf));
+        .support_files_from
+        .as_deref()
+        .or(base_files)
+        .or_else(|| inputs.first().and_then(Checkpoint::directory))
+        .map(Path::to_path_buf);
     let mut files =
         modelsoup::recipe::files::support_files(recipe, support.as_deref(), blocks, &|p| {
             model_dir(area, p)
@@ -244,9 +278,9 @@ fn write_one(
         let name =
             out.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let card = modelsoup::recipe::card::card(recipe, &name, out.mergekit_source);
-        files.push(("README.md".to_owned(), card.into_bytes()));
+        files.push(("README.md".to_owned(), Some(card.into_bytes())));
         if let Some(source) = out.mergekit_source {
-            files.push(("mergekit_config.yml".to_owned(), source.as_bytes().to_vec()));
+            files.push(("mergekit_config.yml".to_owned(), Some(source.as_bytes().to_vec())));
         }
     }
 
@@ -261,7 +295,7 @@ fn write_one(
     let dest = Destination {
         path: out.path,
         force: out.write.file.force,
-        support_files_from: out.write.copy_files_from.as_deref(),
+        support_files_from: support.as_deref(),
         durable: out.durable,
     };
     // Library errors name the file, tensor and output path themselves.
@@ -287,9 +321,14 @@ fn recipe_from_args(args: &MergeArgs) -> anyhow::Result<Recipe> {
         MethodArg::Slerp => Method::Slerp,
         MethodArg::ModelStock => Method::ModelStock,
     };
-    let mut ingredients: Vec<Ingredient> =
-        args.ingredients.iter().map(|p| Ingredient::path(recorded_path(p))).collect();
-    let mut base = args.base.as_ref().map(|p| Ingredient::path(recorded_path(p)));
+    let has_base = args.base.is_some();
+    let mut ingredients: Vec<Ingredient> = args
+        .ingredients
+        .iter()
+        .map(|p| ingredient_from(p, &args.read, has_base, None))
+        .collect::<anyhow::Result<_>>()?;
+    let mut base =
+        args.base.as_ref().map(|p| ingredient_from(p, &args.read, false, None)).transpose()?;
     let k = ingredients.len();
     // A linear merge with a base mixes the base in directly only when --weights
     // gives it a weight of its own; otherwise --base means what it means in the
@@ -381,34 +420,100 @@ pub fn recorded_path(path: &Path) -> String {
     }
 }
 
-/// Opens every model of a recipe (as [`Recipe::models`] lists them, from
-/// `paths`), naming the one that failed by its role.
-fn open_models(paths: &[std::path::PathBuf], recipe: &Recipe) -> anyhow::Result<Vec<Checkpoint>> {
-    let names = recipe.models();
-    paths
+/// Opens every model of a recipe with slices (as [`Recipe::models`] lists
+/// them), each as its first entry says (`key`, `rename`, an adapter's base),
+/// naming the one that failed by its role.
+fn open_models(recipe: &Recipe) -> anyhow::Result<Vec<Checkpoint>> {
+    let entries: Vec<(String, &Ingredient)> = recipe
+        .slices
         .iter()
-        .zip(&names)
-        .map(|(p, name)| {
-            Checkpoint::open(p).with_context(|| {
-                match recipe.ingredients.iter().position(|i| i.path == *name) {
-                    Some(i) => format!("ingredient {}", i + 1),
-                    None if recipe.base.as_ref().is_some_and(|b| b.path == *name) => {
-                        "base model".to_owned()
-                    }
-                    None => format!("model {name}"),
-                }
-            })
+        .enumerate()
+        .flat_map(|(s, slice)| {
+            let models = slice
+                .ingredients
+                .iter()
+                .enumerate()
+                .map(move |(i, m)| (format!("slice {} model {}", s + 1, i + 1), m));
+            models.chain(slice.base.iter().map(move |b| (format!("slice {} base", s + 1), b)))
+        })
+        .chain(
+            recipe
+                .ingredients
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (format!("ingredient {}", i + 1), m)),
+        )
+        .chain(recipe.base.iter().map(|b| ("base model".to_owned(), b)))
+        .collect();
+    recipe
+        .models()
+        .iter()
+        .map(|path| {
+            let Some((role, entry)) = entries.iter().find(|(_, m)| m.path == *path) else {
+                bail!("model {path:?} is in no slice");
+            };
+            entry.open(None).with_context(|| role.clone())
         })
         .collect()
 }
 
-/// Opens every ingredient, naming the one that failed.
-pub fn open_all(paths: &[impl AsRef<Path>]) -> anyhow::Result<Vec<Checkpoint>> {
-    paths
+/// The recipe entry of a model named on the command line: its recorded path,
+/// how it is read (`--key`, `--rename`), and for a LoRA adapter the base it is
+/// applied to: `adapter_base` when given, none when the recipe's base serves
+/// (`recipe_base`), else the one the adapter's config names, recorded like a
+/// path (absolute, or a Hub id pinned to its commit).
+pub fn ingredient_from(
+    path: &Path,
+    read: &IngredientArgs,
+    recipe_base: bool,
+    adapter_base: Option<&Path>,
+) -> anyhow::Result<Ingredient> {
+    for rule in &read.rename {
+        modelsoup::engine::rename::Rename::parse(rule)?;
+    }
+    let mut ingredient = Ingredient::path(recorded_path(path));
+    ingredient.key = read.key.clone();
+    ingredient.rename = read.rename.clone();
+    if adapter::is_adapter(path) {
+        ingredient.adapter_base = match adapter_base {
+            Some(base) => Some(recorded_path(base)),
+            None if recipe_base => None,
+            None => adapter::configured_base(path)?.map(|b| recorded_path(Path::new(&b))),
+        };
+    }
+    Ok(ingredient)
+}
+
+/// Opens a recipe's ingredients and base, naming the one that failed.
+pub fn open_recipe(recipe: &Recipe) -> anyhow::Result<(Vec<Checkpoint>, Option<Checkpoint>)> {
+    let base = match &recipe.base {
+        Some(b) => Some(b.open(None).context("base model")?),
+        None => None,
+    };
+    let ingredients = modelsoup::recipe::open_ingredients(&recipe.ingredients, base.as_ref())
+        .map_err(|b| {
+            let (i, e) = *b;
+            anyhow::Error::new(e).context(format!("ingredient {}", i + 1))
+        })?;
+    Ok((ingredients, base))
+}
+
+/// Opens models named on the command line with `--key` and `--rename` (an
+/// adapter over `base`, or the base its config names), naming the one that
+/// failed.
+pub fn open_all(
+    paths: &[impl AsRef<Path>],
+    read: &IngredientArgs,
+    base: Option<&Checkpoint>,
+) -> anyhow::Result<Vec<Checkpoint>> {
+    let ingredients: Vec<Ingredient> = paths
         .iter()
-        .enumerate()
-        .map(|(i, p)| Checkpoint::open(p).with_context(|| format!("ingredient {}", i + 1)))
-        .collect()
+        .map(|p| ingredient_from(p.as_ref(), read, base.is_some(), None))
+        .collect::<anyhow::Result<_>>()?;
+    modelsoup::recipe::open_ingredients(&ingredients, base).map_err(|b| {
+        let (i, e) = *b;
+        anyhow::Error::new(e).context(format!("ingredient {}", i + 1))
+    })
 }
 
 /// Warns when one checkpoint is given twice (the same first shard file, by any

@@ -11,7 +11,9 @@ mod learned;
 mod merge;
 mod progress;
 mod search;
+mod search_svg;
 mod size;
+mod status;
 mod svg;
 mod text;
 

@@ -4,21 +4,28 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
 use modelsoup::engine::plan;
 use modelsoup::search::candidate::{Base, Change, Kitchen};
-use modelsoup::search::evaluate::Evaluator;
+use modelsoup::search::evaluate::{Evaluate, Evaluator, Options};
 use modelsoup::search::journal::Journal;
-use modelsoup::search::report::Report;
-use modelsoup::search::scorer::EvalScorer;
+use modelsoup::search::process::Stop;
+use modelsoup::search::report::{format_score, Report};
+use modelsoup::search::scorer::{Counts, EvalScorer, Event};
 use modelsoup::search::sequential::{
     greedy_order, score_individuals, Finish, Policy, Scored, Scorer, Search, Step, Tie,
 };
+use modelsoup::search::server::Server;
+use modelsoup::search::slots::{parse_devices, Slots};
 use modelsoup::{Checkpoint, Destination, NonFloatPolicy, Recipe};
 
 use super::args::{NonFloat, Order, SearchArgs, TieArg};
-use super::merge::recorded_path;
-use super::{learned, Exit};
+use super::merge::{ingredient_from, recorded_path};
+use super::status::Status;
+use super::text::plural;
+use super::{learned, search_svg, Exit};
 
 /// Which search to run.
 #[derive(Debug, Clone, Copy)]
@@ -47,8 +54,18 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     modelsoup::engine::output::check_destination(&args.output, args.write.file.force)?;
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
     let recorded_labels: Vec<String> = args.ingredients.iter().map(|p| recorded_path(p)).collect();
-    let ingredients =
-        modelsoup::engine::tied::reconcile(&super::merge::open_all(&args.ingredients)?);
+    let base = match &args.base {
+        Some(path) => {
+            let base = ingredient_from(path, &args.read, false, None)?;
+            Some(base.open(None).context("base model")?)
+        }
+        None => None,
+    };
+    let ingredients = modelsoup::engine::tied::reconcile(&super::merge::open_all(
+        &args.ingredients,
+        &args.read,
+        base.as_ref(),
+    )?);
     plan::check_compatible(&ingredients)?;
     super::merge::warn_repeated(&ingredients, &labels);
     super::init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
@@ -56,44 +73,59 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create {}", run_dir.display()))?;
     let (journal, stats) = Journal::open(&run_dir)?;
-    let say = |line: String| {
-        if !args.quiet {
-            eprintln!("{line}");
-        }
+    let slots = match &args.devices {
+        Some(list) => Slots::with_devices(parse_devices(list)?),
+        None => Slots::new(args.jobs),
     };
+    let jobs = slots.len();
+    let status = Status::new(args.quiet, args.minimize, jobs);
+    let say = |line: String| status.say(&line);
     if stats.damaged() > 0 {
-        say(format!(
-            "warning: ignored {} damaged line(s) in {}",
-            stats.damaged(),
-            journal.path().display()
-        ));
+        let lines = plural(stats.damaged(), "damaged line");
+        say(format!("warning: ignored {lines} in {}", journal.path().display()));
     }
     if !journal.is_empty() {
-        say(format!("resuming: {} evaluation(s) in {}", journal.len(), journal.path().display()));
+        let records = plural(journal.len(), "evaluation");
+        say(format!("resuming: {records} in {}", journal.path().display()));
     }
-    let evaluator = Evaluator::new(&args.eval, &run_dir, args.timeout, args.retries)?;
-    let kitchen = kitchen(args, ingredients, &run_dir)?;
+    let options = Options {
+        timeout: args.timeout,
+        retries: args.retries,
+        stop: Stop { signal: args.stop_signal, grace: args.kill_grace },
+        slots: Arc::new(slots),
+    };
+    let evaluator: Box<dyn Evaluate> = match (&args.eval, &args.eval_server) {
+        (Some(template), None) => Box::new(Evaluator::new(template, &run_dir, options)?),
+        (None, Some(template)) => Box::new(Server::new(template, &run_dir, options)?),
+        _ => bail!("give one of --eval and --eval-server"),
+    };
+    let kitchen = kitchen(args, ingredients, base, &run_dir)?;
+    let observer = |event: Event<'_>| status.event(event);
     let mut scorer =
-        EvalScorer::new(&kitchen, &evaluator, &journal, &args.eval, labels.clone(), method.name());
+        EvalScorer::new(&kitchen, evaluator.as_ref(), &journal, labels.clone(), method.name());
+    if let Some(key) = &args.journal_key {
+        scorer.template.clone_from(key);
+    }
     scorer.keep_candidates = args.keep_candidates;
     scorer.retry_failures = args.retries > 0;
+    scorer.observer = Some(&observer);
     let policy = Policy {
         minimize: args.minimize,
         tie: match args.tie {
             TieArg::Accept => Tie::Accept,
             TieArg::Reject => Tie::Reject,
         },
-        jobs: args.jobs.max(1),
+        jobs,
     };
 
     let known = match &args.scores {
         Some(file) => read_scores(file, &labels, &say)?,
         None => vec![None; labels.len()],
     };
+    let to_score = known.iter().filter(|k| k.is_none()).count();
     if let Method::Learned(settings) = method {
         // Fail before paying for anything when the baselines alone use the budget.
-        let baselines =
-            known.iter().filter(|k| k.is_none()).count() + usize::from(settings.init_greedy);
+        let baselines = to_score + usize::from(settings.init_greedy);
         if settings.budget <= baselines {
             anyhow::bail!(
                 "--budget {} is used up by the {baselines} evaluations before the search \
@@ -103,11 +135,16 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
             );
         }
     }
+    // What the ETA counts: greedy proposes every other ingredient once, pruned
+    // at least one pass over the uniform soup, learned spends its budget.
+    let n = labels.len();
+    status.expect(Some(match method {
+        Method::Greedy => to_score + n.saturating_sub(1),
+        Method::Pruned { .. } => to_score + 1 + n,
+        Method::Learned(settings) => settings.budget - (n - to_score),
+    }));
     let report_individual = |i: usize, s: &Scored| say(format!("  {}: {}", labels[i], describe(s)));
-    say(format!(
-        "scoring {} ingredient(s) on their own",
-        known.iter().filter(|k| k.is_none()).count()
-    ));
+    say(format!("scoring {} on their own", plural(to_score, "ingredient")));
     let individual =
         score_individuals(&kitchen, &scorer, policy.jobs, &known, interrupted, &report_individual)?;
     let order = proposal_order(&individual, args.order, args.seed, &policy, method);
@@ -136,7 +173,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
             describe(&step.scored),
             if step.accepted { "kept" } else { "rejected" },
             finish.soup.members().len(),
-            finish.score
+            format_score(finish.score)
         ))
     };
     let search = Search {
@@ -152,11 +189,14 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         support_files_from: None,
         durable: true,
     };
-    let report = match method {
+    let evaluator_name = evaluator.journal_key();
+    let all: Vec<usize> = (0..labels.len()).collect();
+    let counts =
+        |scorer: &EvalScorer| Counts { given: known.iter().flatten().count(), ..scorer.counts() };
+    let mut report = match method {
         Method::Greedy | Method::Pruned { .. } => {
             let (finish, uniform) = match method {
                 Method::Pruned { passes } => {
-                    let all: Vec<usize> = (0..labels.len()).collect();
                     let soup = kitchen.soup_of(&all)?;
                     let scored = scorer.score(&soup, Change::Same, interrupted)?;
                     say(format!("  uniform soup of {}: {}", all.len(), describe(&scored)));
@@ -170,22 +210,26 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
                         return no_soup("no ingredient could be scored on its own", &run_dir);
                     };
                     let first_score = individual[order[start]].score.clone().unwrap_or(f64::NAN);
-                    (search.greedy(&greedy_order(&order, start), first_score)?, None)
+                    let finish = search.greedy(&greedy_order(&order, start), first_score)?;
+                    // The uniform soup, when an earlier search in this run
+                    // directory evaluated it.
+                    (finish, scorer.journaled(&all))
                 }
             };
             let report = Report::new(
                 method.name(),
-                &args.eval,
+                &evaluator_name,
                 args.minimize,
                 &labels,
                 &individual,
                 uniform.as_ref(),
                 &finish,
+                counts(&scorer),
             );
             let (soup, change) = &finish.winner;
             let members = soup.members_after(*change);
             let recipe =
-                recorded(kitchen.recipe(method.name(), &recorded_labels, &members, None), args);
+                recorded(kitchen.recipe(method.name(), &recorded_labels, &members, None), args)?;
             kitchen.write_recipe(&recipe, &members, &dest)?;
             report
         }
@@ -197,32 +241,34 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
                 return no_soup("no learned candidate could be scored", &run_dir);
             };
             let report = Report::learned(
-                &args.eval,
+                &evaluator_name,
                 args.minimize,
                 &labels,
                 &individual,
                 learned.uniform,
-                &learned.before,
                 &learned.result,
+                counts(&scorer),
             );
-            let all: Vec<usize> = (0..labels.len()).collect();
             let weights = all.iter().map(|&i| learned.best.setting(i)).collect();
             let recipe =
-                recorded(kitchen.recipe("learned", &recorded_labels, &all, Some(weights)), args);
+                recorded(kitchen.recipe("learned", &recorded_labels, &all, Some(weights)), args)?;
             kitchen.write_recipe(&recipe, &all, &dest)?;
             report
         }
     };
-    report.write(&run_dir)?;
+    drop(evaluator); // evaluation servers are shut down here
+    status.finish();
+    let figure = search_svg::plot(&report);
+    report.write(&run_dir, Some(&figure))?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
     say(format!(
-        "{} soup of {} ingredient(s), score {} (best individual {}), written to {}; report in {}",
+        "{} soup of {}, score {} (best individual {}), written to {}; report in {}",
         method.name(),
-        report.members.len(),
-        report.score,
-        report.best_individual.score,
+        plural(report.members.len(), "ingredient"),
+        format_score(report.score),
+        format_score(report.best_individual.score),
         args.output.display(),
         run_dir.join("report.md").display()
     ));
@@ -230,12 +276,21 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
 }
 
 /// The final soup's recipe with the base's path absolute, like the ingredients'
-/// (see [`recorded_path`]).
-fn recorded(mut recipe: Recipe, args: &SearchArgs) -> Recipe {
-    if let (Some(base), Some(path)) = (recipe.base.as_mut(), &args.base) {
-        base.path = recorded_path(path);
+/// (see [`recorded_path`]), and every model's reading options (`--key`,
+/// `--rename`, an adapter's base).
+fn recorded(mut recipe: Recipe, args: &SearchArgs) -> anyhow::Result<Recipe> {
+    let has_base = args.base.is_some();
+    for ingredient in &mut recipe.ingredients {
+        let read = ingredient_from(Path::new(&ingredient.path), &args.read, has_base, None)?;
+        ingredient.key = read.key;
+        ingredient.rename = read.rename;
+        ingredient.adapter_base = read.adapter_base;
     }
-    recipe
+    if let (Some(base), Some(path)) = (recipe.base.as_mut(), &args.base) {
+        let read = ingredient_from(path, &args.read, false, None)?;
+        *base = modelsoup::recipe::Ingredient { weight: base.weight.take(), ..read };
+    }
+    Ok(recipe)
 }
 
 /// Exit status 1 with a message pointing at the logs.
@@ -247,20 +302,21 @@ fn no_soup(what: &str, run_dir: &Path) -> anyhow::Result<Exit> {
 fn kitchen(
     args: &SearchArgs,
     ingredients: Vec<Checkpoint>,
+    base: Option<Checkpoint>,
     run_dir: &Path,
 ) -> anyhow::Result<Kitchen> {
-    let base = match &args.base {
-        Some(path) => {
+    let base_files = base.as_ref().and_then(|b| b.directory().map(Path::to_path_buf));
+    let base = match (&args.base, base) {
+        (Some(path), Some(checkpoint)) => {
             if !args.lambda.is_finite() {
                 bail!("--lambda must be finite, got {}", args.lambda);
             }
-            let checkpoint = Checkpoint::open(path).context("base model")?;
             let mut all = ingredients.clone();
             all.push(checkpoint.clone());
             plan::check_compatible(&all).context("the base and the ingredients")?;
             Some(Base { checkpoint, label: path.display().to_string(), lambda: args.lambda })
         }
-        None => None,
+        _ => None,
     };
     let scratch = args.scratch.clone().unwrap_or_else(|| run_dir.join("scratch"));
     let mut kitchen = Kitchen::new(ingredients, &scratch)?;
@@ -272,7 +328,8 @@ fn kitchen(
         NonFloat::Error => NonFloatPolicy::RequireEqual,
         NonFloat::First => NonFloatPolicy::TakeFirst,
     };
-    kitchen.support_files_from = args.write.copy_files_from.clone();
+    // A soup of task vectors takes the base's config and tokenizer, as mergekit does.
+    kitchen.support_files_from = args.write.support_files_from.clone().or(base_files);
     kitchen.threads = args.write.file.threads.unwrap_or(0);
     Ok(kitchen)
 }
@@ -315,6 +372,7 @@ fn read_scores(
                     reused: true,
                     cancelled: false,
                     metrics: Default::default(),
+                    log: None,
                 })
             }
             None => say(format!(
@@ -376,7 +434,7 @@ fn shuffle(v: &mut [usize], seed: u64) {
 fn describe(s: &Scored) -> String {
     let source = if s.reused { " (journal)" } else { "" };
     match &s.score {
-        Ok(v) => format!("{v}{source}"),
+        Ok(v) => format!("{}{source}", format_score(*v)),
         Err(e) => format!("failed{source}: {e}"),
     }
 }

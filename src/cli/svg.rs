@@ -177,7 +177,7 @@ fn shorten(name: &str) -> String {
 }
 
 /// Text and attribute values with the XML special characters escaped.
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {

@@ -11,10 +11,18 @@
 //! time when read. After [`Checkpoint::open`] succeeds, every tensor's bytes are
 //! known to lie inside its mapped file and to match its dtype and shape, so later
 //! reads cannot go out of bounds.
+//!
+//! [`Checkpoint::open_with`] also reads ingredients as training pipelines leave
+//! them ([`OpenOptions`]): the state dict at a dotted key of a PyTorch training
+//! checkpoint, names mapped by [`crate::engine::rename`] rules, and LoRA adapter
+//! directories, whose adapted matrices are *computed* tensors
+//! ([`crate::engine::adapter`]): `bytes` materialises `W₀ + s·B·A` a chunk at a
+//! time, so every pass reads them like stored ones.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -56,6 +64,10 @@ pub struct TensorEntry {
     /// gathered on read. `offset` is then where its storage starts (for releasing
     /// pages) and `len` still its own byte length.
     pub strided: Option<usize>,
+    /// For a tensor computed when read (a LoRA-adapted matrix, F64): its index
+    /// among the checkpoint's computed tensors. `shard` and `offset` are then those
+    /// of the stored matrix it starts from.
+    pub computed: Option<usize>,
 }
 
 impl TensorEntry {
@@ -104,9 +116,24 @@ impl Shard {
 pub struct Checkpoint {
     path: PathBuf,
     directory: Option<PathBuf>,
-    shards: Arc<[Shard]>,
+    shards: Arc<[Arc<Shard>]>,
     tensors: Arc<[TensorEntry]>,
     by_name: Arc<HashMap<String, usize>>,
+    computed: Arc<[crate::engine::adapter::Computed]>,
+}
+
+/// How an ingredient is read, besides its path.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// The dotted key of the state dict inside PyTorch files that hold more than
+    /// one (training checkpoints: `state_dict`, `model`); files that are a state
+    /// dict already are read as they are.
+    pub key: Option<String>,
+    /// Name mappings, applied in order to every tensor's name.
+    pub rename: Vec<crate::engine::rename::Rename>,
+    /// The model a LoRA adapter directory is applied to; `None` takes the
+    /// adapter config's `base_model_name_or_path`.
+    pub base: Option<Checkpoint>,
 }
 
 #[derive(Deserialize)]
@@ -120,37 +147,142 @@ impl Checkpoint {
     /// does not exist but reads as a Hub id (`org/name[@revision]`) opens that
     /// model's snapshot in the local Hugging Face cache ([`crate::engine::hub`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    /// [`Checkpoint::open`] with [`OpenOptions`]: a key into training checkpoints,
+    /// renaming rules, and the base of a LoRA adapter directory (a directory with
+    /// `adapter_config.json`, see [`crate::engine::adapter`]).
+    pub fn open_with(path: impl AsRef<Path>, options: &OpenOptions) -> Result<Self> {
         let path = path.as_ref();
         if let Some((_, snapshot)) = crate::engine::hub::locate(path)? {
-            return Self::open(&snapshot.dir);
+            return Self::open_with(&snapshot.dir, options);
         }
+        let opened = if crate::engine::adapter::is_adapter(path) {
+            crate::engine::adapter::open(path, options)?
+        } else {
+            Self::open_files(path, options.key.as_deref())?
+        };
+        opened.renamed(path, &options.rename)
+    }
+
+    /// Opens the weight files `path` names, reading PyTorch files at `key`.
+    pub(crate) fn open_files(path: &Path, key: Option<&str>) -> Result<Self> {
         let meta = fs::metadata(path).map_err(Error::io("open", path))?;
         if meta.is_file() {
-            let shard = open_shard(path.to_path_buf())?;
+            let shard = open_shard(path.to_path_buf(), key)?;
             return Self::assemble(path, None, vec![shard], None);
         }
         let index = path.join(INDEX_FILE);
         if index.is_file() {
-            return Self::open_indexed(path, &index);
+            return Self::open_indexed(path, &index, key);
         }
         let single = path.join(SINGLE_FILE);
         if single.is_file() {
-            let shard = open_shard(single)?;
+            let shard = open_shard(single, key)?;
             return Self::assemble(path, Some(path.to_path_buf()), vec![shard], None);
         }
         let torch_index = path.join(TORCH_INDEX_FILE);
         if torch_index.is_file() {
-            return Self::open_indexed(path, &torch_index);
+            return Self::open_indexed(path, &torch_index, key);
         }
         let torch = path.join(TORCH_FILE);
         if torch.is_file() {
-            let shard = open_shard(torch)?;
+            let shard = open_shard(torch, key)?;
             return Self::assemble(path, Some(path.to_path_buf()), vec![shard], None);
         }
         Err(Error::NotACheckpoint { path: path.to_path_buf(), hint: directory_hint(path) })
     }
 
-    fn open_indexed(dir: &Path, index: &Path) -> Result<Self> {
+    /// This checkpoint with every tensor renamed by `rules` (in order); two
+    /// tensors that would get one name are an error.
+    fn renamed(self, path: &Path, rules: &[crate::engine::rename::Rename]) -> Result<Self> {
+        if rules.is_empty() {
+            return Ok(self);
+        }
+        let mut tensors = self.tensors.to_vec();
+        let mut by_name: HashMap<String, usize> = HashMap::with_capacity(tensors.len());
+        for (i, t) in tensors.iter_mut().enumerate() {
+            let name = crate::engine::rename::apply_all(rules, &t.name);
+            if let Some(&j) = by_name.get(&name) {
+                return Err(Error::RenameCollision {
+                    path: path.to_path_buf(),
+                    first: self.tensors[j].name.clone(),
+                    second: self.tensors[i].name.clone(),
+                    name,
+                });
+            }
+            by_name.insert(name.clone(), i);
+            t.name = name;
+        }
+        Ok(Checkpoint { tensors: tensors.into(), by_name: Arc::new(by_name), ..self })
+    }
+
+    /// A checkpoint over the given shards (already opened) and tensors, some of
+    /// them computed: how [`crate::engine::adapter`] assembles an adapted model.
+    pub(crate) fn from_parts(
+        path: &Path,
+        directory: Option<PathBuf>,
+        shards: Vec<Arc<Shard>>,
+        tensors: Vec<TensorEntry>,
+        computed: Vec<crate::engine::adapter::Computed>,
+    ) -> Checkpoint {
+        let by_name = tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+        Checkpoint {
+            path: path.to_path_buf(),
+            directory,
+            shards: shards.into(),
+            tensors: tensors.into(),
+            by_name: Arc::new(by_name),
+            computed: computed.into(),
+        }
+    }
+
+    /// The shards, shared (for assembling another checkpoint over them).
+    pub(crate) fn shared_shards(&self) -> Vec<Arc<Shard>> {
+        self.shards.to_vec()
+    }
+
+    /// Whether any tensor is computed when read (the checkpoint is an adapter
+    /// applied to its base).
+    pub fn has_computed(&self) -> bool {
+        !self.computed.is_empty()
+    }
+
+    /// The dtype a tensor is stored in: its own, or for a computed tensor the
+    /// dtype of the matrix it starts from (what a soup writes by default).
+    pub fn declared_dtype(&self, tensor: &TensorEntry) -> Dtype {
+        match tensor.computed {
+            Some(i) => self.computed[i].declared(),
+            None => tensor.dtype,
+        }
+    }
+
+    /// The bytes a tensor takes where it is stored: its own, or for a computed
+    /// tensor those of the matrix it starts from.
+    pub fn declared_len(&self, tensor: &TensorEntry) -> usize {
+        match tensor.computed {
+            Some(_) => tensor.numel() * (self.declared_dtype(tensor).bitsize() / 8),
+            None => tensor.len,
+        }
+    }
+
+    /// The shard and the file bytes `start..end` that reading `len` bytes of
+    /// `tensor` from byte `start` touches (for releasing pages). A computed
+    /// tensor's span is that of the stored matrix it starts from.
+    pub(crate) fn span(
+        &self,
+        tensor: &TensorEntry,
+        start: usize,
+        len: usize,
+    ) -> (usize, Range<usize>) {
+        match tensor.computed {
+            Some(i) => self.computed[i].span(start, len),
+            None => (tensor.shard, tensor.offset + start..tensor.offset + start + len),
+        }
+    }
+
+    fn open_indexed(dir: &Path, index: &Path, key: Option<&str>) -> Result<Self> {
         let text = read_bounded(index, MAX_INDEX_BYTES)?;
         let (weight_map, names) = parse_index(&text, index)?;
         let mut shards = Vec::with_capacity(names.len());
@@ -159,7 +291,7 @@ impl Checkpoint {
             if !shard_path.is_file() {
                 return Err(Error::MissingShard { index: index.to_path_buf(), shard: name });
             }
-            shards.push(open_shard(shard_path)?);
+            shards.push(open_shard(shard_path, key)?);
         }
         Self::assemble(dir, Some(dir.to_path_buf()), shards, Some((index, &weight_map)))
     }
@@ -172,7 +304,7 @@ impl Checkpoint {
         opened: Vec<(Shard, Vec<TensorEntry>)>,
         index: Option<(&Path, &BTreeMap<String, String>)>,
     ) -> Result<Self> {
-        let mut shards = Vec::with_capacity(opened.len());
+        let mut shards: Vec<Arc<Shard>> = Vec::with_capacity(opened.len());
         let mut tensors: Vec<TensorEntry> = Vec::new();
         let mut by_name: HashMap<String, usize> = HashMap::new();
         for (shard_no, (shard, entries)) in opened.into_iter().enumerate() {
@@ -189,7 +321,7 @@ impl Checkpoint {
                 by_name.insert(entry.name.clone(), tensors.len());
                 tensors.push(entry);
             }
-            shards.push(shard);
+            shards.push(Arc::new(shard));
         }
         if let Some((index, weight_map)) = index {
             check_index(index, weight_map, &shards, &tensors, &by_name)?;
@@ -200,6 +332,7 @@ impl Checkpoint {
             shards: shards.into(),
             tensors: tensors.into(),
             by_name: Arc::new(by_name),
+            computed: Arc::new([]),
         })
     }
 
@@ -214,8 +347,9 @@ impl Checkpoint {
         self.directory.as_deref()
     }
 
-    /// The mapped shard files, in index order.
-    pub fn shards(&self) -> &[Shard] {
+    /// The mapped shard files, in index order (an adapter's first, then its
+    /// base's).
+    pub fn shards(&self) -> &[Arc<Shard>] {
         &self.shards
     }
 
@@ -258,6 +392,9 @@ impl Checkpoint {
     /// If the range lies outside the tensor; callers slice within validated sizes.
     pub(crate) fn bytes(&self, tensor: &TensorEntry, start: usize, len: usize) -> Cow<'_, [u8]> {
         assert!(start + len <= tensor.len, "chunk outside tensor {:?}", tensor.name);
+        if let Some(i) = tensor.computed {
+            return Cow::Owned(self.computed[i].bytes(self, start, len));
+        }
         let shard = &self.shards[tensor.shard];
         let (Some(i), Some(state)) = (tensor.strided, &shard.torch) else {
             return Cow::Borrowed(&shard.map[tensor.offset + start..tensor.offset + start + len]);
@@ -281,25 +418,30 @@ impl Checkpoint {
 
 /// Maps one shard and lists its tensors in file order: a PyTorch file when it is
 /// a zip archive or named like one (`.bin`, `.pt`, `.pth`), else safetensors.
-fn open_shard(path: PathBuf) -> Result<(Shard, Vec<TensorEntry>)> {
+fn open_shard(path: PathBuf, key: Option<&str>) -> Result<(Shard, Vec<TensorEntry>)> {
     let map = mapped::map_file(&path)?;
     let torch_name = path
         .extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| matches!(e, "bin" | "pt" | "pth"));
     if crate::torch::looks_like_torch_zip(&map) || torch_name {
-        return open_torch_shard(path, map);
+        return open_torch_shard(path, map, key);
     }
     let (tensors, metadata) = parse_header(&map, &path)?;
     Ok((Shard { path, map, metadata, torch: None }, tensors))
 }
 
-/// Reads a PyTorch file's state dict (checking every entry's CRC, which reads it
-/// all once) and lists its tensors in the dict's order.
-fn open_torch_shard(path: PathBuf, map: Mmap) -> Result<(Shard, Vec<TensorEntry>)> {
+/// Reads a PyTorch file's state dict (at `key` in a training checkpoint),
+/// checking every entry it uses by CRC, which reads it all once, and lists its
+/// tensors in the dict's order.
+fn open_torch_shard(
+    path: PathBuf,
+    map: Mmap,
+    key: Option<&str>,
+) -> Result<(Shard, Vec<TensorEntry>)> {
     // The CRC pass reads every byte once; its pages are dropped window by window
     // (the merge maps them back as it goes), so RSS does not grow with the file.
-    let state = crate::torch::read_state_dict_with(&map, &path, &mut |r| {
+    let state = crate::torch::read_state_dict_at(&map, &path, key, &mut |r| {
         mapped::release(&map, r.start, r.end)
     })?;
     let tensors = state
@@ -315,6 +457,7 @@ fn open_torch_shard(path: PathBuf, map: Mmap) -> Result<(Shard, Vec<TensorEntry>
                 offset: range.start,
                 len: range.len(),
                 strided: None,
+                computed: None,
             },
             None => TensorEntry {
                 name: t.name.clone(),
@@ -324,6 +467,7 @@ fn open_torch_shard(path: PathBuf, map: Mmap) -> Result<(Shard, Vec<TensorEntry>
                 offset: state.storage_of(t).offset(),
                 len: t.byte_len(),
                 strided: Some(i),
+                computed: None,
             },
         })
         .collect();
@@ -357,6 +501,7 @@ pub fn parse_header(
             offset: data_start + info.data_offsets.0,
             len: info.data_offsets.1 - info.data_offsets.0,
             strided: None,
+            computed: None,
         })
         .collect();
     // Empty tensors first at a shared offset, so the ranges tile in this order.
@@ -407,7 +552,7 @@ pub fn parse_index(text: &str, path: &Path) -> Result<(BTreeMap<String, String>,
 fn check_index(
     index: &Path,
     weight_map: &BTreeMap<String, String>,
-    shards: &[Shard],
+    shards: &[Arc<Shard>],
     tensors: &[TensorEntry],
     by_name: &HashMap<String, usize>,
 ) -> Result<()> {

@@ -255,12 +255,8 @@ impl Output<'_> {
     fn release(&self, range: std::ops::Range<usize>, chunks: &[Chunk]) {
         let reads = chunks[range].iter().flat_map(|&chunk| {
             let first = self.plan.tensors[chunk.tensor].first_input;
-            self.reads(chunk).map(move |(input, checkpoint, entry, start, len)| stream::Read {
-                input: first + input,
-                checkpoint,
-                shard: entry.shard,
-                start: entry.offset + start,
-                end: entry.offset + start + len,
+            self.reads(chunk).map(move |(input, checkpoint, entry, start, len)| {
+                stream::Read::of(first + input, checkpoint, entry, start, len)
             })
         });
         stream::release(self.ingredients.len(), reads);

@@ -8,9 +8,10 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::engine::checkpoint::{Checkpoint, INDEX_FILE};
+use crate::engine::dtype::FloatDtype;
 use crate::engine::execute::{self, RunOptions};
 use crate::engine::output::{self, StagedDir};
-use crate::engine::plan::Plan;
+use crate::engine::plan::{Plan, Produce};
 use crate::error::{Error, Result};
 
 /// Where and how to write a soup.
@@ -61,13 +62,13 @@ pub fn write_soup(
 
 /// [`write_soup`], then `files` (name, contents) written beside the weights
 /// after the support files, replacing any of the same name: a model card, a
-/// config or tokenizer files made for this soup. Names must be plain file
-/// names.
+/// config or tokenizer files made for this soup; a name without contents
+/// removes the support file of that name. Names must be plain file names.
 pub fn write_soup_with_files(
     ingredients: &[Checkpoint],
     plan: &Plan,
     dest: &Destination,
-    files: &[(String, Vec<u8>)],
+    files: &[(String, Option<Vec<u8>>)],
     run: &RunOptions,
 ) -> Result<MergeReport> {
     let started = Instant::now();
@@ -96,12 +97,24 @@ pub fn write_soup_with_files(
                 reason: format!("{name:?} is not a plain file name"),
             });
         }
-        std::fs::write(&path, contents).map_err(Error::io("write", &path))?;
-        if !support_files.contains(name) {
-            support_files.push(name.clone());
+        match contents {
+            Some(bytes) => {
+                std::fs::write(&path, bytes).map_err(Error::io("write", &path))?;
+                if !support_files.contains(name) {
+                    support_files.push(name.clone());
+                }
+            }
+            None if path.is_file() => {
+                std::fs::remove_file(&path).map_err(Error::io("remove", &path))?;
+                support_files.retain(|n| n != name);
+            }
+            None => {}
         }
     }
     support_files.sort();
+    if let Some(dtype) = main_float_dtype(plan) {
+        output::set_config_dtype(staged.path(), dtype)?;
+    }
     staged.commit(dest.durable)?;
     Ok(MergeReport {
         tensors: plan.tensors.len(),
@@ -114,6 +127,23 @@ pub fn write_soup_with_files(
     })
 }
 
+/// The float dtype most of the soup's merged elements are written in, for
+/// `config.json` to say (`None` without float tensors).
+fn main_float_dtype(plan: &Plan) -> Option<FloatDtype> {
+    let mut elements: Vec<(FloatDtype, u64)> = Vec::new();
+    for t in &plan.tensors {
+        let dtype = match &t.produce {
+            Produce::Average { dtype, .. } | Produce::TaskVectors { dtype, .. } => *dtype,
+            Produce::Copy { .. } => continue,
+        };
+        match elements.iter_mut().find(|(d, _)| *d == dtype) {
+            Some((_, n)) => *n += t.numel as u64,
+            None => elements.push((dtype, t.numel as u64)),
+        }
+    }
+    elements.into_iter().max_by_key(|&(_, n)| n).map(|(d, _)| d)
+}
+
 /// Refuses an output that is an ingredient, lies inside one, or contains one:
 /// replacing it would destroy the user's checkpoint.
 fn refuse_overlap(dest: &Path, ingredients: &[Checkpoint]) -> Result<()> {
@@ -121,14 +151,18 @@ fn refuse_overlap(dest: &Path, ingredients: &[Checkpoint]) -> Result<()> {
         return Ok(());
     };
     for ck in ingredients {
-        let Ok(source) = ck.path().canonicalize() else {
-            continue;
-        };
-        if source.starts_with(&dest_abs) || dest_abs.starts_with(&source) {
-            return Err(Error::Output {
-                path: dest.to_path_buf(),
-                reason: format!("overlaps the ingredient {}", ck.path().display()),
-            });
+        // An adapter's shards include its base's files.
+        let files = ck.shards().iter().map(|s| s.path());
+        for path in std::iter::once(ck.path()).chain(files) {
+            let Ok(source) = path.canonicalize() else {
+                continue;
+            };
+            if source.starts_with(&dest_abs) || dest_abs.starts_with(&source) {
+                return Err(Error::Output {
+                    path: dest.to_path_buf(),
+                    reason: format!("overlaps the ingredient {}", path.display()),
+                });
+            }
         }
     }
     Ok(())

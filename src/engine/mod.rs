@@ -12,6 +12,7 @@
 //! imports only [`crate::torch`] (a reader below it) and [`crate::error`]; a test
 //! (`tests/layers.rs`) keeps it that way.
 
+pub mod adapter;
 pub mod checkpoint;
 pub mod dropout;
 pub mod dtype;
@@ -23,6 +24,7 @@ pub(crate) mod mapped;
 pub mod merge;
 pub mod output;
 pub mod plan;
+pub mod rename;
 pub(crate) mod stream;
 pub mod task_vectors;
 pub mod tied;

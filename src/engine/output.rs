@@ -133,6 +133,39 @@ fn sibling(path: &Path, kind: &str) -> PathBuf {
     parent_of(path).join(format!(".{name}.soup-{kind}-{}-{n}", std::process::id()))
 }
 
+/// Largest `config.json` rewritten; real ones are a few KiB.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Makes the `config.json` in `dir` (if there is one) name the dtype the weights
+/// are written in: every `"torch_dtype"` or `"dtype"` entry (nested configs
+/// included, as CLIP's text and vision configs) whose value is a float dtype is
+/// set to `dtype`, so `from_pretrained(..., torch_dtype="auto")` loads what was
+/// written. The rest of the file is kept byte for byte.
+pub fn set_config_dtype(dir: &Path, dtype: crate::engine::dtype::FloatDtype) -> Result<()> {
+    use crate::engine::dtype::FloatDtype;
+    let path = dir.join("config.json");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = crate::engine::checkpoint::read_bounded(&path, MAX_CONFIG_BYTES)?;
+    let name = match dtype {
+        FloatDtype::F64 => "float64",
+        FloatDtype::F32 => "float32",
+        FloatDtype::F16 => "float16",
+        FloatDtype::BF16 => "bfloat16",
+    };
+    let Ok(entry) = regex::Regex::new(
+        r#""(torch_dtype|dtype)"(\s*:\s*)"(float16|float32|float64|bfloat16|half|float|double)""#,
+    ) else {
+        return Ok(()); // a constant pattern: never reached
+    };
+    let replaced = entry.replace_all(&text, format!(r#""$1"$2"{name}""#));
+    if replaced != text {
+        fs::write(&path, replaced.as_bytes()).map_err(Error::io("write", &path))?;
+    }
+    Ok(())
+}
+
 /// Files that hold weights and are never copied next to a soup.
 fn is_weight_file(name: &str) -> bool {
     const WEIGHT_SUFFIXES: [&str; 11] = [

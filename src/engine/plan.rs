@@ -292,7 +292,8 @@ impl Plan {
                     Produce::Copy { verify } => i == 0 || *verify,
                 };
                 if read {
-                    total += ck.tensors()[src].len as u64;
+                    let entry = &ck.tensors()[src];
+                    total += ck.span(entry, 0, entry.len).1.len() as u64;
                 }
             }
         }
@@ -379,7 +380,15 @@ fn plan_tensor(
                 .collect::<Vec<_>>();
             let out = match options.dtype {
                 OutputDtype::Force(d) => d,
-                OutputDtype::Like(i) => inputs.get(i).copied().unwrap_or(own),
+                // A computed tensor (a LoRA-adapted matrix) is read as F64 but
+                // written, by default, as the matrix it starts from is stored.
+                OutputDtype::Like(i) => ingredients
+                    .get(i)
+                    .zip(sources.get(i))
+                    .and_then(|(ck, &s)| {
+                        FloatDtype::from_safetensors(ck.declared_dtype(&ck.tensors()[s]))
+                    })
+                    .unwrap_or(own),
                 OutputDtype::Wide if inputs.iter().all(|d| d.size() <= 2) => FloatDtype::F32,
                 OutputDtype::Wide => FloatDtype::F64,
             };

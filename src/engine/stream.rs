@@ -133,6 +133,21 @@ pub(crate) struct Read<'a> {
     pub end: usize,
 }
 
+impl<'a> Read<'a> {
+    /// The read of `len` bytes of `tensor` from byte `start` (in the tensor's own
+    /// bytes, as [`Checkpoint::bytes`] takes them): the file range it touches.
+    pub fn of(
+        input: usize,
+        checkpoint: &'a Checkpoint,
+        tensor: &crate::engine::checkpoint::TensorEntry,
+        start: usize,
+        len: usize,
+    ) -> Self {
+        let (shard, range) = checkpoint.span(tensor, start, len);
+        Read { input, checkpoint, shard, start: range.start, end: range.end }
+    }
+}
+
 /// Unmaps the pages of `reads` (of `inputs` inputs), merging ranges that touch so
 /// that each contiguous stretch of a shard costs one system call.
 pub(crate) fn release<'a>(inputs: usize, reads: impl Iterator<Item = Read<'a>>) {

@@ -46,7 +46,7 @@ fn input_embedding<'a>(ck: &'a Checkpoint, shape: &[usize]) -> Option<&'a Tensor
 fn without_aliased_heads(ck: &Checkpoint) -> Checkpoint {
     let aliased = |head: &TensorEntry| {
         input_embedding(ck, &head.shape).is_some_and(|e| {
-            let same = |t: &TensorEntry| (t.shard, t.offset, t.len, t.strided, t.dtype);
+            let same = |t: &TensorEntry| (t.shard, t.offset, t.len, t.strided, t.computed, t.dtype);
             e.name != head.name && same(e) == same(head)
         })
     };

@@ -44,10 +44,7 @@ impl<'a> Writeback<'a> {
     /// Writeback of `files`, each written from its start (after `headers[i]`
     /// bytes, which are already written).
     pub fn new(files: &'a [File], headers: &[u64]) -> Self {
-        let shards = headers
-            .iter()
-            .map(|&h| Progress { done: h, started: 0, waited: 0 })
-            .collect();
+        let shards = headers.iter().map(|&h| Progress { done: h, started: 0, waited: 0 }).collect();
         Writeback { files, shards }
     }
 

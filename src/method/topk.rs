@@ -55,14 +55,7 @@ impl Source<'_> {
     pub(super) fn read(&self, input: usize, start: usize, len: usize) -> Read<'_> {
         let entry = &self.checkpoint.tensors()[self.tensor];
         let size = self.dtype.size();
-        let from = entry.offset + start * size;
-        Read {
-            input,
-            checkpoint: self.checkpoint,
-            shard: entry.shard,
-            start: from,
-            end: from + len * size,
-        }
+        Read::of(input, self.checkpoint, entry, start * size, len * size)
     }
 }
 

@@ -50,11 +50,14 @@ message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot
 endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' \
 }}{% endif %}";
 
-/// A file name and its new contents.
-pub type File = (String, Vec<u8>);
+/// A file name and its new contents, or `None` for a support file that must
+/// not be copied (a tokenizer file that the tokenizer source lacks).
+pub type File = (String, Option<Vec<u8>>);
 
 /// The files `recipe` writes over the support files copied from
-/// `support` (the directory they come from, if any): `blocks` is the output's
+/// `support` (the directory they come from, if any), and those it removes
+/// from them (a tokenizer comes whole from `tokenizer_source`, never mixed
+/// with the support directory's files): `blocks` is the output's
 /// number of blocks for a recipe with slices; `model_dir` gives the directory of
 /// a model path of the recipe (an intermediate's soup, a Hub snapshot).
 pub fn support_files(
@@ -63,7 +66,7 @@ pub fn support_files(
     blocks: Option<usize>,
     model_dir: &dyn Fn(&str) -> Result<PathBuf>,
 ) -> Result<Vec<File>> {
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut files: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
     if let (Some(n), Some(dir)) = (blocks, support) {
         let path = dir.join("config.json");
         if path.is_file() {
@@ -79,7 +82,7 @@ pub fn support_files(
             if !set {
                 map.insert(LAYER_KEYS[0].to_owned(), Json::from(n));
             }
-            files.insert("config.json".to_owned(), pretty(&config));
+            files.insert("config.json".to_owned(), Some(pretty(&config)));
         }
     }
     let tokenizer_dir = match &recipe.output.tokenizer {
@@ -94,10 +97,14 @@ pub fn support_files(
                      tokenizer_config.json) to copy as the soup's tokenizer",
                 ));
             }
-            for name in found {
-                let path = dir.join(name);
-                let bytes = std::fs::read(&path).map_err(Error::io("read", &path))?;
-                files.insert(name.to_owned(), bytes);
+            for name in TOKENIZER_FILES {
+                if found.contains(&name) {
+                    let path = dir.join(name);
+                    let bytes = std::fs::read(&path).map_err(Error::io("read", &path))?;
+                    files.insert(name.to_owned(), Some(bytes));
+                } else if support.is_some_and(|s| s.join(name).is_file()) {
+                    files.insert(name.to_owned(), None);
+                }
             }
             Some(dir)
         }
@@ -123,10 +130,10 @@ pub fn support_files(
 fn write_template(
     template: &str,
     dir: Option<&Path>,
-    files: &mut BTreeMap<String, Vec<u8>>,
+    files: &mut BTreeMap<String, Option<Vec<u8>>>,
 ) -> Result<()> {
     let name = "tokenizer_config.json";
-    let (mut config, path) = match (files.get(name), dir) {
+    let (mut config, path) = match (files.get(name).and_then(Option::as_ref), dir) {
         (Some(bytes), Some(d)) => {
             let path = d.join(name);
             (
@@ -147,10 +154,12 @@ fn write_template(
     };
     let map = config.as_object_mut().ok_or_else(|| invalid(&path, "not a JSON object"))?;
     map.insert("chat_template".to_owned(), Json::from(template));
-    files.insert(name.to_owned(), pretty(&config));
+    files.insert(name.to_owned(), Some(pretty(&config)));
     let jinja = "chat_template.jinja";
-    if files.contains_key(jinja) || dir.is_some_and(|d| d.join(jinja).is_file()) {
-        files.insert(jinja.to_owned(), template.as_bytes().to_vec());
+    if files.get(jinja).is_some_and(Option::is_some)
+        || (!files.contains_key(jinja) && dir.is_some_and(|d| d.join(jinja).is_file()))
+    {
+        files.insert(jinja.to_owned(), Some(template.as_bytes().to_vec()));
     }
     Ok(())
 }

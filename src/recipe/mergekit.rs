@@ -662,6 +662,7 @@ impl Model {
             gamma: self.own.gamma,
             epsilon: self.own.epsilon,
             layers: self.layers,
+            ..Default::default()
         }
     }
 }

@@ -23,7 +23,10 @@ use serde::{Deserialize, Serialize};
 
 pub use setting::{layer_positions, Rule, Setting, Value};
 
+use crate::engine::adapter::is_adapter;
+use crate::engine::checkpoint::{Checkpoint, OpenOptions};
 use crate::engine::hub::ModelId;
+use crate::engine::rename::Rename;
 use crate::error::{Error, Result};
 
 /// The `__metadata__` key under which the recipe's JSON is stored.
@@ -173,6 +176,18 @@ pub struct Ingredient {
     /// In a slice: the model's blocks `start..end` that the slice takes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<[usize; 2]>,
+    /// The dotted key of the state dict inside a PyTorch training checkpoint
+    /// (`state_dict`, `model`); ignored by files that are a state dict already.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `s/PATTERN/REPLACEMENT/` rules applied in order to its tensor names (see
+    /// [`crate::engine::rename`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rename: Vec<String>,
+    /// For a LoRA adapter directory: the model it is applied to, when not the
+    /// recipe's `base` (absent both: the adapter config's base model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_base: Option<String>,
 }
 
 /// An ingredient written as a map.
@@ -190,6 +205,12 @@ struct IngredientMap {
     epsilon: Option<Setting>,
     #[serde(default)]
     layers: Option<[usize; 2]>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    rename: Vec<String>,
+    #[serde(default)]
+    adapter_base: Option<String>,
 }
 
 /// A bare path, or a map whose unknown keys are errors that name them.
@@ -198,9 +219,28 @@ impl<'de> Deserialize<'de> for Ingredient {
         match serde_json::Value::deserialize(d)? {
             serde_json::Value::String(path) => Ok(Ingredient::path(path)),
             other => {
-                let IngredientMap { path, weight, density, gamma, epsilon, layers } =
-                    IngredientMap::deserialize(other).map_err(serde::de::Error::custom)?;
-                Ok(Ingredient { path, weight, density, gamma, epsilon, layers })
+                let IngredientMap {
+                    path,
+                    weight,
+                    density,
+                    gamma,
+                    epsilon,
+                    layers,
+                    key,
+                    rename,
+                    adapter_base,
+                } = IngredientMap::deserialize(other).map_err(serde::de::Error::custom)?;
+                Ok(Ingredient {
+                    path,
+                    weight,
+                    density,
+                    gamma,
+                    epsilon,
+                    layers,
+                    key,
+                    rename,
+                    adapter_base,
+                })
             }
         }
     }
@@ -216,6 +256,61 @@ impl Ingredient {
     pub fn weighted(path: impl Into<String>, weight: f64) -> Self {
         Ingredient { path: path.into(), weight: Some(weight.into()), ..Ingredient::default() }
     }
+
+    /// Opens it: the state dict at its `key`, names mapped by its `rename` rules,
+    /// and, for a LoRA adapter directory, applied to `base` (its own
+    /// `adapter_base` when it has one, opened here, else the recipe's base, else
+    /// the one its config names).
+    pub fn open(&self, base: Option<&Checkpoint>) -> Result<Checkpoint> {
+        let adapter_base = match &self.adapter_base {
+            Some(path) if is_adapter(Path::new(&self.path)) => Some(self.open_base(path)?),
+            _ => None,
+        };
+        self.open_over(adapter_base.as_ref().or(base))
+    }
+
+    /// Opens an adapter's base, naming the adapter when it fails.
+    fn open_base(&self, base: &str) -> Result<Checkpoint> {
+        Checkpoint::open(base).map_err(|e| Error::Adapter {
+            path: self.path.clone().into(),
+            reason: format!("its base model {base:?}: {e}"),
+        })
+    }
+
+    /// [`Ingredient::open`] with the adapter's base given (ignored by a model
+    /// that is not an adapter).
+    fn open_over(&self, base: Option<&Checkpoint>) -> Result<Checkpoint> {
+        let rename =
+            self.rename.iter().map(|r| Rename::parse(r)).collect::<Result<Vec<Rename>>>()?;
+        let base = base.filter(|_| is_adapter(Path::new(&self.path))).cloned();
+        let options = OpenOptions { key: self.key.clone(), rename, base };
+        Checkpoint::open_with(&self.path, &options)
+    }
+}
+
+/// Opens every ingredient ([`Ingredient::open`]), each distinct `adapter_base`
+/// once; `base` is the recipe's base. On failure, the index of the ingredient
+/// that failed and why.
+pub fn open_ingredients(
+    ingredients: &[Ingredient],
+    base: Option<&Checkpoint>,
+) -> std::result::Result<Vec<Checkpoint>, Box<(usize, Error)>> {
+    let mut bases: BTreeMap<&str, Checkpoint> = BTreeMap::new();
+    let mut opened = Vec::with_capacity(ingredients.len());
+    for (i, ingredient) in ingredients.iter().enumerate() {
+        let own = match ingredient.adapter_base.as_deref() {
+            Some(path) if is_adapter(Path::new(&ingredient.path)) => {
+                if !bases.contains_key(path) {
+                    let base = ingredient.open_base(path).map_err(|e| Box::new((i, e)))?;
+                    bases.insert(path, base);
+                }
+                bases.get(path)
+            }
+            _ => None,
+        };
+        opened.push(ingredient.open_over(own.or(base)).map_err(|e| Box::new((i, e)))?);
+    }
+    Ok(opened)
 }
 
 /// Method parameters shared by every ingredient (each may vary by tensor).
@@ -454,7 +549,7 @@ impl Recipe {
         let soup = path.is_dir() || path.extension().is_some_and(|e| e == "safetensors");
         let mut source = None;
         let mut recipe = if soup {
-            let checkpoint = crate::Checkpoint::open(path)?;
+            let checkpoint = Checkpoint::open(path)?;
             let metadata = checkpoint.shards().first().map(|s| s.metadata().clone());
             metadata.as_ref().and_then(Recipe::from_metadata).ok_or_else(|| Error::Recipe {
                 path: path.to_path_buf(),
@@ -523,13 +618,20 @@ impl Recipe {
         let mut models: Vec<(String, &mut String)> = Vec::new();
         for (i, m) in self.ingredients.iter_mut().enumerate() {
             models.push((format!("{prefix}ingredient {}", i + 1), &mut m.path));
+            if let Some(p) = m.adapter_base.as_mut() {
+                models.push((format!("{prefix}the adapter base of ingredient {}", i + 1), p));
+            }
         }
         if let Some(b) = self.base.as_mut() {
             models.push((format!("{prefix}base"), &mut b.path));
         }
         for (s, slice) in self.slices.iter_mut().enumerate() {
             for (i, m) in slice.ingredients.iter_mut().enumerate() {
-                models.push((format!("{prefix}slice {} ingredient {}", s + 1, i + 1), &mut m.path));
+                let role = format!("{prefix}slice {} ingredient {}", s + 1, i + 1);
+                if let Some(p) = m.adapter_base.as_mut() {
+                    models.push((format!("the adapter base of {role}"), p));
+                }
+                models.push((role, &mut m.path));
             }
             if let Some(b) = slice.base.as_mut() {
                 models.push((format!("{prefix}slice {} base", s + 1), &mut b.path));

@@ -16,30 +16,44 @@
 //! neither block on a full pipe nor grow our memory; the score is read back from the
 //! last [`STDOUT_TAIL`] bytes of the stdout log.
 //!
-//! Each evaluation runs in a process group of its own. When it ends — exit, timeout or
-//! cancellation — the whole group is sent SIGKILL, so whatever the command started in
-//! the background dies with it. The group is killed *before* the command's own process
-//! is reaped: until then its pid, which is the group id, cannot be reused, so the kill
-//! can never reach an unrelated process. Nothing here is `unsafe`: the group kill and
-//! the non-reaping exit check are `rustix` calls.
+//! Each evaluation runs in a process group of its own and is stopped gracefully
+//! (the stop signal, a grace period, then SIGKILL: [`crate::search::process`]);
+//! whatever the command started in the background is stopped with it. Each holds
+//! one of the search's [`Slots`] while it runs, which gives it `SOUP_SLOT` and, with
+//! devices, `CUDA_VISIBLE_DEVICES`. A persistent evaluation server
+//! ([`crate::search::server`]) answers the same [`Evaluate`] requests.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process_group, waitid, Pid, Signal, WaitId, WaitIdOptions};
+use rustix::process::Signal;
 use serde_json::{Map, Value};
+
+use crate::search::process::{self, Stop};
+use crate::search::slots::{Slot, Slots};
 
 /// The placeholder replaced by the candidate's directory, shell-quoted.
 pub const PLACEHOLDER: &str = "{model}";
+
+/// The placeholder replaced by the evaluation's slot number (`SOUP_SLOT`).
+pub const SLOT_PLACEHOLDER: &str = "{slot}";
+
+/// The placeholder replaced by the slot's devices, comma-separated (with
+/// `--devices` only).
+pub const DEVICES_PLACEHOLDER: &str = "{devices}";
+
+/// How many bytes at the end of a stderr log [`log_tail`] reads.
+const LOG_TAIL: u64 = 4096;
 
 /// How many bytes at the end of the stdout log are read back to find the score.
 pub const STDOUT_TAIL: u64 = 64 * 1024;
@@ -98,6 +112,25 @@ pub enum EvalError {
         source: io::Error,
     },
 
+    /// A request to an evaluation server could not be encoded (a non-finite
+    /// weight).
+    #[error("cannot encode the request for candidate {candidate}")]
+    Request {
+        /// The candidate.
+        candidate: String,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A candidate's path cannot be sent to an evaluation server: JSON carries
+    /// only UTF-8.
+    #[error("the candidate directory {} is not valid UTF-8, which an evaluation server request cannot carry", path.display())]
+    NotUtf8 {
+        /// The path.
+        path: PathBuf,
+    },
+
     /// The state of a running evaluation could not be queried.
     #[error("cannot wait for the evaluation of candidate {candidate}")]
     Wait {
@@ -110,7 +143,10 @@ pub enum EvalError {
 }
 
 impl EvalError {
-    fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
         move |source| EvalError::Io { action, path, source }
     }
@@ -141,6 +177,12 @@ pub enum Failure {
         /// The line that held it, as in [`Failure::NoScore`].
         line: String,
     },
+    /// An evaluation server ended before answering (how it ended, e.g. `exited
+    /// with code 1`).
+    ServerExited(String),
+    /// An evaluation server answered with `"error"` (its message, cut and escaped
+    /// as in [`Failure::NoScore`]).
+    ServerError(String),
 }
 
 impl fmt::Display for Failure {
@@ -155,6 +197,8 @@ impl fmt::Display for Failure {
             }
             Failure::NoScore { line, problem } => write!(f, "no score: {problem}: `{line}`"),
             Failure::NotFinite { line } => write!(f, "score is not finite: `{line}`"),
+            Failure::ServerExited(how) => write!(f, "the evaluation server {how}"),
+            Failure::ServerError(message) => write!(f, "the evaluation server says: {message}"),
         }
     }
 }
@@ -217,12 +261,70 @@ pub struct Evaluation {
     pub outcome: Outcome,
     /// Wall time of all attempts together, in seconds.
     pub seconds: f64,
-    /// Attempts made (1 + retries used).
+    /// Attempts started (1 + retries used); 0 when the evaluation was cancelled
+    /// before its command started.
     pub attempts: u32,
     /// The last attempt's stdout log.
     pub stdout_log: PathBuf,
     /// The last attempt's stderr log.
     pub stderr_log: PathBuf,
+}
+
+/// What an evaluator is asked to score: one candidate soup.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The candidate's id: a file-name stem unique within the run, e.g.
+    /// `greedy-0007` (letters, digits, `_`, `-`).
+    pub candidate: &'a str,
+    /// The directory the candidate was written to.
+    pub model_dir: &'a Path,
+    /// Its members as journaled (ingredient paths as given).
+    pub members: &'a [String],
+    /// One weight per member.
+    pub weights: &'a [f64],
+}
+
+/// Something that scores candidates: a command run per candidate
+/// ([`Evaluator`]) or a persistent server ([`crate::search::server::Server`]).
+/// Called from any number of threads at once.
+pub trait Evaluate: Sync {
+    /// Scores one candidate, retrying failures. Blocks until done; raising
+    /// `cancel` stops the evaluation (gracefully: [`Stop`]) and gives
+    /// [`Outcome::Cancelled`].
+    fn evaluate(
+        &self,
+        request: &Request<'_>,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Evaluation, EvalError>;
+
+    /// What the journal records as the evaluator of every result (see
+    /// EVALUATOR.md, "The journal's key").
+    fn journal_key(&self) -> String;
+
+    /// How many times a server had to be started again after it died, timed out
+    /// or was stopped (0 for per-candidate commands).
+    fn restarts(&self) -> usize {
+        0
+    }
+}
+
+/// How evaluations run, for both kinds of evaluator.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bounds each attempt.
+    pub timeout: Option<Duration>,
+    /// A failed attempt is run again up to this many more times.
+    pub retries: u32,
+    /// How an evaluation is stopped (timeout, cancel, Ctrl-C).
+    pub stop: Stop,
+    /// The places evaluations run in: `--jobs` of them, with devices or not.
+    pub slots: Arc<Slots>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { timeout: None, retries: 0, stop: Stop::default(), slots: Arc::new(Slots::new(1)) }
+    }
 }
 
 /// The user's evaluation command, ready to run on candidates from any number of
@@ -232,28 +334,20 @@ pub struct Evaluator {
     template: String,
     run_dir: PathBuf,
     logs_dir: PathBuf,
-    timeout: Option<Duration>,
-    retries: u32,
+    options: Options,
 }
 
 impl Evaluator {
-    /// Checks `template` and creates `RUN_DIR/logs/`. `timeout` bounds each attempt;
-    /// a failed attempt is re-run up to `retries` more times.
+    /// Checks `template` and creates `RUN_DIR/logs/`.
     ///
     /// The template need not contain `{model}`: the path is also in `SOUP_MODEL`.
     /// It must not put `{model}` in quotes of its own (`'{model}'`, `"{model}"`),
-    /// since the substituted path is already quoted.
-    pub fn new(
-        template: &str,
-        run_dir: &Path,
-        timeout: Option<Duration>,
-        retries: u32,
-    ) -> Result<Self, EvalError> {
-        check_template(template)?;
-        let run_dir = std::path::absolute(run_dir).map_err(EvalError::io("resolve", run_dir))?;
-        let logs_dir = run_dir.join("logs");
-        fs::create_dir_all(&logs_dir).map_err(EvalError::io("create", &logs_dir))?;
-        Ok(Evaluator { template: template.to_owned(), run_dir, logs_dir, timeout, retries })
+    /// since the substituted path is already quoted, and may use `{devices}` only
+    /// when the slots have devices.
+    pub fn new(template: &str, run_dir: &Path, options: Options) -> Result<Self, EvalError> {
+        check_template(template, &options.slots)?;
+        let (run_dir, logs_dir) = logs_dir(run_dir)?;
+        Ok(Evaluator { template: template.to_owned(), run_dir, logs_dir, options })
     }
 
     /// The absolute run directory (`SOUP_RUN_DIR`).
@@ -266,18 +360,27 @@ impl Evaluator {
         &self.logs_dir
     }
 
-    /// The shell command run for `model_dir`: the template with every `{model}`
-    /// replaced by the absolute path, shell-quoted.
-    pub fn command_line(&self, model_dir: &Path) -> OsString {
+    /// The shell command run for `model_dir` in slot `slot` with `devices`: the
+    /// template with every `{model}` replaced by the absolute path, shell-quoted,
+    /// `{slot}` by the slot number and `{devices}` by the devices. The template is
+    /// read once, left to right, so nothing substituted is ever read again.
+    pub fn command_line(&self, model_dir: &Path, slot: usize, devices: &str) -> OsString {
         let quoted = quote_bytes(model_dir.as_os_str().as_bytes());
-        let parts: Vec<&[u8]> = self.template.split(PLACEHOLDER).map(str::as_bytes).collect();
-        OsString::from_vec(parts.join(quoted.as_slice()))
+        let slot = slot.to_string();
+        OsString::from_vec(substitute(
+            &self.template,
+            &[
+                (PLACEHOLDER, quoted.as_slice()),
+                (SLOT_PLACEHOLDER, slot.as_bytes()),
+                (DEVICES_PLACEHOLDER, devices.as_bytes()),
+            ],
+        ))
     }
 
     /// Evaluates the soup in `model_dir` as candidate `candidate` (a file-name stem
     /// unique within the run, e.g. `c0007`), retrying failures. Blocks until done;
-    /// raising `cancel` kills the running command at once (within about 20 ms) and
-    /// gives [`Outcome::Cancelled`].
+    /// raising `cancel` stops the running command (the stop signal to its group,
+    /// then SIGKILL after the grace period) and gives [`Outcome::Cancelled`].
     pub fn evaluate(
         &self,
         candidate: &str,
@@ -287,10 +390,23 @@ impl Evaluator {
         check_candidate(candidate)?;
         let model_dir =
             std::path::absolute(model_dir).map_err(EvalError::io("resolve", model_dir))?;
-        let command = self.command_line(&model_dir);
         let started = Instant::now();
+        let Some(slot) = self.options.slots.acquire(cancel) else {
+            let (stdout_log, stderr_log) = self.log_paths(candidate, 1);
+            let outcome = Outcome::Cancelled;
+            return Ok(Evaluation { outcome, seconds: 0.0, attempts: 0, stdout_log, stderr_log });
+        };
+        let devices = slot.devices();
+        let command = self.command_line(&model_dir, slot.index(), devices.as_deref().unwrap_or(""));
         let mut attempts = 0u32;
         loop {
+            if is_raised(cancel) {
+                // Not started (again): the last attempt's logs, if any, stay.
+                let (stdout_log, stderr_log) = self.log_paths(candidate, attempts.max(1));
+                let seconds = started.elapsed().as_secs_f64();
+                let outcome = Outcome::Cancelled;
+                return Ok(Evaluation { outcome, seconds, attempts, stdout_log, stderr_log });
+            }
             attempts = attempts.saturating_add(1);
             let (stdout_log, stderr_log) = self.log_paths(candidate, attempts);
             let attempt = Attempt {
@@ -298,11 +414,12 @@ impl Evaluator {
                 number: attempts,
                 model_dir: &model_dir,
                 command: &command,
+                slot: &slot,
                 stdout_log,
                 stderr_log,
             };
             let outcome = self.run(&attempt, cancel)?;
-            if !matches!(outcome, Outcome::Failed { .. }) || attempts > self.retries {
+            if !matches!(outcome, Outcome::Failed { .. }) || attempts > self.options.retries {
                 let seconds = started.elapsed().as_secs_f64();
                 let Attempt { stdout_log, stderr_log, .. } = attempt;
                 return Ok(Evaluation { outcome, seconds, attempts, stdout_log, stderr_log });
@@ -321,9 +438,6 @@ impl Evaluator {
 
     /// One run of the command, from spawn to score.
     fn run(&self, attempt: &Attempt, cancel: Option<&AtomicBool>) -> Result<Outcome, EvalError> {
-        if is_raised(cancel) {
-            return Ok(Outcome::Cancelled);
-        }
         let (stdout_log, stderr_log) = (&attempt.stdout_log, &attempt.stderr_log);
         let stdout = File::create(stdout_log).map_err(EvalError::io("create", stdout_log))?;
         let stderr = File::create(stderr_log).map_err(EvalError::io("create", stderr_log))?;
@@ -333,21 +447,21 @@ impl Evaluator {
             .arg(attempt.command)
             .env("SOUP_MODEL", attempt.model_dir)
             .env("SOUP_CANDIDATE", attempt.candidate)
-            .env("SOUP_RUN_DIR", &self.run_dir)
             .env("SOUP_ATTEMPT", attempt.number.to_string())
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0);
+            .stderr(stderr);
+        slot_environment(&mut shell, &self.run_dir, attempt.slot);
+        process::isolate(&mut shell);
         let mut child = match shell.spawn() {
             Ok(child) => child,
             Err(e) => return Ok(failed(Failure::Spawn(e.to_string()))),
         };
-        let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
-        let status = match supervise(&mut child, deadline, cancel) {
+        let deadline = self.options.timeout.and_then(|t| Instant::now().checked_add(t));
+        let status = match supervise(&mut child, deadline, cancel, &self.options.stop) {
             Ok(Ended::Exited(status)) => status,
             Ok(Ended::TimedOut) => {
-                return Ok(failed(Failure::Timeout(self.timeout.unwrap_or_default())))
+                return Ok(failed(Failure::Timeout(self.options.timeout.unwrap_or_default())))
             }
             Ok(Ended::Cancelled) => return Ok(Outcome::Cancelled),
             Err(source) => {
@@ -365,6 +479,87 @@ impl Evaluator {
     }
 }
 
+impl Evaluate for Evaluator {
+    fn evaluate(
+        &self,
+        request: &Request<'_>,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Evaluation, EvalError> {
+        Evaluator::evaluate(self, request.candidate, request.model_dir, cancel)
+    }
+
+    /// The template itself, so that journals written before servers existed keep
+    /// their meaning.
+    fn journal_key(&self) -> String {
+        self.template.clone()
+    }
+}
+
+/// The absolute run directory and its `logs/`, created.
+pub(crate) fn logs_dir(run_dir: &Path) -> Result<(PathBuf, PathBuf), EvalError> {
+    let run_dir = std::path::absolute(run_dir).map_err(EvalError::io("resolve", run_dir))?;
+    let logs_dir = run_dir.join("logs");
+    fs::create_dir_all(&logs_dir).map_err(EvalError::io("create", &logs_dir))?;
+    Ok((run_dir, logs_dir))
+}
+
+/// `SOUP_RUN_DIR`, `SOUP_SLOT` and, with devices, `CUDA_VISIBLE_DEVICES`.
+pub(crate) fn slot_environment(command: &mut Command, run_dir: &Path, slot: &Slot<'_>) {
+    command.env("SOUP_RUN_DIR", run_dir).env("SOUP_SLOT", slot.index().to_string());
+    if let Some(devices) = slot.devices() {
+        command.env("CUDA_VISIBLE_DEVICES", devices);
+    }
+}
+
+/// `template` with each placeholder replaced by its value, in one left-to-right
+/// pass.
+pub(crate) fn substitute(template: &str, values: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(template.len());
+    let mut rest = template;
+    'scan: while !rest.is_empty() {
+        for (placeholder, value) in values {
+            if let Some(after) = rest.strip_prefix(placeholder) {
+                out.extend_from_slice(value);
+                rest = after;
+                continue 'scan;
+            }
+        }
+        let mut chars = rest.chars();
+        if let Some(c) = chars.next() {
+            let mut buf = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        }
+        rest = chars.as_str();
+    }
+    out
+}
+
+/// The last `lines` non-empty lines of a log (its last 4 KiB at most), each cut at
+/// 200 characters with control characters escaped; empty when the log cannot be
+/// read. For showing why an evaluation failed.
+pub fn log_tail(path: &Path, lines: usize) -> Vec<String> {
+    let Ok(mut file) = File::open(path) else { return Vec::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL))).is_err() {
+        return Vec::new();
+    }
+    let mut bytes = Vec::new();
+    if file.take(LOG_TAIL).read_to_end(&mut bytes).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let mut tail: Vec<String> = text
+        .split(['\n', '\r'])
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .rev()
+        .take(lines)
+        .map(excerpt)
+        .collect();
+    tail.reverse();
+    tail
+}
+
 /// One run of the command: who and what it evaluates, and where its output goes.
 struct Attempt<'a> {
     candidate: &'a str,
@@ -372,6 +567,7 @@ struct Attempt<'a> {
     number: u32,
     model_dir: &'a Path,
     command: &'a OsStr,
+    slot: &'a Slot<'a>,
     stdout_log: PathBuf,
     stderr_log: PathBuf,
 }
@@ -384,7 +580,17 @@ fn is_raised(flag: Option<&AtomicBool>) -> bool {
     flag.is_some_and(|f| f.load(Ordering::Relaxed))
 }
 
-fn check_template(template: &str) -> Result<(), EvalError> {
+fn check_template(template: &str, slots: &Slots) -> Result<(), EvalError> {
+    check_command(template)?;
+    if template.contains(DEVICES_PLACEHOLDER) && !slots.has_devices() {
+        let reason = "uses {devices}, but no devices were given (--devices)";
+        return Err(EvalError::Template { template: template.to_owned(), reason });
+    }
+    Ok(())
+}
+
+/// What any command template must satisfy: not empty, no NUL, `{model}` unquoted.
+pub(crate) fn check_command(template: &str) -> Result<(), EvalError> {
     let reason = if template.trim().is_empty() {
         "is empty"
     } else if template.contains('\0') {
@@ -398,7 +604,7 @@ fn check_template(template: &str) -> Result<(), EvalError> {
     Err(EvalError::Template { template: template.to_owned(), reason })
 }
 
-fn check_candidate(id: &str) -> Result<(), EvalError> {
+pub(crate) fn check_candidate(id: &str) -> Result<(), EvalError> {
     let safe = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
     if id.is_empty() || id.len() > MAX_CANDIDATE_LEN || !id.bytes().all(safe) {
         return Err(EvalError::CandidateId { id: id.to_owned() });
@@ -436,20 +642,16 @@ enum Ended {
 }
 
 /// Waits for `child` to exit, the deadline to pass or the cancel flag to be raised;
-/// then kills the child's whole process group and reaps the child. The group is
-/// killed in every case (stragglers started in the background die too), and always
-/// before the reap, while the group id cannot have been reused.
+/// then stops whatever still runs in the child's process group (gracefully, see
+/// [`process::stop_group`]) and reaps the child.
 fn supervise(
     child: &mut Child,
     deadline: Option<Instant>,
     cancel: Option<&AtomicBool>,
+    stop: &Stop,
 ) -> io::Result<Ended> {
-    let pgid = Pid::from_child(child);
-    let watched = watch(pgid, deadline, cancel);
-    // The error is ignored: ESRCH only means the group is empty already, and
-    // EPERM cannot happen for our own descendants.
-    let _ = kill_process_group(pgid, Signal::KILL);
-    let status = child.wait();
+    let watched = watch(child, deadline, cancel);
+    let status = process::stop_group(child, stop);
     match (watched?, status?) {
         (Some(end), _) => Ok(end),
         (None, status) => Ok(Ended::Exited(status)),
@@ -458,13 +660,13 @@ fn supervise(
 
 /// Polls until the child exits (`None`) or the deadline or cancel flag ends the wait.
 fn watch(
-    pid: Pid,
+    child: &Child,
     deadline: Option<Instant>,
     cancel: Option<&AtomicBool>,
 ) -> io::Result<Option<Ended>> {
     let mut pause = POLL_MIN;
     loop {
-        if has_exited(pid)? {
+        if process::has_exited(child)? {
             return Ok(None);
         }
         if is_raised(cancel) {
@@ -480,19 +682,7 @@ fn watch(
     }
 }
 
-/// Whether the child has exited, without reaping it (`waitid` with `WNOWAIT`).
-fn has_exited(pid: Pid) -> io::Result<bool> {
-    let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
-    loop {
-        match waitid(WaitId::Pid(pid), options) {
-            Ok(status) => return Ok(status.is_some()),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-fn exit_failure(status: ExitStatus) -> Option<Failure> {
+pub(crate) fn exit_failure(status: ExitStatus) -> Option<Failure> {
     if status.success() {
         return None;
     }
@@ -564,7 +754,7 @@ fn no_score(line: &str, problem: &str) -> Failure {
 
 /// At most [`QUOTED_CHARS`] characters of `line`, control characters escaped, with
 /// `…` when cut.
-fn excerpt(line: &str) -> String {
+pub(crate) fn excerpt(line: &str) -> String {
     let mut out = String::new();
     for (i, c) in line.chars().enumerate() {
         if i == QUOTED_CHARS {
@@ -589,9 +779,13 @@ mod tests {
     /// A run directory, a model directory inside it, and an evaluator for `template`.
     fn setup(template: &str, timeout: Option<Duration>, retries: u32) -> (TempDir, Evaluator) {
         let tmp = TempDir::new().expect("tempdir");
-        let eval =
-            Evaluator::new(template, &tmp.path().join("run"), timeout, retries).expect("evaluator");
+        let options = Options { timeout, retries, ..Options::default() };
+        let eval = Evaluator::new(template, &tmp.path().join("run"), options).expect("evaluator");
         (tmp, eval)
+    }
+
+    fn timeout(seconds: u64) -> Options {
+        Options { timeout: Some(Duration::from_secs(seconds)), ..Options::default() }
     }
 
     fn model_dir(tmp: &TempDir) -> PathBuf {
@@ -828,7 +1022,7 @@ mod tests {
         fs::create_dir_all(&model).unwrap();
         let template = r#"printf '[%s]' {model} > "$SOUP_RUN_DIR/argv";
             printf '[%s]' "$SOUP_MODEL" > "$SOUP_RUN_DIR/env"; cd {model} && echo 1"#;
-        let eval = Evaluator::new(template, &run, None, 0).unwrap();
+        let eval = Evaluator::new(template, &run, Options::default()).unwrap();
         let e = eval.evaluate("c0001", &model, None).unwrap();
         assert_eq!(e.outcome.score(), Some(1.0), "{e:?}");
         let expected = format!("[{}]", model.to_str().unwrap());
@@ -858,7 +1052,7 @@ mod tests {
         let tmp = TempDir::new().unwrap();
         let run = tmp.path().join("run");
         let template = r#"read line; echo "read=$?"; printf '%s\n' "$SOUP_CANDIDATE" "$SOUP_RUN_DIR" "$SOUP_ATTEMPT"; echo 2"#;
-        let eval = Evaluator::new(template, &run, Some(Duration::from_secs(5)), 0).unwrap();
+        let eval = Evaluator::new(template, &run, timeout(5)).unwrap();
         assert!(!template.contains(PLACEHOLDER));
         let e = eval.evaluate("cand_7-b", &model_dir(&tmp), None).unwrap();
         assert_eq!(e.outcome.score(), Some(2.0));
@@ -897,13 +1091,13 @@ mod tests {
         let tmp = TempDir::new().unwrap();
         let file = tmp.path().join("file");
         fs::write(&file, "").unwrap();
-        let err = Evaluator::new("echo 1", &file, None, 0).unwrap_err();
+        let err = Evaluator::new("echo 1", &file, Options::default()).unwrap_err();
         assert!(matches!(err, EvalError::Io { action: "create", .. }), "{err}");
         for bad in ["", "  ", "eval '{model}'", "eval \"{model}\"", "a\0b"] {
-            let err = Evaluator::new(bad, tmp.path(), None, 0).unwrap_err();
+            let err = Evaluator::new(bad, tmp.path(), Options::default()).unwrap_err();
             assert!(matches!(err, EvalError::Template { .. }), "{bad:?}");
         }
-        let eval = Evaluator::new("echo 1", tmp.path(), None, 0).unwrap();
+        let eval = Evaluator::new("echo 1", tmp.path(), Options::default()).unwrap();
         for bad in ["", "../x", "a.b", "a/b", "c 1", &"x".repeat(101)] {
             let err = eval.evaluate(bad, tmp.path(), None).unwrap_err();
             assert!(matches!(err, EvalError::CandidateId { .. }), "{bad:?}");
@@ -913,7 +1107,97 @@ mod tests {
     #[test]
     fn command_line_quotes_every_placeholder() {
         let (_tmp, eval) = setup("run {model} --also {model}/x", None, 0);
-        let line = eval.command_line(Path::new("/m o'd"));
+        let line = eval.command_line(Path::new("/m o'd"), 0, "");
         assert_eq!(line, OsString::from(r"run '/m o'\''d' --also '/m o'\''d'/x"));
+    }
+
+    /// An evaluation stopped by `options` (after a 200 ms timeout) whose command
+    /// is `template`; returns the evaluation and how long it took.
+    fn stopped(template: &str, stop: Stop) -> (TempDir, Evaluator, Evaluation, Duration) {
+        let tmp = TempDir::new().unwrap();
+        let options =
+            Options { timeout: Some(Duration::from_millis(200)), stop, ..Options::default() };
+        let eval = Evaluator::new(template, &tmp.path().join("run"), options).unwrap();
+        let started = Instant::now();
+        let e = eval.evaluate("c0001", &model_dir(&tmp), None).unwrap();
+        (tmp, eval, e, started.elapsed())
+    }
+
+    #[test]
+    fn a_timed_out_command_gets_the_grace_period_to_clean_up() {
+        let template = r#"trap 'sleep 0.3; echo done > "$SOUP_RUN_DIR/cleaned"; exit 0' TERM;
+            sleep 30 & wait"#;
+        let stop = Stop { signal: process::StopSignal::Term, grace: Duration::from_secs(20) };
+        let (_tmp, eval, e, _) = stopped(template, stop);
+        assert_eq!(failure(&e), &Failure::Timeout(Duration::from_millis(200)));
+        let cleaned = fs::read_to_string(eval.run_dir().join("cleaned")).unwrap_or_default();
+        assert_eq!(cleaned, "done\n", "the TERM trap did not finish");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_command_ignoring_the_stop_signal_is_killed_after_the_grace_period() {
+        let template = r#"trap '' TERM; sleep 30 & echo $! > "$SOUP_RUN_DIR/bg.pid"; sleep 30"#;
+        let grace = Duration::from_millis(400);
+        let stop = Stop { signal: process::StopSignal::Term, grace };
+        let (_tmp, eval, e, elapsed) = stopped(template, stop);
+        assert_eq!(failure(&e), &Failure::Timeout(Duration::from_millis(200)));
+        assert!(elapsed >= Duration::from_millis(200) + grace, "no grace given: {elapsed:?}");
+        assert!(dies(&read_pid(&eval.run_dir().join("bg.pid"))));
+    }
+
+    #[test]
+    fn the_stop_signal_can_be_sigint() {
+        let template = r#"trap 'echo int > "$SOUP_RUN_DIR/got"; exit 0' INT;
+            trap 'echo term > "$SOUP_RUN_DIR/got"; exit 0' TERM; sleep 30 & wait"#;
+        let stop = Stop { signal: process::StopSignal::Int, grace: Duration::from_secs(20) };
+        let (_tmp, eval, e, _) = stopped(template, stop);
+        assert!(matches!(failure(&e), Failure::Timeout(_)));
+        assert_eq!(fs::read_to_string(eval.run_dir().join("got")).unwrap(), "int\n");
+    }
+
+    #[test]
+    fn slots_give_each_evaluation_its_number_and_devices() {
+        let tmp = TempDir::new().unwrap();
+        let devices = crate::search::slots::parse_devices("3:5,6").unwrap();
+        let slots = Arc::new(Slots::with_devices(devices));
+        let options = Options { slots: Arc::clone(&slots), ..Options::default() };
+        let template = r#"echo "{slot} {devices} $SOUP_SLOT $CUDA_VISIBLE_DEVICES"; echo 1"#;
+        let eval = Evaluator::new(template, &tmp.path().join("run"), options).unwrap();
+        let e = eval.evaluate("c0001", &model_dir(&tmp), None).unwrap();
+        assert_eq!(fs::read_to_string(&e.stdout_log).unwrap(), "0 3 0 3\n1\n");
+        let held = slots.acquire(None).unwrap();
+        let e = eval.evaluate("c0002", &model_dir(&tmp), None).unwrap();
+        assert_eq!(fs::read_to_string(&e.stdout_log).unwrap(), "1 5,6 1 5,6\n1\n");
+        drop(held);
+
+        // Without devices: SOUP_SLOT only, and {devices} is refused.
+        let (_kept, e) =
+            eval_once(r#"echo "$SOUP_SLOT ${CUDA_VISIBLE_DEVICES-unset} {slot}"; echo 1"#);
+        let inherited = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or("unset".into());
+        assert_eq!(fs::read_to_string(&e.stdout_log).unwrap(), format!("0 {inherited} 0\n1\n"));
+        let err = Evaluator::new("run {devices}", tmp.path(), Options::default()).unwrap_err();
+        assert!(err.to_string().contains("--devices"), "{err}");
+    }
+
+    #[test]
+    fn substitution_never_rereads_what_it_substituted() {
+        let tmp = TempDir::new().unwrap();
+        let slots = Arc::new(Slots::with_devices(vec![vec!["0".into()]]));
+        let options = Options { slots, ..Options::default() };
+        let eval =
+            Evaluator::new("x {model} {slot} {devices} {other}", tmp.path(), options).unwrap();
+        let line = eval.command_line(Path::new("/a/{slot}/{devices}"), 3, "{model}");
+        assert_eq!(line, OsString::from("x '/a/{slot}/{devices}' 3 {model} {other}"));
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let tmp = TempDir::new().unwrap();
+        let log = tmp.path().join("err");
+        let text: String = (0..2000).map(|i| format!("line {i}\n\n")).collect();
+        fs::write(&log, text + "Trace\u{1b}back\r\n").unwrap();
+        assert_eq!(log_tail(&log, 3), ["line 1998", "line 1999", "Trace\\u{1b}back"]);
+        assert!(log_tail(&tmp.path().join("missing"), 3).is_empty());
     }
 }

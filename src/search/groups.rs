@@ -27,9 +27,10 @@ impl Grouping {
         Grouping { names: vec!["all".to_owned()], of_tensor }
     }
 
-    /// Embeddings, the blocks split into `ranges` contiguous ranges (as even as
-    /// possible; fewer when there are fewer blocks), and the rest. Empty groups
-    /// are left out.
+    /// Embeddings, the blocks split into `ranges` contiguous ranges, and the rest.
+    /// The ranges are as even as possible, their sizes differing by at most one
+    /// and the larger ones first (6 blocks in 4: 0-1, 2-3, 4, 5); fewer ranges
+    /// when there are fewer blocks. Empty groups are left out.
     pub fn by_layer<'a>(tensors: impl IntoIterator<Item = &'a str>, ranges: usize) -> Grouping {
         let (layers, index) = group_names(tensors);
         let blocks: Vec<usize> =
@@ -45,8 +46,10 @@ impl Grouping {
         if let Some(g) = layers.iter().position(|l| *l == LayerGroup::Embeddings) {
             target[g] = push("embeddings".to_owned());
         }
+        let (size, larger) = (blocks.len() / ranges, blocks.len() % ranges);
+        let bound = |r: usize| r * size + r.min(larger);
         for r in 0..ranges {
-            let members = &blocks[r * blocks.len() / ranges..(r + 1) * blocks.len() / ranges];
+            let members = &blocks[bound(r)..bound(r + 1)];
             let (Some(&first), Some(&last)) = (members.first(), members.last()) else { continue };
             let label = match (&layers[first], &layers[last]) {
                 _ if first == last => layers[first].label(),
@@ -103,19 +106,40 @@ mod tests {
         let g = Grouping::by_layer(names.iter().map(String::as_str), 4);
         let want = [
             "embeddings",
-            "model.layers.0-1",
-            "model.layers.2-4",
-            "model.layers.5-6",
-            "model.layers.7-9",
+            "model.layers.0-2",
+            "model.layers.3-5",
+            "model.layers.6-7",
+            "model.layers.8-9",
             "head",
         ];
         assert_eq!(g.names, want);
         assert_eq!(g.group("model.embed_tokens.weight"), 0);
-        assert_eq!(g.group("model.layers.1.mlp.up_proj.weight"), 1);
-        assert_eq!(g.group("model.layers.4.mlp.up_proj.weight"), 2);
+        assert_eq!(g.group("model.layers.2.mlp.up_proj.weight"), 1);
+        assert_eq!(g.group("model.layers.5.mlp.up_proj.weight"), 2);
         assert_eq!(g.group("model.layers.9.mlp.up_proj.weight"), 4);
         assert_eq!(g.group("lm_head.weight"), 5);
-        assert_eq!(g.sizes(), [1, 4, 6, 4, 6, 2]);
+        assert_eq!(g.sizes(), [1, 6, 6, 4, 4, 2]);
+    }
+
+    #[test]
+    fn ranges_are_even_and_larger_first() {
+        let ranges = |blocks: usize, n: usize| -> Vec<usize> {
+            let names = llama(blocks);
+            let g = Grouping::by_layer(names.iter().map(String::as_str), n);
+            // Two tensors per block; drop the embeddings and the head.
+            g.sizes()[1..g.names.len() - 1].iter().map(|s| s / 2).collect()
+        };
+        assert_eq!(ranges(6, 4), [2, 2, 1, 1]);
+        assert_eq!(ranges(24, 3), [8, 8, 8]);
+        assert_eq!(ranges(7, 3), [3, 2, 2]);
+        assert_eq!(ranges(3, 8), [1, 1, 1]);
+        for blocks in 1..30 {
+            for n in 1..10 {
+                let sizes = ranges(blocks, n);
+                assert_eq!(sizes.iter().sum::<usize>(), blocks);
+                assert!(sizes.windows(2).all(|w| w[0] >= w[1] && w[0] - w[1] <= 1), "{sizes:?}");
+            }
+        }
     }
 
     #[test]

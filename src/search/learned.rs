@@ -77,12 +77,15 @@ pub struct Learned {
 const FLOOR: f64 = 1e-3;
 
 /// Runs CMA-ES over the softmax parameters of `grouping`'s coefficient rows.
+/// `on_eval` is called as each evaluation ends, in the order they end (a
+/// generation's are scored `jobs` at a time); the result lists them in proposal
+/// order, which is what the search learns from.
 pub fn learn(
     scorer: &dyn MixScorer,
     grouping: &Arc<Grouping>,
     config: &Learn,
     interrupt: &AtomicBool,
-    on_eval: &(dyn Fn(&Evaluated, Option<&Evaluated>) + Sync),
+    on_eval: &(dyn Fn(&Evaluated) + Sync),
 ) -> Result<Learned> {
     let k = config.start.first().map_or(0, Vec::len);
     if k == 0 || config.start.len() != grouping.names.len() {
@@ -104,12 +107,13 @@ pub fn learn(
             (points[..take].iter().map(|p| to_mix(grouping, p, k)).collect(), Some(points))
         };
         let score = |mix: &Mix| scorer.score_mix(mix, interrupt);
-        let scored = score_in_parallel(&mixes, config.jobs, interrupt, score, &|_, _| {})?;
+        let done = |i: usize, scored: &Scored| {
+            on_eval(&Evaluated { mix: mixes[i].clone(), scored: scored.clone(), generation });
+        };
+        let scored = score_in_parallel(&mixes, config.jobs, interrupt, score, &done)?;
         let evaluated = mixes.len();
         for (mix, scored) in mixes.into_iter().zip(scored) {
             out.record(Evaluated { mix, scored, generation }, config.minimize);
-            let last = &out.evaluations[out.evaluations.len() - 1];
-            on_eval(last, out.best.map(|b| &out.evaluations[b]));
         }
         generation += 1;
         let Some(points) = points else { continue };

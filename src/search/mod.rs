@@ -12,8 +12,11 @@ pub mod evaluate;
 pub mod groups;
 pub mod journal;
 pub mod learned;
+pub mod process;
 pub mod report;
 pub mod scorer;
 pub mod sequential;
+pub mod server;
+pub mod slots;
 
 pub use error::{Error, Result};

@@ -1,28 +1,105 @@
 //! The real [`Scorer`]: a candidate is looked up in the journal, or materialised in
 //! the scratch directory, scored by the user's evaluator, journaled and deleted.
+//!
+//! It also keeps the search's honest accounting ([`Counts`]): every evaluation it
+//! starts ends either finished (and then journaled) or cancelled, whether or not
+//! the search ends up using its result; results taken from the journal are
+//! counted apart. And it tells an observer when each evaluation starts and ends,
+//! for live progress.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use serde::Serialize;
+
 use crate::engine::merge::Destination;
 use crate::recipe::Recipe;
 use crate::search::candidate::{Change, Kitchen, Mix, Soup};
-use crate::search::evaluate::{self, Evaluator};
+use crate::search::evaluate::{self, Evaluate, Request};
 use crate::search::journal::{self, Journal, Record};
 use crate::search::sequential::{Scored, Scorer};
 use crate::search::Result;
+
+/// What happened to the evaluations of one invocation of a search.
+#[derive(Debug, Serialize, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Evaluations started (an evaluator process run, or a request sent to a
+    /// server), speculative ones included.
+    pub started: usize,
+    /// Of those, the ones that ran to a result (a score or a failure).
+    pub finished: usize,
+    /// Results appended to the journal (every finished evaluation is).
+    pub journaled: usize,
+    /// Started but stopped before a result: made stale by an accepted proposal,
+    /// or interrupted. Never journaled.
+    pub cancelled: usize,
+    /// Results taken from the journal instead of evaluating.
+    pub reused: usize,
+    /// Individual scores given with `--scores`, not evaluated.
+    pub given: usize,
+    /// Results that are failures (finished or reused).
+    pub failed: usize,
+    /// Times an evaluation server was started again (after it died, timed out or
+    /// was stopped).
+    pub server_restarts: usize,
+}
+
+/// Live progress of one evaluation, for an observer.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// An evaluation starts (after its candidate was written).
+    Started {
+        /// The candidate's id.
+        candidate: &'a str,
+        /// What it is: `add run-b/`, `uniform`, `coefficients`, …
+        proposal: &'a str,
+    },
+    /// An evaluation ran to a result (journaled already).
+    Finished {
+        /// What was scored.
+        scored: &'a Scored,
+        /// What it is, as in `Started`.
+        proposal: &'a str,
+        /// Seconds spent writing and evaluating it.
+        seconds: f64,
+    },
+    /// A result was taken from the journal instead of evaluating.
+    Reused {
+        /// What was found.
+        scored: &'a Scored,
+    },
+    /// An evaluation was stopped before its result.
+    Cancelled {
+        /// The candidate's id.
+        candidate: &'a str,
+    },
+}
+
+/// Receives [`Event`]s, from any evaluation thread.
+pub type Observer<'a> = &'a (dyn Fn(Event<'_>) + Sync);
+
+#[derive(Debug, Default)]
+struct Tally {
+    started: AtomicUsize,
+    finished: AtomicUsize,
+    journaled: AtomicUsize,
+    cancelled: AtomicUsize,
+    reused: AtomicUsize,
+    failed: AtomicUsize,
+}
 
 /// Scores candidates with an external evaluator, journaling every evaluation.
 pub struct EvalScorer<'a> {
     /// Writes the candidates.
     pub kitchen: &'a Kitchen,
-    /// Runs the user's command.
-    pub evaluator: &'a Evaluator,
+    /// Runs the user's command or server.
+    pub evaluator: &'a dyn Evaluate,
     /// Records and recalls evaluations.
     pub journal: &'a Journal,
-    /// The evaluator command template (the journal's key).
+    /// What the journal records as the evaluator: results journaled under the
+    /// same key are reused (EVALUATOR.md, "The journal's key").
     pub template: String,
     /// The ingredients as given on the command line.
     pub labels: Vec<String>,
@@ -33,17 +110,20 @@ pub struct EvalScorer<'a> {
     /// Evaluate again candidates whose journaled evaluation failed (the search
     /// was given retries), instead of reusing the failure.
     pub retry_failures: bool,
+    /// Told when evaluations start and end.
+    pub observer: Option<Observer<'a>>,
     next_id: AtomicUsize,
+    tally: Tally,
 }
 
 impl<'a> EvalScorer<'a> {
     /// A scorer whose candidate ids continue after the highest one in the journal
     /// (cancelled speculative evaluations leave gaps, so the count would not do).
+    /// The journal key is the evaluator's own ([`Evaluate::journal_key`]).
     pub fn new(
         kitchen: &'a Kitchen,
-        evaluator: &'a Evaluator,
+        evaluator: &'a dyn Evaluate,
         journal: &'a Journal,
-        template: &str,
         labels: Vec<String>,
         method: &str,
     ) -> Self {
@@ -51,12 +131,44 @@ impl<'a> EvalScorer<'a> {
             kitchen,
             evaluator,
             journal,
-            template: template.to_owned(),
+            template: evaluator.journal_key(),
             labels,
             method: method.to_owned(),
             keep_candidates: false,
             retry_failures: false,
+            observer: None,
             next_id: AtomicUsize::new(next_free_id(journal, method)),
+            tally: Tally::default(),
+        }
+    }
+
+    /// The evaluations of this scorer so far (`given` is the caller's to fill).
+    pub fn counts(&self) -> Counts {
+        let get = |n: &AtomicUsize| n.load(Ordering::SeqCst);
+        Counts {
+            started: get(&self.tally.started),
+            finished: get(&self.tally.finished),
+            journaled: get(&self.tally.journaled),
+            cancelled: get(&self.tally.cancelled),
+            reused: get(&self.tally.reused),
+            given: 0,
+            failed: get(&self.tally.failed),
+            server_restarts: self.evaluator.restarts(),
+        }
+    }
+
+    /// Looks up the journal for the soup `members` × `weights` under this
+    /// scorer's key, without evaluating (the uniform soup for a report, say).
+    pub fn journaled(&self, members: &[usize]) -> Option<Scored> {
+        let labels: Vec<String> = members.iter().map(|&i| self.labels[i].clone()).collect();
+        let weights = vec![1.0 / labels.len() as f64; labels.len()];
+        let (labels, weights) = self.kitchen.key(labels, weights);
+        self.journal.find(&labels, &weights, &self.template).map(reused)
+    }
+
+    fn observe(&self, event: Event<'_>) {
+        if let Some(observer) = self.observer {
+            observer(event);
         }
     }
 
@@ -72,7 +184,7 @@ impl EvalScorer<'_> {
     /// its weight; with several layer groups, each member is `GROUP|INGREDIENT`.
     pub fn score_mix(&self, mix: &Mix, cancel: &AtomicBool) -> Result<Scored> {
         let (members, weights) = self.mix_key(mix);
-        self.evaluate(members, weights, cancel, |dest, metadata| {
+        self.evaluate(members, weights, "coefficients", cancel, |dest, metadata| {
             self.kitchen.materialise_mix(mix, dest, metadata).map(|_| ())
         })
     }
@@ -101,6 +213,7 @@ impl EvalScorer<'_> {
         &self,
         members: Vec<String>,
         weights: Vec<f64>,
+        proposal: &str,
         cancel: &AtomicBool,
         write: impl FnOnce(&Destination, BTreeMap<String, String>) -> crate::Result<()>,
     ) -> Result<Scored> {
@@ -110,13 +223,13 @@ impl EvalScorer<'_> {
         if let Some(record) =
             journaled.filter(|r| r.outcome.score().is_some() || !self.retry_failures)
         {
-            return Ok(Scored {
-                candidate: record.candidate,
-                score: record.outcome.score().ok_or_else(|| failure_reason(&record.outcome)),
-                reused: true,
-                cancelled: false,
-                metrics: record.metrics,
-            });
+            self.tally.reused.fetch_add(1, Ordering::SeqCst);
+            self.tally
+                .failed
+                .fetch_add(usize::from(record.outcome.score().is_none()), Ordering::SeqCst);
+            let scored = reused(record);
+            self.observe(Event::Reused { scored: &scored });
+            return Ok(scored);
         }
         let id = format!("{}-{:04}", self.method, self.next_id.fetch_add(1, Ordering::SeqCst));
         let dir = self.kitchen.scratch().join(&id);
@@ -125,28 +238,50 @@ impl EvalScorer<'_> {
             Destination { path: &dir, force: true, support_files_from: None, durable: false };
         write(&dest, self.recipe(&members, &weights))?;
         let materialise_seconds = started.elapsed().as_secs_f64();
-        let evaluation = self.evaluator.evaluate(&id, &dir, Some(cancel));
+        self.observe(Event::Started { candidate: &id, proposal });
+        let request =
+            Request { candidate: &id, model_dir: &dir, members: &members, weights: &weights };
+        let evaluation = self.evaluator.evaluate(&request, Some(cancel));
         if !self.keep_candidates {
             let _ = fs::remove_dir_all(&dir);
         }
-        let evaluation = evaluation?;
+        let evaluation = match evaluation {
+            Ok(evaluation) => evaluation,
+            Err(e) => {
+                self.observe(Event::Cancelled { candidate: &id });
+                return Err(e.into());
+            }
+        };
+        // Counted only when the evaluator did start: a cancel can come first.
+        if evaluation.attempts > 0 {
+            self.tally.started.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut log = None;
         let (outcome, metrics) = match evaluation.outcome {
             evaluate::Outcome::Score { score, metrics } => {
                 (journal::Outcome::Score(score), metrics)
             }
             evaluate::Outcome::Failed { reason } => {
+                log = Some(evaluation.stderr_log.clone());
                 (journal::Outcome::Failure(reason.to_string()), Default::default())
             }
             evaluate::Outcome::Cancelled => {
+                if evaluation.attempts > 0 {
+                    self.tally.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+                self.observe(Event::Cancelled { candidate: &id });
                 return Ok(Scored {
                     candidate: id,
                     score: Err("cancelled".into()),
                     reused: false,
                     cancelled: true,
                     metrics: Default::default(),
+                    log: None,
                 });
             }
         };
+        self.tally.finished.fetch_add(1, Ordering::SeqCst);
+        self.tally.failed.fetch_add(usize::from(outcome.score().is_none()), Ordering::SeqCst);
         let record = Record {
             candidate: id.clone(),
             members,
@@ -160,13 +295,18 @@ impl EvalScorer<'_> {
             timestamp: journal::utc_timestamp(),
         };
         self.journal.append(record)?;
-        Ok(Scored {
+        self.tally.journaled.fetch_add(1, Ordering::SeqCst);
+        let scored = Scored {
             candidate: id,
             score: outcome.score().ok_or_else(|| failure_reason(&outcome)),
             reused: false,
             cancelled: false,
             metrics,
-        })
+            log,
+        };
+        let seconds = materialise_seconds + evaluation.seconds;
+        self.observe(Event::Finished { scored: &scored, proposal, seconds });
+        Ok(scored)
     }
 }
 
@@ -175,9 +315,27 @@ impl Scorer for EvalScorer<'_> {
         let members: Vec<String> =
             soup.members_after(change).iter().map(|&i| self.labels[i].clone()).collect();
         let weights = vec![1.0 / members.len() as f64; members.len()];
-        self.evaluate(members, weights, cancel, |dest, metadata| {
+        let proposal = match change {
+            Change::Alone(i) => self.labels[i].clone(),
+            Change::Add(i) => format!("add {}", self.labels[i]),
+            Change::Remove(i) => format!("remove {}", self.labels[i]),
+            Change::Same => format!("soup of {}", members.len()),
+        };
+        self.evaluate(members, weights, &proposal, cancel, |dest, metadata| {
             self.kitchen.materialise(soup, change, dest, metadata).map(|_| ())
         })
+    }
+}
+
+/// A journaled result, as a score taken from the journal.
+fn reused(record: Record) -> Scored {
+    Scored {
+        candidate: record.candidate,
+        score: record.outcome.score().ok_or_else(|| failure_reason(&record.outcome)),
+        reused: true,
+        cancelled: false,
+        metrics: record.metrics,
+        log: None,
     }
 }
 

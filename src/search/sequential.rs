@@ -43,6 +43,8 @@ pub struct Scored {
     pub cancelled: bool,
     /// Further metrics the evaluator reported besides the score.
     pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// The stderr log of a failed evaluation, to show its last lines.
+    pub log: Option<std::path::PathBuf>,
 }
 
 /// Whether an equal score keeps a proposal.

@@ -11,7 +11,9 @@
 //! 1. the central directory is read (module `archive`), `<prefix>/byteorder` must say
 //!    `little` if present, and `data.pkl`'s CRC-32 is checked;
 //! 2. the pickle is interpreted by an allow-list interpreter that builds values and
-//!    calls nothing ([`parse_pickle`]); the result must be one flat dict of tensors;
+//!    calls nothing ([`parse_pickle`]); the result must be one flat dict of tensors,
+//!    or hold one at a dotted key (a training checkpoint's `state_dict`,
+//!    [`read_state_dict_at`]), whatever else it holds beside it;
 //! 3. each storage is found in the archive, checked to be stored, inside the file, of
 //!    the size the pickle declares, and CRC-checked (one pass over every byte); every
 //!    tensor's view was already checked to lie inside its storage.
@@ -22,8 +24,9 @@
 //! copies any range of its elements in row-major order.
 //!
 //! Legacy files (before torch 1.6, or `_use_new_zipfile_serialization=False`),
-//! whole pickled models, training checkpoints that nest the state dict, and anything
-//! else get an error that says what was found and how to re-save it.
+//! whole pickled models, and anything else get an error that says what was found
+//! and how to re-save it; a training checkpoint read without a key gets one that
+//! lists the dicts of tensors it holds.
 
 mod archive;
 mod pickle;
@@ -34,7 +37,9 @@ use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
 
-pub use pickle::{parse_pickle, PickleError, PickleErrorKind, PickledStateDict, StorageRef};
+pub use pickle::{
+    parse_pickle, parse_pickle_at, PickleError, PickleErrorKind, PickledStateDict, StorageRef,
+};
 
 /// How a torch file can be re-saved in a format this reader accepts.
 const RESAVE: &str = "re-save it in Python with \
@@ -440,6 +445,17 @@ pub fn read_state_dict_with(
     path: &Path,
     read: &mut dyn FnMut(Range<usize>),
 ) -> Result<StateDict, TorchError> {
+    read_state_dict_at(bytes, path, None, read)
+}
+
+/// [`read_state_dict_with`] of the state dict at a dotted `key` inside the file
+/// (see [`parse_pickle_at`]); only the storages of its tensors are read.
+pub fn read_state_dict_at(
+    bytes: &[u8],
+    path: &Path,
+    key: Option<&str>,
+    read: &mut dyn FnMut(Range<usize>),
+) -> Result<StateDict, TorchError> {
     if !looks_like_torch_zip(bytes) {
         return Err(not_a_zip(bytes, path));
     }
@@ -461,7 +477,7 @@ pub fn read_state_dict_with(
         entry: pkl.clone(),
         problem: EntryProblem::Missing,
     })?;
-    let pickled = parse_pickle(&bytes[range]).map_err(|source| TorchError::Pickle {
+    let pickled = parse_pickle_at(&bytes[range], key).map_err(|source| TorchError::Pickle {
         path: path.to_path_buf(),
         entry: pkl.clone(),
         source,

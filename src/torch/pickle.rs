@@ -45,6 +45,10 @@ pub(crate) const MAX_TENSORS: usize = 1 << 20;
 const MAX_RANK: usize = 64;
 /// Most top-level keys quoted in an error.
 const QUOTED_KEYS: usize = 8;
+/// Most dicts looked into when listing the dicts of tensors a file holds.
+const MAX_CANDIDATE_SEARCH: usize = 1 << 16;
+/// Deepest key path listed among them.
+const MAX_CANDIDATE_DEPTH: usize = 8;
 
 /// A pickle that is not a loadable state dict: where in `data.pkl` and what.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,15 +205,31 @@ pub enum PickleErrorKind {
         /// What it holds, e.g. `a list`.
         found: &'static str,
     },
-    /// A dict of dicts, such as a training checkpoint `{"state_dict": ..., "epoch": 3}`.
+    /// A dict of dicts, such as a training checkpoint `{"state_dict": ..., "epoch": 3}`,
+    /// read without a key that selects the state dict in it.
     #[error(
-        "the file holds a dict of dicts (top-level keys: {}), not a state dict; save the \
-         model's weights alone with torch.save(model.state_dict(), path)",
-        quote_keys(keys)
+        "the file holds a dict of dicts{} (keys: {}), not a state dict; {}",
+        at_key(key),
+        quote_keys(keys),
+        candidates_hint(candidates)
     )]
     NestedDict {
-        /// The top-level keys (the first few).
+        /// The dotted key of the dict that was read (`None`: the top level).
+        key: Option<String>,
+        /// Its keys (the first few).
         keys: Vec<String>,
+        /// The dicts of tensors inside it: dotted key and number of tensors.
+        candidates: Vec<(String, usize)>,
+    },
+    /// A dotted key that does not lead to a dict.
+    #[error("no dict at key {key:?}: {problem}; {}", candidates_hint(candidates))]
+    KeyNotFound {
+        /// The key asked for.
+        key: String,
+        /// Where the path stops, e.g. `"model" has no key "encoder"`.
+        problem: String,
+        /// The dicts of tensors in the file: dotted key and number of tensors.
+        candidates: Vec<(String, usize)>,
     },
     /// A value in the state dict that is not a tensor.
     #[error("state dict entry {key:?} is {found}, not a tensor")]
@@ -228,6 +248,32 @@ pub enum PickleErrorKind {
     /// One tensor name twice in the state dict.
     #[error("tensor name {0:?} appears twice")]
     DuplicateName(String),
+}
+
+/// ` at key "k"` for a nested dict, nothing for the top level.
+fn at_key(key: &Option<String>) -> String {
+    key.as_ref().map(|k| format!(" at key {k:?}")).unwrap_or_default()
+}
+
+/// The dicts of tensors a file holds, as advice for choosing one.
+fn candidates_hint(candidates: &[(String, usize)]) -> String {
+    if candidates.is_empty() {
+        return "it holds no dict of tensors; save the model's weights alone with \
+                torch.save(model.state_dict(), path)"
+            .to_owned();
+    }
+    let listed: Vec<String> = candidates
+        .iter()
+        .take(QUOTED_KEYS)
+        .map(|(k, n)| format!("{k:?} ({n} tensor{})", if *n == 1 { "" } else { "s" }))
+        .collect();
+    let more = if candidates.len() > QUOTED_KEYS { ", …" } else { "" };
+    format!(
+        "the dicts of tensors in it are {}{more}; select one by its dotted key (soup's \
+         --key {})",
+        listed.join(", "),
+        candidates[0].0
+    )
 }
 
 fn quote_keys(keys: &[String]) -> String {
@@ -280,9 +326,20 @@ pub struct PickledStateDict {
 /// from names to tensors. On success every tensor's view lies inside its storage's
 /// elements, names are distinct, and storage keys are distinct.
 pub fn parse_pickle(bytes: &[u8]) -> Result<PickledStateDict, PickleError> {
+    parse_pickle_at(bytes, None)
+}
+
+/// [`parse_pickle`] of the state dict at a dotted `key` inside the pickled dict: a
+/// training checkpoint's `state_dict`, `model`, `ema.model`… A key segment may
+/// itself contain dots (the longest key that matches is taken). When the top level
+/// is already a state dict (no value is a dict) the key does not apply and the top
+/// level is read. Values outside the dict read are never looked at, so an
+/// optimizer's state or a Lightning callback's objects do not matter.
+pub fn parse_pickle_at(bytes: &[u8], key: Option<&str>) -> Result<PickledStateDict, PickleError> {
     let mut machine = Machine::new(bytes);
     let root = machine.run()?;
-    machine.state_dict(root).map_err(|kind| PickleError { offset: None, kind: Box::new(kind) })
+    let (dict, path) = machine.select(&root, key)?;
+    machine.state_dict(dict, path)
 }
 
 /// The callables and classes a state dict may name.
@@ -342,6 +399,8 @@ enum Value {
     Int(i64),
     /// Floats are read and kept only as "a float": no state dict needs their value.
     Float,
+    /// Bytes (protocol 3+), kept only as "bytes" for the same reason.
+    Bytes,
     Str(Rc<str>),
     Container(u32),
     Global(Global),
@@ -349,6 +408,10 @@ enum Value {
     Storage(u32),
     /// Index into the tensor views built so far.
     Tensor(u32),
+    /// A value that could only be built by running code (an object of a class off
+    /// the allow-list, a call of one…), with the error to report should the state
+    /// dict read hold it, and where in the pickle it came from.
+    Opaque(Rc<(usize, PickleErrorKind)>),
 }
 
 /// A tuple, list or dict in the arena.
@@ -537,12 +600,30 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// An allowed global, or an opaque value naming one that is not.
+    fn global(&self, module: &str, name: &str) -> Value {
+        match Global::lookup(module, name) {
+            Some(global) => Value::Global(global),
+            None => self.opaque(PickleErrorKind::ForbiddenGlobal {
+                module: module.to_owned(),
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    /// An opaque value standing for what the opcode being run could not build.
+    fn opaque(&self, kind: PickleErrorKind) -> Value {
+        Value::Opaque(Rc::new((self.op_start, kind)))
+    }
+
     fn kind(&self, value: &Value) -> &'static str {
         match value {
+            Value::Opaque(_) => "an object that cannot be loaded without running code",
             Value::None => "None",
             Value::Bool(_) => "a bool",
             Value::Int(_) => "an int",
             Value::Float => "a float",
+            Value::Bytes => "bytes",
             Value::Str(_) => "a string",
             Value::Container(id) => match self.arena.get(*id as usize) {
                 Some(Container::Tuple(_)) => "a tuple",
@@ -623,7 +704,11 @@ impl<'a> Machine<'a> {
                 let n = usize::from(self.u8()?);
                 let digits = self.take(n)?;
                 if n > 8 {
-                    return Err(PickleErrorKind::IntegerTooLarge);
+                    // A large number (a seed, a sample count) outside the state dict
+                    // is harmless; inside, it is an error.
+                    let value = self.opaque(PickleErrorKind::IntegerTooLarge);
+                    self.push(value)?;
+                    return Ok(None);
                 }
                 let mut buf =
                     if digits.last().is_some_and(|&b| b & 0x80 != 0) { [0xff; 8] } else { [0; 8] };
@@ -633,6 +718,19 @@ impl<'a> Machine<'a> {
             b'G' => {
                 self.take(8)?;
                 self.push(Value::Float)?;
+            }
+            0x8b => {
+                // LONG4: an integer of more than 255 bytes, never a tensor's.
+                let n = self.u32()? as usize;
+                if n > MAX_STRING {
+                    return Err(PickleErrorKind::TooLarge {
+                        what: "bytes in a string",
+                        limit: MAX_STRING,
+                    });
+                }
+                self.take(n)?;
+                let value = self.opaque(PickleErrorKind::IntegerTooLarge);
+                self.push(value)?;
             }
             b'X' => {
                 let len = self.u32()? as usize;
@@ -713,8 +811,8 @@ impl<'a> Machine<'a> {
             b'c' => {
                 let module = self.line()?;
                 let name = self.line()?;
-                let global = resolve_global(module, name)?;
-                self.push(Value::Global(global))?;
+                let global = self.global(module, name);
+                self.push(global)?;
             }
             0x93 => {
                 // STACK_GLOBAL
@@ -723,30 +821,94 @@ impl<'a> Machine<'a> {
                 let (Value::Str(module), Value::Str(name)) = (&module, &name) else {
                     return Err(self.wrong("STACK_GLOBAL", "two strings", &module));
                 };
-                let global = resolve_global(module, name)?;
-                self.push(Value::Global(global))?;
+                let global = self.global(module, name);
+                self.push(global)?;
             }
             b'R' => {
                 let args = self.pop("REDUCE")?;
                 let callee = self.pop("REDUCE")?;
-                let result = self.reduce(&callee, &args)?;
+                let result = match self.reduce(&callee, &args) {
+                    Ok(value) => value,
+                    Err(e @ PickleErrorKind::TooLarge { .. }) => return Err(e),
+                    Err(kind) => self.opaque(kind),
+                };
                 self.push(result)?;
+            }
+            0x81 | 0x92 => {
+                // NEWOBJ, NEWOBJ_EX: `cls.__new__(cls, *args)` builds an object of a
+                // class, which only its code could do; state dicts never need one.
+                if op == 0x92 {
+                    self.pop("NEWOBJ_EX")?;
+                }
+                let _args = self.pop("NEWOBJ")?;
+                let class = self.pop("NEWOBJ")?;
+                let object = match class {
+                    Value::Opaque(_) => class,
+                    _ => self.opaque(PickleErrorKind::UnsupportedOpcode {
+                        opcode: op,
+                        name: opcode_name(op),
+                    }),
+                };
+                self.push(object)?;
             }
             b'Q' => {
                 let pid = self.pop("BINPERSID")?;
-                let storage = self.persistent_load(&pid)?;
+                let storage = match self.persistent_load(&pid) {
+                    Ok(value) => value,
+                    Err(e @ PickleErrorKind::PersistentId(_)) => self.opaque(e),
+                    Err(e) => return Err(e),
+                };
                 self.push(storage)?;
             }
             b'b' => {
                 // BUILD: torch sets an OrderedDict's `_metadata` attribute this way;
-                // attributes of a dict carry no weights, so the state is dropped.
+                // attributes of a dict carry no weights, so the state is dropped. An
+                // opaque object's state is dropped with it.
                 let state = self.pop("BUILD")?;
                 let target = self.top("BUILD")?.clone();
-                match self.container_mut(&target) {
-                    Some(Container::Dict(_)) => {}
+                match (&target, self.container_mut(&target)) {
+                    (_, Some(Container::Dict(_))) | (Value::Opaque(_), _) => {}
                     _ => return Err(self.wrong("BUILD", "a dict", &target)),
                 }
                 drop(state);
+            }
+            b'1' => {
+                // POP_MARK
+                self.pop_mark("POP_MARK")?;
+            }
+            b'B' | b'C' | 0x8e => {
+                // BINBYTES, SHORT_BINBYTES, BINBYTES8 (protocol 3+): skipped, kept as
+                // "bytes" (no state dict holds bytes).
+                let len = match op {
+                    b'B' => self.u32()? as usize,
+                    b'C' => usize::from(self.u8()?),
+                    _ => usize::try_from(u64::from_le_bytes(self.take_array()?))
+                        .unwrap_or(usize::MAX),
+                };
+                if len > MAX_STRING {
+                    return Err(PickleErrorKind::TooLarge {
+                        what: "bytes in a string",
+                        limit: MAX_STRING,
+                    });
+                }
+                self.take(len)?;
+                self.push(Value::Bytes)?;
+            }
+            0x8f => {
+                // EMPTY_SET (protocol 4): a set is held like a list.
+                let v = self.new_container(Container::List(Vec::new()))?;
+                self.push(v)?;
+            }
+            0x90 => {
+                // ADDITEMS
+                let items = self.pop_mark("ADDITEMS")?;
+                self.append("ADDITEMS", items)?;
+            }
+            0x91 => {
+                // FROZENSET
+                let items = self.pop_mark("FROZENSET")?;
+                let v = self.new_container(Container::List(items))?;
+                self.push(v)?;
             }
             b'0' => {
                 self.pop("POP")?;
@@ -794,15 +956,20 @@ impl<'a> Machine<'a> {
         }
     }
 
-    /// `REDUCE`: calls an allowed callable by building its result.
+    /// `REDUCE`: calls an allowed callable by building its result. An opaque
+    /// callee or argument makes the result opaque for the same reason.
     fn reduce(&mut self, callee: &Value, args: &Value) -> Step<Value> {
         let global = match callee {
             Value::Global(g) => *g,
+            Value::Opaque(_) => return Ok(callee.clone()),
             other => {
                 return Err(PickleErrorKind::NotCallable { callee: self.kind(other).to_owned() })
             }
         };
         let args = self.tuple_items(args, "REDUCE")?.to_vec();
+        if let Some(opaque) = args.iter().find(|a| matches!(a, Value::Opaque(_))) {
+            return Ok(opaque.clone());
+        }
         let bad = |problem| PickleErrorKind::BadArguments { callee: global.name(), problem };
         match global {
             Global::OrderedDict => {
@@ -930,17 +1097,134 @@ impl<'a> Machine<'a> {
         Ok(Value::Storage((self.storages.len() - 1) as u32))
     }
 
-    /// Reads the value the pickle returned as a state dict.
-    fn state_dict(&mut self, root: Value) -> Step<PickledStateDict> {
-        let entries = match &root {
-            Value::Container(id) => match self.arena.get_mut(*id as usize) {
-                Some(Container::Dict(entries)) => std::mem::take(entries),
-                _ => return Err(PickleErrorKind::NotADict { found: self.kind(&root) }),
+    /// The error an opaque value stands for, at the opcode that made it.
+    fn opaque_error(value: &Value) -> Option<PickleError> {
+        match value {
+            Value::Opaque(rc) => {
+                let (offset, kind) = &**rc;
+                Some(PickleError { offset: Some(*offset), kind: Box::new(kind.clone()) })
+            }
+            _ => None,
+        }
+    }
+
+    /// The entries of a dict value, or `None` for anything else.
+    fn dict_entries(&self, value: &Value) -> Option<&[(Value, Value)]> {
+        match value {
+            Value::Container(id) => match self.arena.get(*id as usize) {
+                Some(Container::Dict(entries)) => Some(entries),
+                _ => None,
             },
-            Value::Tensor(_) => return Err(PickleErrorKind::NotADict { found: "a single tensor" }),
-            other => return Err(PickleErrorKind::NotADict { found: self.kind(other) }),
+            _ => None,
+        }
+    }
+
+    /// Whether a dict is a state dict's shape: no value is itself a dict.
+    fn is_flat(&self, entries: &[(Value, Value)]) -> bool {
+        !entries.iter().any(|(_, v)| self.is_dict(v))
+    }
+
+    /// The dict to read as the state dict, and its dotted key: the top level, or
+    /// the dict at `key` when the top level is not a state dict.
+    fn select(
+        &self,
+        root: &Value,
+        key: Option<&str>,
+    ) -> Result<(Value, Option<String>), PickleError> {
+        let plain = |kind| PickleError { offset: None, kind: Box::new(kind) };
+        if let Some(e) = Self::opaque_error(root) {
+            return Err(e);
+        }
+        let Some(entries) = self.dict_entries(root) else {
+            let found = match root {
+                Value::Tensor(_) => "a single tensor",
+                other => self.kind(other),
+            };
+            return Err(plain(PickleErrorKind::NotADict { found }));
         };
-        if entries.iter().any(|(_, v)| self.is_dict(v)) {
+        let Some(key) = key.filter(|_| !self.is_flat(entries)) else {
+            return Ok((root.clone(), None));
+        };
+        let segments: Vec<&str> = key.split('.').collect();
+        let mut current = root.clone();
+        let mut taken = 0;
+        while taken < segments.len() {
+            let entries = self.dict_entries(&current).unwrap_or_default();
+            // The longest run of segments that is one key of this dict.
+            let found = (taken + 1..=segments.len()).rev().find_map(|end| {
+                let name = segments[taken..end].join(".");
+                entries
+                    .iter()
+                    .find(|(k, _)| matches!(k, Value::Str(s) if **s == *name))
+                    .map(|(_, v)| (end, v.clone()))
+            });
+            let at = if taken == 0 {
+                "the top level".to_owned()
+            } else {
+                format!("{:?}", segments[..taken].join("."))
+            };
+            let Some((end, value)) = found else {
+                return Err(plain(PickleErrorKind::KeyNotFound {
+                    key: key.to_owned(),
+                    problem: format!("{at} has no key {:?}", segments[taken]),
+                    candidates: self.candidates(root, ""),
+                }));
+            };
+            if self.dict_entries(&value).is_none() {
+                let name = segments[..end].join(".");
+                if let Some(e) = Self::opaque_error(&value) {
+                    return Err(e);
+                }
+                return Err(plain(PickleErrorKind::KeyNotFound {
+                    key: key.to_owned(),
+                    problem: format!("{name:?} is {}, not a dict", self.kind(&value)),
+                    candidates: self.candidates(root, ""),
+                }));
+            }
+            current = value;
+            taken = end;
+        }
+        Ok((current, Some(key.to_owned())))
+    }
+
+    /// The dicts of tensors under `root` (breadth first, bounded), as dotted keys
+    /// under `prefix` with their number of tensors: what a key could select.
+    fn candidates(&self, root: &Value, prefix: &str) -> Vec<(String, usize)> {
+        let mut found = Vec::new();
+        let mut queue = std::collections::VecDeque::from([(root.clone(), prefix.to_owned(), 0)]);
+        let mut seen = std::collections::HashSet::new();
+        while let Some((value, path, depth)) = queue.pop_front() {
+            let Value::Container(id) = value else { continue };
+            if !seen.insert(id) || seen.len() > MAX_CANDIDATE_SEARCH {
+                continue;
+            }
+            let Some(entries) = self.dict_entries(&value) else { continue };
+            let tensors = entries.iter().filter(|(_, v)| matches!(v, Value::Tensor(_))).count();
+            if tensors > 0 && tensors == entries.len() && !path.is_empty() {
+                found.push((path.clone(), tensors));
+            }
+            if depth >= MAX_CANDIDATE_DEPTH {
+                continue;
+            }
+            for (k, v) in entries {
+                if let (Value::Str(k), true) = (k, self.is_dict(v)) {
+                    let child = if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
+                    queue.push_back((v.clone(), child, depth + 1));
+                }
+            }
+        }
+        found
+    }
+
+    /// Reads a dict as a state dict (`key` is its dotted key, for errors).
+    fn state_dict(
+        &mut self,
+        dict: Value,
+        key: Option<String>,
+    ) -> Result<PickledStateDict, PickleError> {
+        let plain = |kind| PickleError { offset: None, kind: Box::new(kind) };
+        let entries = self.dict_entries(&dict).map(<[_]>::to_vec).unwrap_or_default();
+        if !self.is_flat(&entries) {
             let keys = entries
                 .iter()
                 .take(QUOTED_KEYS + 1)
@@ -949,7 +1233,8 @@ impl<'a> Machine<'a> {
                     other => format!("<{}>", self.kind(other)),
                 })
                 .collect();
-            return Err(PickleErrorKind::NestedDict { keys });
+            let candidates = self.candidates(&dict, key.as_deref().unwrap_or(""));
+            return Err(plain(PickleErrorKind::NestedDict { key, keys, candidates }));
         }
         let mut tensors = Vec::with_capacity(entries.len());
         let mut seen = std::collections::HashSet::with_capacity(entries.len());
@@ -959,16 +1244,19 @@ impl<'a> Machine<'a> {
         let mut used: Vec<StorageRef> = Vec::new();
         for (key, value) in &entries {
             let Value::Str(name) = key else {
-                return Err(PickleErrorKind::NonStringKey { found: self.kind(key) });
+                return Err(plain(PickleErrorKind::NonStringKey { found: self.kind(key) }));
             };
+            if let Some(e) = Self::opaque_error(value) {
+                return Err(e);
+            }
             let &Value::Tensor(view) = value else {
-                return Err(PickleErrorKind::NonTensorValue {
+                return Err(plain(PickleErrorKind::NonTensorValue {
                     key: name.to_string(),
                     found: self.kind(value),
-                });
+                }));
             };
             if !seen.insert(name.clone()) {
-                return Err(PickleErrorKind::DuplicateName(name.to_string()));
+                return Err(plain(PickleErrorKind::DuplicateName(name.to_string())));
             }
             let view = &self.views[view as usize];
             let storage = &self.storages[view.storage];
@@ -983,7 +1271,7 @@ impl<'a> Machine<'a> {
                 }),
                 storage_offset: view.offset,
             };
-            check_view(&tensor, storage)?;
+            check_view(&tensor, storage).map_err(plain)?;
             tensors.push(tensor);
         }
         Ok(PickledStateDict { tensors, storages: used })
@@ -1033,13 +1321,6 @@ fn as_count(value: &Value) -> Option<usize> {
         Value::Int(v) => usize::try_from(*v).ok(),
         _ => None,
     }
-}
-
-fn resolve_global(module: &str, name: &str) -> Step<Global> {
-    Global::lookup(module, name).ok_or_else(|| PickleErrorKind::ForbiddenGlobal {
-        module: module.to_owned(),
-        name: name.to_owned(),
-    })
 }
 
 /// The `pickletools` name of an opcode byte.

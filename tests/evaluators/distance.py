@@ -68,12 +68,32 @@ def read_model(model_dir):
     return [member_name(m["path"]) for m in recipe["ingredients"]], values
 
 
-def log(path, event, members):
+def read_target(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    return struct.unpack("<%dd" % (len(raw) // 8), raw)
+
+
+def score_of(values, target, quantum, sign):
+    """(score, distance) of a model's values against the target."""
+    if len(target) != len(values):
+        raise SystemExit("target has %d values, model %d" % (len(target), len(values)))
+    acc = 0.0
+    for x, t in zip(values, target):
+        d = x - t
+        acc += d * d
+    dist = math.sqrt(acc)
+    if quantum > 0:
+        dist = float(math.floor(dist / quantum)) * quantum
+    return sign * dist, dist
+
+
+def log(path, event, members, candidate=None):
     if not path:
         return
     line = "%s\t%s\t%d\t%s\n" % (
         event,
-        os.environ.get("SOUP_CANDIDATE", "?"),
+        candidate or os.environ.get("SOUP_CANDIDATE", "?"),
         os.getpid(),
         ",".join(members),
     )
@@ -136,19 +156,7 @@ def main():
         if members == [name]:
             misbehave(kind)
 
-    with open(args.target, "rb") as f:
-        raw = f.read()
-    target = struct.unpack("<%dd" % (len(raw) // 8), raw)
-    if len(target) != len(values):
-        raise SystemExit("target has %d values, model %d" % (len(target), len(values)))
-    acc = 0.0
-    for x, t in zip(values, target):
-        d = x - t
-        acc += d * d
-    dist = math.sqrt(acc)
-    if args.quantum > 0:
-        dist = float(math.floor(dist / args.quantum)) * args.quantum
-    score = args.sign * dist
+    score, dist = score_of(values, read_target(args.target), args.quantum, args.sign)
     print("distance computed", file=sys.stderr)
     print("progress: done")  # not the last line: ignored by soup
     log(args.log, "end", members)

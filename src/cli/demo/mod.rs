@@ -1,19 +1,26 @@
-//! `soup demo`: the whole story on a built-in example, in one command and without
-//! models of one's own. A small network is pretrained on a source task, fine-tuned
-//! many ways on a related target task, and trained from scratch as a control; every
-//! model is written as a real checkpoint, and the real `soup` commands build and
-//! score the soups, each candidate scored by a separate evaluator process
-//! (`soup demo-eval`) exactly as a user's script would be.
+//! `soup demo`: the whole story of model soups on a built-in example, in one
+//! command and without models of one's own. A small network is pretrained on a
+//! broad source task, fine-tuned many ways on a small target set, and trained from
+//! scratch as a control; every model is written as a real checkpoint, the real
+//! `soup` commands build the soups, choosing on val with a separate evaluator
+//! process per candidate (`soup demo-eval`) exactly as a user's script would, and
+//! every model is then scored on the in-distribution test set and on shifted test
+//! sets by the same evaluator. Nothing in the code states an outcome: the tables
+//! and the story's checks are measured.
 //!
 //! The demo lives in the binary, not the library: it is a tour of the commands,
 //! and it drives them as a user does.
 
 mod checkpoint;
 mod data;
+mod evaluate;
+mod figures;
 mod mlp;
 mod report;
 mod soups;
+mod train;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -23,95 +30,89 @@ use rayon::prelude::*;
 
 use super::args::{DemoArgs, DemoEvalArgs, DemoSplit};
 use super::Exit;
-use data::{generate, Spec, Split};
-use mlp::{Mlp, Recipe};
+use data::{generate, Shift, Spec, Split};
+use evaluate::Scores;
+use report::{Point, Row, SetResult, Summary};
+use train::Plan;
 
 /// The size of a demo run.
 struct Size {
     spec: Spec,
-    hidden: usize,
-    pretrain_epochs: usize,
-    fine_tunes: usize,
-    scratch: usize,
-    scratch_epochs: usize,
+    plan: Plan,
     /// CMA-ES evaluations of the learned soup, beyond the baselines.
     learned_evaluations: usize,
 }
 
 impl Size {
-    fn new(small: bool) -> Size {
+    fn new(small: bool, seed: u64) -> Size {
+        let pick = |full: usize, reduced: usize| if small { reduced } else { full };
         let spec = Spec {
-            seed: 2022,
-            inputs: 32,
+            seed,
+            inputs: pick(32, 16),
+            content: pick(16, 8),
+            source_classes: pick(32, 16),
             classes: 8,
-            source_train: if small { 3000 } else { 20000 },
-            target_train: if small { 500 } else { 1000 },
-            val: if small { 800 } else { 2000 },
-            test: if small { 800 } else { 4000 },
+            concepts_per_class: pick(8, 4),
+            source_train: pick(20000, 2000),
+            target_train: pick(300, 200),
+            val: pick(5000, 500),
+            test: pick(2000, 400),
         };
-        Size {
-            spec,
-            hidden: if small { 48 } else { 96 },
-            pretrain_epochs: if small { 8 } else { 40 },
-            fine_tunes: if small { 8 } else { 12 },
-            scratch: if small { 4 } else { 6 },
-            scratch_epochs: if small { 20 } else { 30 },
-            learned_evaluations: if small { 12 } else { 40 },
-        }
-    }
-
-    fn sizes(&self) -> Vec<usize> {
-        vec![self.spec.inputs, self.hidden, self.hidden, self.spec.classes]
+        let hidden = pick(96, 32);
+        let plan = Plan {
+            seed,
+            pretrain_sizes: [spec.inputs, hidden, hidden, spec.source_classes],
+            classes: spec.classes,
+            pretrain_epochs: pick(20, 10),
+            probe_epochs: 20,
+            fine_tunes: pick(12, 5),
+            scratch: pick(10, 6),
+            scratch_epochs: pick(60, 30),
+        };
+        Size { spec, plan, learned_evaluations: pick(40, 8) }
     }
 }
 
-/// A trained model written to disk, with its accuracies.
-pub struct Ingredient {
-    /// Its checkpoint directory.
-    pub dir: PathBuf,
-    /// Validation accuracy.
-    pub val: f64,
-    /// Test accuracy.
-    pub test: f64,
-}
+/// The first row of each table: the ingredient best on val.
+const BEST: &str = "best individual";
 
 /// Runs `soup demo`.
 pub fn run(args: &DemoArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
     let start = Instant::now();
     let dir = work_dir(args.dir.as_deref())?;
-    let size = Size::new(args.small);
-    let spec = size.spec;
+    let exe = std::env::current_exe().context("cannot find the soup executable")?;
+    let Size { spec, plan, learned_evaluations } = Size::new(args.small, args.seed);
     let say = |text: String| {
         if !args.quiet {
             eprintln!("[{:5.1}s] {text}", start.elapsed().as_secs_f64());
         }
     };
-    say(format!("work directory: {}", dir.display()));
+    say(format!("work directory: {} (seed {})", dir.display(), args.seed));
     let val = generate(&spec, Split::Val);
-    let test = generate(&spec, Split::Test);
     let target = generate(&spec, Split::TargetTrain);
 
     say(format!(
-        "pretraining a {:?} MLP on the source task ({} examples, {} epochs)",
-        size.sizes(),
+        "pretraining a {:?} MLP on the source task ({} examples of {} classes, {} epochs), \
+         then a linear probe for the {} target classes",
+        plan.pretrain_sizes,
         spec.source_train,
-        size.pretrain_epochs
+        spec.source_classes,
+        plan.pretrain_epochs,
+        spec.classes
     ));
-    let mut pretrained = Mlp::new(&size.sizes(), 1);
-    let recipe =
-        Recipe { lr: 0.05, weight_decay: 1e-4, epochs: size.pretrain_epochs, noise: 0.0, seed: 1 };
-    pretrained.train(&generate(&spec, Split::SourceTrain), &recipe);
-    let base = dir.join("pretrained");
-    checkpoint::save(&pretrained, &spec, &base)?;
+    let pretrained = train::pretrain(&plan, &generate(&spec, Split::SourceTrain), &target);
+    let base = PathBuf::from("pretrained");
+    checkpoint::save(&pretrained, &spec, &dir.join(&base))?;
     say(format!(
-        "pretrained model: target-task val {:.1}% without fine-tuning (chance {:.1}%)",
+        "pretrained model + linear probe: target val {:.1}% (chance {:.1}%)",
         100.0 * pretrained.accuracy(&val),
         100.0 / spec.classes as f64
     ));
+    check(interrupted)?;
 
-    let recipes = fine_tune_recipes(size.fine_tunes);
+    let recipes = train::sweep(&plan);
     say(format!(
-        "fine-tuning {} ingredients on {} target examples",
+        "fine-tuning {} ingredients on {} target examples (a random hyperparameter sweep)",
         recipes.len(),
         spec.target_train
     ));
@@ -120,88 +121,128 @@ pub fn run(args: &DemoArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         .map(|(name, recipe)| {
             let mut model = pretrained.clone();
             model.train(&target, recipe);
-            keep(model, &spec, &dir.join("fine-tuned").join(name), (&val, &test), &say)
+            keep(&model, &spec, &dir, &Path::new("fine-tuned").join(name), &val, &say)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     check(interrupted)?;
-    say(format!("training {} models from scratch (the control)", size.scratch));
-    let scratch = (0..size.scratch)
+    say(format!("training {} models from scratch (the control)", plan.scratch));
+    let scratch = (0..plan.scratch)
         .into_par_iter()
         .map(|k| {
-            let seed = 1000 + k as u64;
-            let mut model = Mlp::new(&size.sizes(), seed);
-            let recipe = Recipe {
-                lr: 0.05,
-                weight_decay: 1e-4,
-                epochs: size.scratch_epochs,
-                noise: 0.1,
-                seed,
-            };
-            model.train(&target, &recipe);
-            let name = format!("scratch-{k:02}-seed{seed}");
-            keep(model, &spec, &dir.join("from-scratch").join(name), (&val, &test), &say)
+            let (name, model) = train::from_scratch(&plan, k, &target);
+            keep(&model, &spec, &dir, &Path::new("from-scratch").join(name), &val, &say)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     check(interrupted)?;
 
-    let runner = soups::Runner::new(&dir, size.learned_evaluations, interrupted)?;
-    let evaluate = |path: &Path| -> anyhow::Result<(f64, f64)> {
-        let (model, _) = checkpoint::load(path)?;
-        Ok((model.accuracy(&val), model.accuracy(&test)))
-    };
-    let sets = [
-        runner.run_set("fine-tuned", &fine_tuned, Some(&base), &evaluate, &say)?,
-        runner.run_set("from-scratch", &scratch, None, &evaluate, &say)?,
+    let runner = soups::Runner::new(&exe, &dir, learned_evaluations, args.seed, interrupted);
+    let builds = [
+        ("fine-tuned", runner.run_set("fine-tuned", &fine_tuned, Some(&base), &say)?, &fine_tuned),
+        ("from-scratch", runner.run_set("from-scratch", &scratch, None, &say)?, &scratch),
     ];
-    let summary = report::Summary {
+
+    let mut models: Vec<PathBuf> = vec![base.clone()];
+    for (_, build, ingredients) in &builds {
+        models.extend(ingredients.iter().cloned());
+        models.extend(build.soups.iter().map(|b| b.dir.clone()));
+        models.extend(build.greedy_path.iter().cloned());
+    }
+    models.sort();
+    models.dedup();
+    say(format!(
+        "scoring {} models on val, ID test and {} shifted test sets ({} evaluator runs)",
+        models.len(),
+        Shift::ALL.len(),
+        models.len() * evaluate::splits().len()
+    ));
+    let scores = evaluate::score_all(&exe, &dir, &models, interrupted)?;
+    let sets = builds
+        .iter()
+        .map(|(name, build, ingredients)| set_result(name, build, ingredients, &scores))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let summary = Summary {
+        seed: args.seed,
         work_dir: dir.display().to_string(),
         chance: 1.0 / spec.classes as f64,
         seconds: start.elapsed().as_secs_f64(),
-        sets: sets.to_vec(),
+        shifts: Shift::ALL.map(Shift::name).to_vec(),
+        pretrained: score(&scores, &base)?.clone(),
+        sets,
     };
-    print!("{}", report::text(&summary));
     report::write(&summary, &dir)?;
+    if let Some(tuned) = summary.sets.first() {
+        let figure1 = figures::id_vs_shift(summary.seed, tuned, &summary.pretrained);
+        std::fs::write(dir.join("figure1.svg"), figure1).context("cannot write figure1.svg")?;
+        let greedy = figures::greedy_growth(summary.seed, tuned);
+        std::fs::write(dir.join("greedy.svg"), greedy).context("cannot write greedy.svg")?;
+    }
+    if args.json {
+        println!("{}", report::tables_json(&summary));
+    } else {
+        print!("{}", report::text(&summary));
+    }
     say(format!("report, soups and pictures in {}", dir.display()));
     Ok(Exit::Success)
 }
 
-/// Saves a trained model and measures it.
+/// Saves a trained model under `dir` and says how it does on val; returns its
+/// path relative to `dir`.
 fn keep(
-    model: Mlp,
+    model: &mlp::Mlp,
     spec: &Spec,
     dir: &Path,
-    (val, test): (&data::Data, &data::Data),
+    name: &Path,
+    val: &data::Data,
     say: &(dyn Fn(String) + Sync),
-) -> anyhow::Result<Ingredient> {
-    checkpoint::save(&model, spec, dir)?;
-    let (v, t) = (model.accuracy(val), model.accuracy(test));
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    say(format!("  {name}: val {:.1}%", 100.0 * v));
-    Ok(Ingredient { dir: dir.to_owned(), val: v, test: t })
+) -> anyhow::Result<PathBuf> {
+    checkpoint::save(model, spec, &dir.join(name))?;
+    let short = name.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    say(format!("  {short}: val {:.1}%", 100.0 * model.accuracy(val)));
+    Ok(name.to_owned())
 }
 
-/// Varied fine-tuning recipes, as a hyperparameter sweep leaves them behind.
-fn fine_tune_recipes(n: usize) -> Vec<(String, Recipe)> {
-    const LR: [f32; 4] = [0.003, 0.006, 0.01, 0.02];
-    const DECAY: [f32; 3] = [0.0, 1e-4, 1e-3];
-    const EPOCHS: [usize; 3] = [10, 20, 30];
-    const NOISE: [f32; 3] = [0.0, 0.1, 0.3];
-    (0..n)
-        .map(|k| {
-            let recipe = Recipe {
-                lr: LR[k % 4],
-                weight_decay: DECAY[(k / 4) % 3],
-                epochs: EPOCHS[(k + k / 4) % 3],
-                noise: NOISE[(k / 2) % 3],
-                seed: 100 + k as u64,
-            };
-            let name = format!(
-                "ft-{k:02}-lr{}-wd{}-ep{}-noise{}",
-                recipe.lr, recipe.weight_decay, recipe.epochs, recipe.noise
-            );
-            (name, recipe)
+fn score<'a>(scores: &'a HashMap<PathBuf, Scores>, model: &Path) -> anyhow::Result<&'a Scores> {
+    scores.get(model).with_context(|| format!("{} was not scored", model.display()))
+}
+
+/// One set's table: the best individual on val, then the soups, with their scores.
+fn set_result(
+    name: &str,
+    build: &soups::SetBuild,
+    ingredients: &[PathBuf],
+    scores: &HashMap<PathBuf, Scores>,
+) -> anyhow::Result<SetResult> {
+    let points = ingredients
+        .iter()
+        .map(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            Ok(Point { name: name.unwrap_or_default(), scores: score(scores, path)?.clone() })
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let best = points
+        .iter()
+        .reduce(|a, b| if b.scores.val > a.scores.val { b } else { a })
+        .context("no ingredients")?;
+    let mut rows = vec![Row { method: BEST.into(), scores: best.scores.clone(), ingredients: 1 }];
+    for soup in &build.soups {
+        let scores = score(scores, &soup.dir)?.clone();
+        rows.push(Row { method: soup.method.into(), scores, ingredients: soup.ingredients });
+    }
+    let greedy_path = build
+        .greedy_path
+        .iter()
+        .map(|p| score(scores, p).cloned())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(SetResult {
+        name: name.to_owned(),
+        ingredients: points,
+        rows,
+        greedy_path,
+        mean_angle_deg: build.mean_angle_deg,
+        relative_to_base: name == "fine-tuned",
+        init_check_warns: build.init_check_warns,
+        warnings: build.warnings.clone(),
+    })
 }
 
 /// The work directory: `dir` (new or empty), or a fresh one under the system's
@@ -235,11 +276,40 @@ fn check(interrupted: &AtomicBool) -> anyhow::Result<()> {
 /// one split, printed as the evaluator protocol asks.
 pub fn eval(args: &DemoEvalArgs) -> anyhow::Result<Exit> {
     let (model, spec) = checkpoint::load(&args.model)?;
-    let split = match args.split {
-        DemoSplit::Val => Split::Val,
-        DemoSplit::Test => Split::Test,
-    };
-    let accuracy = model.accuracy(&generate(&spec, split));
+    let accuracy = model.accuracy(&generate(&spec, split_of(args.split)));
     println!("{}", serde_json::json!({ "score": accuracy }));
     Ok(Exit::Success)
+}
+
+/// The data split `soup demo-eval --split` names.
+fn split_of(split: DemoSplit) -> Split {
+    match split {
+        DemoSplit::Val => Split::Val,
+        DemoSplit::Test => Split::Test,
+        DemoSplit::HeavyStyle => Split::Shifted(Shift::HeavyStyle),
+        DemoSplit::StyleOffset => Split::Shifted(Shift::StyleOffset),
+        DemoSplit::Noise => Split::Shifted(Shift::Noise),
+        DemoSplit::Faint => Split::Shifted(Shift::Faint),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::ValueEnum;
+
+    use super::*;
+
+    #[test]
+    fn every_split_the_tables_name_is_a_demo_eval_split() {
+        for (k, name) in evaluate::splits().into_iter().enumerate() {
+            let split = DemoSplit::from_str(name, false).unwrap();
+            let expected = match k {
+                0 => Split::Val,
+                1 => Split::Test,
+                _ => Split::Shifted(Shift::ALL[k - 2]),
+            };
+            assert_eq!(split_of(split), expected, "{name}");
+        }
+        assert_eq!(DemoSplit::value_variants().len(), evaluate::splits().len());
+    }
 }

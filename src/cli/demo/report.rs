@@ -1,129 +1,345 @@
-//! The demo's results as the model-soups papers print them (method, val and test
-//! accuracy, ingredients) for each set, on the terminal, in `report.md` and
-//! `report.json`, and as a bar chart in `accuracy.svg`.
+//! The demo's results as the model-soups paper prints them (method | val | ID test
+//! | each shift | avg shift | ingredients) for the fine-tuned and the from-scratch
+//! sets, the story's checks measured on them, on the terminal, as JSON on stdout
+//! (`--json`), and in `report.md` and `report.json` in the work directory.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use serde::Serialize;
+use serde_json::{json, Map, Value};
 
-use super::soups::SetResult;
+use super::evaluate::Scores;
+
+/// One row of a table: a soup, or the best individual.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// The method: `best individual`, `uniform`, `greedy`, …
+    pub method: String,
+    /// Its accuracies.
+    pub scores: Scores,
+    /// Ingredients in it.
+    pub ingredients: usize,
+}
+
+/// One model with its accuracies (an ingredient, the pretrained model).
+#[derive(Debug, Clone)]
+pub struct Point {
+    /// Its directory name.
+    pub name: String,
+    /// Its accuracies.
+    pub scores: Scores,
+}
+
+/// Everything measured on one set of ingredients.
+#[derive(Debug, Clone)]
+pub struct SetResult {
+    /// `fine-tuned` or `from-scratch`.
+    pub name: String,
+    /// Every ingredient.
+    pub ingredients: Vec<Point>,
+    /// The rows, best individual first.
+    pub rows: Vec<Row>,
+    /// The greedy soup after each ingredient it took.
+    pub greedy_path: Vec<Scores>,
+    /// Mean angle between ingredients (deltas from the base when there is one).
+    pub mean_angle_deg: f64,
+    /// Whether that angle is between deltas from the pretrained model.
+    pub relative_to_base: bool,
+    /// Whether the shared-init check flagged the ingredients.
+    pub init_check_warns: bool,
+    /// Warnings the commands printed, whole.
+    pub warnings: Vec<String>,
+}
+
+impl SetResult {
+    /// The row of `method`.
+    pub fn row(&self, method: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.method == method)
+    }
+
+    /// The key of this set in the JSON output.
+    fn key(&self) -> String {
+        self.name.replace('-', "_")
+    }
+}
 
 /// The whole demo's outcome.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Summary {
+    /// The seed of the run.
+    pub seed: u64,
     /// Where everything was written.
     pub work_dir: String,
     /// Accuracy of guessing: one over the number of classes.
     pub chance: f64,
     /// Wall time of the demo.
     pub seconds: f64,
+    /// The names of the shifted test sets, in [`Scores::shifts`] order.
+    pub shifts: Vec<&'static str>,
+    /// The pretrained model with its linear-probe head: where fine-tuning starts.
+    pub pretrained: Scores,
     /// The fine-tuned set, then the from-scratch set.
     pub sets: Vec<SetResult>,
 }
 
+/// One claim of the story and whether the measured numbers bear it out.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// What is claimed, with the numbers.
+    pub claim: String,
+    /// Whether it holds.
+    pub holds: bool,
+}
+
+/// Tolerance of the comparisons with a margin (accuracies are ratios of counts,
+/// averaged, so a margin met exactly must not fail on rounding).
+const EPS: f64 = 1e-9;
+
 fn pct(x: f64) -> String {
     format!("{:.1}%", 100.0 * x)
+}
+
+/// The story's claims, measured: those of the model-soups paper.
+pub fn checks(summary: &Summary) -> Vec<Check> {
+    let mut out = Vec::new();
+    let [tuned, scratch] = summary.sets.as_slice() else { return out };
+    if let (Some(best), Some(greedy)) = (tuned.row("best individual"), tuned.row("greedy")) {
+        let (b, g) = (&best.scores, &greedy.scores);
+        out.push(Check {
+            claim: format!(
+                "fine-tuned: greedy soup ≥ best individual on val ({} vs {}), and above it \
+                 on ID test ({} vs {}) or on average shift ({} vs {})",
+                pct(g.val),
+                pct(b.val),
+                pct(g.test),
+                pct(b.test),
+                pct(g.avg_shift()),
+                pct(b.avg_shift())
+            ),
+            holds: g.val >= b.val && (g.test > b.test || g.avg_shift() > b.avg_shift()),
+        });
+        let soups = tuned.rows.iter().filter(|r| r.method != best.method);
+        if let Some(top) =
+            soups.max_by(|a, b| a.scores.avg_shift().total_cmp(&b.scores.avg_shift()))
+        {
+            let gain = top.scores.avg_shift() - b.avg_shift();
+            out.push(Check {
+                claim: format!(
+                    "fine-tuned: a soup beats the best individual on average shift by at \
+                     least 0.5 points (best: {}, {} vs {}, {:+.1} points)",
+                    top.method,
+                    pct(top.scores.avg_shift()),
+                    pct(b.avg_shift()),
+                    100.0 * gain
+                ),
+                holds: gain >= 0.005 - EPS,
+            });
+        }
+    }
+    if let (Some(best), Some(uniform)) = (scratch.row("best individual"), scratch.row("uniform")) {
+        out.push(Check {
+            claim: format!(
+                "from scratch: uniform soup within 5 points of chance on ID test ({} vs \
+                 chance {}; best individual {})",
+                pct(uniform.scores.test),
+                pct(summary.chance),
+                pct(best.scores.test)
+            ),
+            holds: (uniform.scores.test - summary.chance).abs() <= 0.05 + EPS,
+        });
+    }
+    out.push(Check {
+        claim: "the shared-init check warns on the from-scratch set only".into(),
+        holds: scratch.init_check_warns && !tuned.init_check_warns,
+    });
+    out
 }
 
 /// The tables and the story's checks, for the terminal and report.md.
 pub fn text(summary: &Summary) -> String {
     let mut out = String::new();
     for set in &summary.sets {
+        let how = if set.relative_to_base {
+            "fine-tuned from one pretrained model"
+        } else {
+            "trained from scratch, each from its own initialisation"
+        };
         let _ = writeln!(
             out,
-            "\n{} ingredients ({}), chance {}",
+            "\n{}: {} ingredients {how}; chance {}",
             set.name,
-            set.ingredients,
+            set.ingredients.len(),
             pct(summary.chance)
         );
-        let _ = writeln!(
-            out,
-            "| {:<28} | {:>8} | {:>8} | {:>11} |",
-            "method", "val acc", "test acc", "ingredients"
-        );
-        let _ = writeln!(out, "|{:-<30}|{:->10}|{:->10}|{:->13}|", "", ":", ":", ":");
-        for row in &set.rows {
+        let mut header = vec!["method", "val", "ID test"];
+        header.extend(summary.shifts.iter().copied());
+        header.extend(["avg shift", "ingredients"]);
+        let rows: Vec<Vec<String>> = set
+            .rows
+            .iter()
+            .map(|row| {
+                let s = &row.scores;
+                let mut cells = vec![row.method.clone(), pct(s.val), pct(s.test)];
+                cells.extend(s.shifts.iter().map(|&v| pct(v)));
+                cells.extend([pct(s.avg_shift()), row.ingredients.to_string()]);
+                cells
+            })
+            .collect();
+        out.push_str(&markdown_table(&header, &rows));
+        if set.relative_to_base {
+            let p = &summary.pretrained;
             let _ = writeln!(
                 out,
-                "| {:<28} | {:>8} | {:>8} | {:>11} |",
-                row.method,
-                pct(row.val),
-                pct(row.test),
-                row.ingredients
+                "\npretrained model with a linear-probe head (where fine-tuning starts): \
+                 ID test {}, avg shift {}",
+                pct(p.test),
+                pct(p.avg_shift())
             );
         }
         let kind =
             if set.relative_to_base { "between fine-tuned deltas" } else { "between raw weights" };
-        let _ = writeln!(out, "\nmean angle {kind}: {:.1}°", set.mean_angle_deg);
+        let _ = writeln!(out, "mean angle {kind}: {:.1}°", set.mean_angle_deg);
         let check =
             if set.init_check_warns { "WARNS: not fine-tuned from one model" } else { "ok" };
         let _ = writeln!(out, "shared-init check: {check}");
         for warning in &set.warnings {
-            let _ = writeln!(out, "  {warning}");
+            for line in warning.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
         }
     }
-    let _ = writeln!(out, "\n{}", story(summary));
+    let _ = writeln!(out, "\nThe story, as measured (seed {}):", summary.seed);
+    for check in checks(summary) {
+        let _ = writeln!(out, "  [{}] {}", if check.holds { "yes" } else { "no " }, check.claim);
+    }
     out
 }
 
-/// What the numbers say, measured: the claims of the model-soups paper.
-fn story(summary: &Summary) -> String {
-    let row = |set: &SetResult, method: &str| set.rows.iter().find(|r| r.method == method).cloned();
-    let mut out = String::from("The story, as measured:\n");
-    let mut claim = |ok: bool, text: String| {
-        let _ = writeln!(out, "  [{}] {text}", if ok { "yes" } else { "no " });
+/// A Markdown table with aligned columns, the first left-aligned, the rest right.
+fn markdown_table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|c| {
+            let cells = rows.iter().map(|r| r[c].chars().count());
+            cells.chain([header[c].chars().count()]).max().unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &mut dyn Iterator<Item = String>| {
+        let cells: Vec<String> = cells
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (s, &w))| if c == 0 { format!("{s:<w$}") } else { format!("{s:>w$}") })
+            .collect();
+        format!("| {} |\n", cells.join(" | "))
     };
-    if let [tuned, scratch] = summary.sets.as_slice() {
-        if let (Some(best), Some(greedy), Some(uniform)) = (
-            row(tuned, "best individual (on val)"),
-            row(tuned, "greedy soup"),
-            row(tuned, "uniform soup"),
-        ) {
-            claim(
-                greedy.val >= best.val,
-                format!(
-                    "fine-tuned: greedy soup {} ≥ best individual {} on val",
-                    pct(greedy.val),
-                    pct(best.val)
-                ),
-            );
-            claim(
-                uniform.test >= best.test - 0.02,
-                format!(
-                    "fine-tuned: uniform soup {} close to or above best individual {} on test",
-                    pct(uniform.test),
-                    pct(best.test)
-                ),
-            );
-        }
-        if let (Some(best), Some(uniform)) =
-            (row(scratch, "best individual (on val)"), row(scratch, "uniform soup"))
-        {
-            claim(
-                uniform.test < (best.test + summary.chance) / 2.0,
-                format!(
-                    "from scratch: uniform soup {} collapses toward chance {} (best individual {})",
-                    pct(uniform.test),
-                    pct(summary.chance),
-                    pct(best.test)
-                ),
-            );
-        }
-        claim(
-            scratch.init_check_warns && !tuned.init_check_warns,
-            "the shared-init check warns on the from-scratch set only".into(),
-        );
+    let mut out = line(&mut header.iter().map(|h| h.to_string()));
+    let rule: Vec<String> = widths
+        .iter()
+        .enumerate()
+        .map(|(c, &w)| if c == 0 { "-".repeat(w + 2) } else { format!("{}:", "-".repeat(w + 1)) })
+        .collect();
+    out += &format!("|{}|\n", rule.join("|"));
+    for row in rows {
+        out += &line(&mut row.iter().cloned());
     }
     out
 }
 
-/// Writes report.md, report.json and accuracy.svg into `dir`.
+/// A model's accuracies as JSON: `val`, `test`, `shifts` by name, `avg_shift`.
+fn scores_json(scores: &Scores, shifts: &[&str]) -> Map<String, Value> {
+    let named: Map<String, Value> =
+        shifts.iter().zip(&scores.shifts).map(|(n, &v)| (n.to_string(), v.into())).collect();
+    let mut out = Map::new();
+    out.insert("val".into(), scores.val.into());
+    out.insert("test".into(), scores.test.into());
+    out.insert("shifts".into(), named.into());
+    out.insert("avg_shift".into(), scores.avg_shift().into());
+    out
+}
+
+/// The tables as `soup demo --json` prints them: `{"seed", "sets": {"fine_tuned":
+/// {"chance", "rows": [{"method", "val", "test", "shifts", "avg_shift",
+/// "ingredients"}]}, "from_scratch": …}}`, accuracies as fractions.
+pub fn tables_json(summary: &Summary) -> Value {
+    let sets: Map<String, Value> = summary
+        .sets
+        .iter()
+        .map(|set| {
+            let rows: Vec<Value> = set
+                .rows
+                .iter()
+                .map(|row| {
+                    let mut object = Map::new();
+                    object.insert("method".into(), row.method.clone().into());
+                    object.extend(scores_json(&row.scores, &summary.shifts));
+                    object.insert("ingredients".into(), row.ingredients.into());
+                    Value::Object(object)
+                })
+                .collect();
+            (set.key(), json!({ "chance": summary.chance, "rows": rows }))
+        })
+        .collect();
+    json!({ "seed": summary.seed, "sets": sets })
+}
+
+/// `report.json`: the tables of [`tables_json`], plus the checks, the shifts in
+/// table order, every ingredient's and the pretrained model's accuracies, the
+/// greedy soup's path, angles and warnings.
+fn report_json(summary: &Summary) -> Value {
+    let mut report = tables_json(summary);
+    let points = |points: &[Point]| -> Vec<Value> {
+        let with_name = |p: &Point| {
+            let mut object = Map::new();
+            object.insert("name".into(), p.name.clone().into());
+            object.extend(scores_json(&p.scores, &summary.shifts));
+            Value::Object(object)
+        };
+        points.iter().map(with_name).collect()
+    };
+    for set in &summary.sets {
+        let path: Vec<Value> =
+            set.greedy_path.iter().map(|s| scores_json(s, &summary.shifts).into()).collect();
+        let extra = json!({
+            "ingredient_scores": points(&set.ingredients),
+            "greedy_path": path,
+            "mean_angle_deg": set.mean_angle_deg,
+            "angles_between": if set.relative_to_base { "fine-tuned deltas" } else { "raw weights" },
+            "init_check_warns": set.init_check_warns,
+            "warnings": set.warnings,
+        });
+        if let (Some(Value::Object(target)), Value::Object(extra)) =
+            (report["sets"].get_mut(set.key()), extra)
+        {
+            target.extend(extra);
+        }
+    }
+    let checks: Vec<Value> = checks(summary)
+        .into_iter()
+        .map(|c| json!({ "claim": c.claim, "holds": c.holds }))
+        .collect();
+    let extra = json!({
+        "work_dir": summary.work_dir,
+        "seconds": summary.seconds,
+        "shifts": summary.shifts,
+        "pretrained": scores_json(&summary.pretrained, &summary.shifts),
+        "checks": checks,
+    });
+    if let (Value::Object(target), Value::Object(extra)) = (&mut report, extra) {
+        target.extend(extra);
+    }
+    report
+}
+
+/// Writes report.md and report.json into `dir`.
 pub fn write(summary: &Summary, dir: &Path) -> anyhow::Result<()> {
     let md = format!(
-        "# soup demo\n\nAccuracy of soups chosen on val, reported on test ({:.0} s).\n\
-         Angle heatmaps: `fine-tuned/angles.svg`, `from-scratch/angles.svg`; chart: `accuracy.svg`.\n{}",
+        "# soup demo (seed {})\n\nAccuracy of soups chosen on val, reported on the \
+         in-distribution test set and on {} shifted test sets ({:.0} s).\n\
+         Pictures: `figure1.svg` (ID test vs average shift, every ingredient and soup), \
+         `greedy.svg` (the greedy soup as it grows), `fine-tuned/angles.svg`, \
+         `from-scratch/angles.svg`.\n{}",
+        summary.seed,
+        summary.shifts.len(),
         summary.seconds,
         text(summary)
     );
@@ -131,58 +347,5 @@ pub fn write(summary: &Summary, dir: &Path) -> anyhow::Result<()> {
         std::fs::write(dir.join(name), text).with_context(|| format!("cannot write {name}"))
     };
     write("report.md", md)?;
-    write("report.json", serde_json::to_string_pretty(summary)? + "\n")?;
-    write("accuracy.svg", chart(summary))
-}
-
-/// A grouped bar chart: per set, val and test accuracy of every method.
-fn chart(summary: &Summary) -> String {
-    let (bar, gap, label_w, plot_w) = (9usize, 8usize, 230usize, 400.0);
-    let rows: usize = summary.sets.iter().map(|s| s.rows.len() + 1).sum();
-    let height = 60 + rows * (2 * bar + gap) + 20;
-    let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{height}" font-family="sans-serif" font-size="12">
-<rect width="{w}" height="{height}" fill="white"/>
-<text x="10" y="20" font-size="14" font-weight="bold">soup demo: accuracy (blue val, orange test)</text>
-"#,
-        w = label_w + 480
-    );
-    let mut y = 40;
-    let x_of = |v: f64| label_w as f64 + plot_w * v.clamp(0.0, 1.0);
-    for set in &summary.sets {
-        let _ =
-            writeln!(svg, r#"<text x="10" y="{}" font-weight="bold">{}</text>"#, y + 12, set.name);
-        y += 2 * bar + gap;
-        for row in &set.rows {
-            let _ = writeln!(
-                svg,
-                r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
-                label_w - 6,
-                y + bar + 4,
-                row.method
-            );
-            for (k, (value, colour)) in
-                [(row.val, "#3b528b"), (row.test, "#f28e2b")].into_iter().enumerate()
-            {
-                let top = y + k * bar;
-                let _ = writeln!(
-                    svg,
-                    r#"<rect x="{label_w}" y="{top}" width="{:.1}" height="{bar}" fill="{colour}"/><text x="{:.1}" y="{}" font-size="9">{}</text>"#,
-                    x_of(value) - label_w as f64,
-                    x_of(value) + 3.0,
-                    top + bar - 1,
-                    pct(value)
-                );
-            }
-            y += 2 * bar + gap;
-        }
-    }
-    let chance = x_of(summary.chance);
-    let _ = writeln!(
-        svg,
-        r#"<line x1="{chance:.1}" y1="35" x2="{chance:.1}" y2="{y}" stroke="grey" stroke-dasharray="4 3"/><text x="{chance:.1}" y="{}" font-size="10">chance</text>"#,
-        y + 12
-    );
-    svg.push_str("</svg>\n");
-    svg
+    write("report.json", serde_json::to_string_pretty(&report_json(summary))? + "\n")
 }

@@ -1,7 +1,8 @@
 //! Building the demo's soups with the real commands: this executable's `merge`,
-//! `greedy`, `pruned`, `learned` and `angles` run as child processes, and the
-//! searches score candidates with `soup demo-eval` through `--eval`, so every
-//! number goes through the evaluator protocol a user's script speaks.
+//! `greedy`, `pruned`, `learned` and `angles` run as child processes in the work
+//! directory, and the searches score candidates with `soup demo-eval` through
+//! `--eval`, so every choice goes through the evaluator protocol a user's script
+//! speaks.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -9,40 +10,34 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{bail, Context};
-use serde::Serialize;
 use serde_json::Value;
 
-use super::{check, Ingredient};
+use super::check;
 
-/// One row of the table: a soup (or the best single model) and its accuracy.
-#[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    /// What was built.
-    pub method: String,
-    /// Validation accuracy (where soups are chosen).
-    pub val: f64,
-    /// Test accuracy.
-    pub test: f64,
-    /// Ingredients in it.
+/// A soup that was built: its table row, where it is, how many ingredients count.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The method, as the tables name it.
+    pub method: &'static str,
+    /// Its directory, relative to the work directory.
+    pub dir: PathBuf,
+    /// Ingredients in it (for a learned soup, those weighing more than 0.001).
     pub ingredients: usize,
 }
 
-/// Everything measured on one set of ingredients.
-#[derive(Debug, Clone, Serialize)]
-pub struct SetResult {
-    /// `fine-tuned` or `from-scratch`.
-    pub name: String,
-    /// Number of ingredients.
-    pub ingredients: usize,
-    /// The rows, best individual first.
-    pub rows: Vec<Row>,
+/// Everything built and measured on one set of ingredients, before scoring.
+#[derive(Debug, Clone)]
+pub struct SetBuild {
+    /// The soups, in table order after the best individual.
+    pub soups: Vec<Built>,
+    /// The greedy soup after each ingredient it took: its first member alone,
+    /// then every accepted candidate, the last one being the greedy soup.
+    pub greedy_path: Vec<PathBuf>,
     /// Mean angle between ingredients (deltas from the base when there is one).
     pub mean_angle_deg: f64,
-    /// Whether that angle is between deltas from the pretrained model.
-    pub relative_to_base: bool,
     /// Whether the shared-init check flagged the ingredients.
     pub init_check_warns: bool,
-    /// Warnings the commands printed.
+    /// Warnings the commands printed, whole, each once.
     pub warnings: Vec<String>,
 }
 
@@ -51,64 +46,58 @@ pub struct Runner<'a> {
     exe: PathBuf,
     dir: PathBuf,
     learned_evaluations: usize,
+    seed: u64,
     interrupted: &'a AtomicBool,
 }
 
-/// The soups built on each set, after the best individual and the uniform soup:
-/// row label, output directory, command, extra arguments.
+/// The searches, after the uniform soup: method, output directory, command,
+/// extra arguments (`{seed}` is the demo's seed).
 const SEARCHES: [(&str, &str, &str, &[&str]); 5] = [
-    ("greedy soup", "greedy", "greedy", &[]),
+    ("greedy", "greedy", "greedy", &[]),
     (
-        "greedy soup (random order)",
+        "greedy (random order)",
         "greedy-random",
         "greedy",
-        &["--order", "random", "--seed", "1"],
+        &["--order", "random", "--seed", "{seed}"],
     ),
-    ("pruned soup", "pruned", "pruned", &["--passes", "2"]),
+    ("pruned", "pruned", "pruned", &["--passes", "2"]),
     (
-        "pruned soup (random order)",
+        "pruned (random order)",
         "pruned-random",
         "pruned",
-        &["--passes", "2", "--order", "random", "--seed", "1"],
+        &["--passes", "2", "--order", "random", "--seed", "{seed}"],
     ),
-    ("learned soup", "learned", "learned", &[]),
+    ("learned", "learned", "learned", &[]),
 ];
 
 impl<'a> Runner<'a> {
-    /// A runner writing under `dir`.
+    /// A runner working in `dir`, with this executable.
     pub fn new(
+        exe: &Path,
         dir: &Path,
         learned_evaluations: usize,
+        seed: u64,
         interrupted: &'a AtomicBool,
-    ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the soup executable")?;
-        Ok(Runner { exe, dir: dir.to_owned(), learned_evaluations, interrupted })
+    ) -> Self {
+        Runner { exe: exe.to_owned(), dir: dir.to_owned(), learned_evaluations, seed, interrupted }
     }
 
-    /// Builds every soup of one set and measures it; `evaluate` gives a
-    /// checkpoint's (val, test) accuracy.
+    /// Builds every soup of the set `name` from `ingredients` (relative to the
+    /// work directory), measuring angles from `base` when given.
     pub fn run_set(
         &self,
         name: &str,
-        set: &[Ingredient],
+        ingredients: &[PathBuf],
         base: Option<&Path>,
-        evaluate: &dyn Fn(&Path) -> anyhow::Result<(f64, f64)>,
         say: &dyn Fn(String),
-    ) -> anyhow::Result<SetResult> {
-        let root = self.dir.join(name);
+    ) -> anyhow::Result<SetBuild> {
+        let root = PathBuf::from(name);
         let soups = root.join("soups");
         let run_dir = root.join("run");
-        let inputs: Vec<OsString> = set.iter().map(|i| i.dir.clone().into_os_string()).collect();
+        let inputs: Vec<OsString> =
+            ingredients.iter().map(|i| i.clone().into_os_string()).collect();
         let mut warnings = Vec::new();
-        let mut rows = Vec::new();
-
-        let best = set.iter().max_by(|a, b| a.val.total_cmp(&b.val)).context("no ingredients")?;
-        rows.push(Row {
-            method: "best individual (on val)".into(),
-            val: best.val,
-            test: best.test,
-            ingredients: 1,
-        });
+        let mut built = Vec::new();
 
         say(format!("{name}: angles and the shared-init check"));
         let mut args = vec!["angles".into(), "--format".into(), "json".into(), "--quiet".into()];
@@ -121,18 +110,15 @@ impl<'a> Runner<'a> {
 
         say(format!("{name}: uniform soup"));
         let uniform = soups.join("uniform");
-        let mut args: Vec<OsString> =
-            vec!["merge".into(), "--quiet".into(), "-o".into(), uniform.clone().into()];
-        args.extend(inputs.iter().cloned());
-        self.soup(&args, &mut warnings)?;
-        let (val, test) = evaluate(&uniform)?;
-        rows.push(Row { method: "uniform soup".into(), val, test, ingredients: set.len() });
+        self.merge(&uniform, &inputs, &mut warnings)?;
+        built.push(Built { method: "uniform", dir: uniform, ingredients: ingredients.len() });
 
         let template =
             format!("{} demo-eval {{model}} --split val", quote(&self.exe.to_string_lossy()));
-        for (label, slug, command, extra) in SEARCHES {
+        let mut greedy_path = Vec::new();
+        for (method, slug, command, extra) in SEARCHES {
             check(self.interrupted)?;
-            say(format!("{name}: {label}"));
+            say(format!("{name}: {method} soup"));
             let out = soups.join(slug);
             let mut args: Vec<OsString> = vec![command.into(), "--quiet".into(), "--json".into()];
             args.extend(["--jobs", "2", "--eval"].map(OsString::from));
@@ -143,59 +129,125 @@ impl<'a> Runner<'a> {
                 "--run-dir".into(),
                 run_dir.clone().into(),
             ]);
-            args.extend(extra.iter().map(OsString::from));
+            let seed = self.seed.to_string();
+            args.extend(extra.iter().map(|a| OsString::from(a.replace("{seed}", &seed))));
             if command == "learned" {
-                let budget = set.len() + 1 + self.learned_evaluations;
+                let budget = ingredients.len() + 1 + self.learned_evaluations;
                 args.extend(["--budget".into(), budget.to_string().into()]);
             }
             args.extend(inputs.iter().cloned());
             let report: Value = serde_json::from_str(&self.soup(&args, &mut warnings)?)
                 .with_context(|| format!("soup {command} did not print a report"))?;
-            std::fs::write(soups.join(format!("{slug}.report.json")), report.to_string())?;
-            let members = report["members"].as_array().map_or(0, Vec::len);
+            std::fs::write(
+                self.dir.join(&soups).join(format!("{slug}.report.json")),
+                report.to_string(),
+            )?;
             let used = match report["weights"].as_array() {
                 Some(w) if command == "learned" => {
                     w.iter().filter(|w| w.as_f64() > Some(1e-3)).count()
                 }
-                _ => members,
+                _ => report["members"].as_array().map_or(0, Vec::len),
             };
-            let (val, test) = evaluate(&out)?;
-            rows.push(Row { method: label.into(), val, test, ingredients: used });
+            if slug == "greedy" {
+                greedy_path = self.greedy_path(&report, &out, &soups, &mut warnings)?;
+            }
+            built.push(Built { method, dir: out, ingredients: used });
         }
 
         let init_check_warns =
             angles["init_check"]["independent"].as_array().is_some_and(|p| !p.is_empty());
         warnings.sort();
         warnings.dedup();
-        Ok(SetResult {
-            name: name.to_owned(),
-            ingredients: set.len(),
-            rows,
+        Ok(SetBuild {
+            soups: built,
+            greedy_path,
             mean_angle_deg: mean_off_diagonal(&angles["angles_deg"]),
-            relative_to_base: base.is_some(),
             init_check_warns,
             warnings,
         })
     }
 
-    /// Runs `soup ARGS`; returns its stdout, collects the warnings it printed.
+    /// The greedy soup after each ingredient it took, read from its report; the
+    /// soups between the first ingredient and the final soup are merged anew.
+    fn greedy_path(
+        &self,
+        report: &Value,
+        greedy: &Path,
+        soups: &Path,
+        warnings: &mut Vec<String>,
+    ) -> anyhow::Result<Vec<PathBuf>> {
+        let names = |v: &Value| -> Option<Vec<OsString>> {
+            v.as_array()?.iter().map(|m| m.as_str().map(OsString::from)).collect()
+        };
+        let first = names(&report["best_individual"]["members"])
+            .filter(|m| m.len() == 1)
+            .context("the greedy report names no best individual")?;
+        let mut path = vec![PathBuf::from(&first[0])];
+        let accepted =
+            report["steps"].as_array().into_iter().flatten().filter(|s| s["accepted"] == true);
+        let steps: Vec<Vec<OsString>> = accepted.filter_map(|s| names(&s["members"])).collect();
+        for (k, members) in steps.iter().enumerate() {
+            if k + 1 == steps.len() {
+                path.push(greedy.to_owned());
+            } else {
+                let out = soups.join("greedy-path").join(format!("{:02}", members.len()));
+                self.merge(&out, members, warnings)?;
+                path.push(out);
+            }
+        }
+        Ok(path)
+    }
+
+    /// `soup merge` of `inputs` into `out`.
+    fn merge(
+        &self,
+        out: &Path,
+        inputs: &[OsString],
+        warnings: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        let mut args: Vec<OsString> =
+            vec!["merge".into(), "--quiet".into(), "-o".into(), out.into()];
+        args.extend(inputs.iter().cloned());
+        self.soup(&args, warnings).map(drop)
+    }
+
+    /// Runs `soup ARGS` in the work directory; returns its stdout and collects the
+    /// warnings it printed, each whole (its first line and the indented or
+    /// continued lines after it).
     fn soup(&self, args: &[OsString], warnings: &mut Vec<String>) -> anyhow::Result<String> {
         let output = Command::new(&self.exe)
+            .current_dir(&self.dir)
             .args(args)
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("cannot run {}", self.exe.display()))?;
         let stderr = String::from_utf8_lossy(&output.stderr);
-        for block in stderr.split("\nwarning: ").skip(1).chain(stderr.strip_prefix("warning: ")) {
-            let first = block.lines().next().unwrap_or_default();
-            warnings.push(format!("warning: {first}"));
-        }
+        warnings.extend(warning_blocks(&stderr));
         if !output.status.success() {
             let command = args.first().map(|a| a.to_string_lossy()).unwrap_or_default();
             bail!("soup {command} failed ({}): {}", output.status, stderr.trim());
         }
         Ok(String::from_utf8(output.stdout)?)
     }
+}
+
+/// The warnings in a command's stderr: each from its `warning:` line up to the
+/// next line that starts another message (`warning:` or `error:`).
+fn warning_blocks(stderr: &str) -> Vec<String> {
+    let mut blocks: Vec<String> = Vec::new();
+    let mut open = false;
+    for line in stderr.lines() {
+        if line.starts_with("warning:") {
+            blocks.push(line.to_owned());
+            open = true;
+        } else if line.starts_with("error:") {
+            open = false;
+        } else if let (true, Some(block)) = (open, blocks.last_mut()) {
+            block.push('\n');
+            block.push_str(line);
+        }
+    }
+    blocks
 }
 
 /// `s` quoted for `sh`.
@@ -215,4 +267,26 @@ fn mean_off_diagonal(matrix: &Value) -> f64 {
         })
         .collect();
     values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warning_is_kept_whole_and_ends_where_the_next_message_starts() {
+        let stderr = "warning: these ingredients do not look fine-tuned:\n  a vs b: 0.010\n\
+                      Fine-tunes of one model measure near 1.\nwarning: second\n  detail\n\
+                      error: stop\nnot part of a warning\n";
+        assert_eq!(
+            warning_blocks(stderr),
+            vec![
+                "warning: these ingredients do not look fine-tuned:\n  a vs b: 0.010\n\
+                 Fine-tunes of one model measure near 1."
+                    .to_owned(),
+                "warning: second\n  detail".to_owned(),
+            ]
+        );
+        assert!(warning_blocks("").is_empty());
+    }
 }
