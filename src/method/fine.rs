@@ -210,16 +210,19 @@ vectorised! {
     }
 
     /// Appends `(key, index)` of the values whose key lies in `bucket` (the
-    /// first value's index is `first`): a vectorised count first, since few do.
+    /// first value's index is `first`): a vectorised bit mask per 64 values
+    /// first, then only the few set bits visited.
     fn collect(values: &[f64], bucket: u64, first: u64, found: &mut Vec<(u64, u64)>) {
-        let hits = values.iter().filter(|v| v.abs().to_bits() >> SHIFT == bucket).count();
-        if hits == 0 {
-            return;
-        }
-        for (e, v) in values.iter().enumerate() {
-            let key = v.abs().to_bits();
-            if key >> SHIFT == bucket {
-                found.push((key, first + e as u64));
+        for (block, vs) in values.chunks(64).enumerate() {
+            let mut hits = 0u64;
+            for (e, v) in vs.iter().enumerate() {
+                hits |= u64::from(v.abs().to_bits() >> SHIFT == bucket) << e;
+            }
+            while hits != 0 {
+                let e = hits.trailing_zeros() as usize;
+                hits &= hits - 1;
+                let at = block * 64 + e;
+                found.push((values[at].abs().to_bits(), first + at as u64));
             }
         }
     }
