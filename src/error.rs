@@ -200,6 +200,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A support file the recipe asks for (tokenizer, chat template, config)
+    /// cannot be made.
+    #[error("{}: {reason}", path.display())]
+    SupportFile {
+        /// The file or model directory concerned.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A merge method was given parameters it cannot use.
     #[error("{method}: {reason}")]
     Method {

@@ -48,8 +48,10 @@ fn uniform_merge_writes_a_loadable_directory_with_the_recipe() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["config.json", "model.safetensors", "tokenizer.json"]);
+    assert_eq!(names, ["README.md", "config.json", "model.safetensors", "tokenizer.json"]);
     assert_eq!(fs::read_to_string(out.join("tokenizer.json")).unwrap(), "{\"from\": \"a\"}");
+    let card = fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(card.contains("# soup") && card.contains("method: linear"), "{card}");
 
     let (metadata, tensors) = read_safetensors(&out.join("model.safetensors"));
     assert_eq!(metadata["format"], "pt");

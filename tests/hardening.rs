@@ -232,6 +232,11 @@ fn a_later_run_removes_what_a_killed_merge_left() {
     let legacy = dir.path().join(format!(".soup.soup-tmp-{}-0", dead_pid()));
     fs::create_dir(&legacy).unwrap();
     fs::write(legacy.join("model.safetensors"), [0u8; 100]).unwrap();
+    // And the intermediate soups of a killed multi-document recipe (a directory
+    // per soup inside).
+    let intermediates = sibling_name(&dir.path().join("soup"), 'i', dead_pid());
+    fs::create_dir_all(intermediates.join("ab")).unwrap();
+    fs::write(intermediates.join("ab/model.safetensors"), [0u8; 100]).unwrap();
 
     let out = soup(&strs(&args));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -406,3 +406,89 @@ fn chunks_and_tiles_agree_with_an_f64_reference() {
     let expected: Vec<u8> = want.iter().flat_map(|&x| Fmt::BF16.round(x)).collect();
     assert!(*bytes == expected);
 }
+
+/// The recipe-only methods, each as `(method, parameters, models, uses a base)`:
+/// two models, or one for NearSwap.
+const RECIPE_METHODS: [(&str, &str, usize, bool); 9] = [
+    ("breadcrumbs", "{density: 0.6, gamma: 0.1}", 2, true),
+    ("breadcrumbs-ties", "{density: 0.6, gamma: 0.1}", 2, true),
+    ("della", "{density: 0.6, epsilon: 0.1, seed: 3}", 2, true),
+    ("della-linear", "{density: 0.6, epsilon: 0.1, seed: 3}", 2, true),
+    ("sce", "{select_topk: 0.5}", 2, true),
+    ("nearswap", "{t: 0.01}", 1, true),
+    ("nuslerp", "{weight: 0.4}", 2, false),
+    ("multislerp", "{weight: 0.5}", 2, false),
+    ("karcher", "{}", 2, false),
+];
+
+#[test]
+fn the_recipe_methods_see_an_adapter_as_its_merged_model() {
+    let dir = tempdir();
+    let base = fixture("bert_base");
+    let adapters = [fixture("bert_a"), fixture("bert_b")];
+    let full = [fixture("bert_a.merged.safetensors"), fixture("bert_b.merged.safetensors")];
+    for (method, parameters, k, with_base) in RECIPE_METHODS {
+        let run = |models: &[PathBuf; 2], name: &str| {
+            // With a base, it serves the adapters; without one, each adapter
+            // names its own.
+            let own_base = if with_base || name == "full" {
+                String::new()
+            } else {
+                format!(", adapter_base: {}", s(&base))
+            };
+            let mut text = format!(
+                "method: {method}\nparameters: {parameters}\noutput: {{dtype: f32}}\ningredients:\n"
+            );
+            for m in &models[..k] {
+                text += &format!("- {{path: {}{own_base}}}\n", s(m));
+            }
+            if with_base {
+                text += &format!("base: {}\n", s(&base));
+            }
+            let recipe = dir.path().join(format!("{method}-{name}.yaml"));
+            fs::write(&recipe, text).unwrap();
+            let out = dir.path().join(format!("{method}-{name}"));
+            soup_ok(&["merge", "--recipe", s(&recipe), "--no-init-check", "-o", s(&out)]);
+            if name == "adapters" {
+                assert_recipe_replays(&out);
+            }
+            read_output(&out)
+        };
+        assert_eq!(run(&adapters, "adapters"), run(&full, "full"), "{method}");
+    }
+}
+
+#[test]
+fn slices_of_adapters_are_slices_of_their_merged_models() {
+    let dir = tempdir();
+    let base = fixture("bert_base");
+    let run = |models: [PathBuf; 2], name: &str| {
+        let own_base = if name == "adapters" {
+            format!(", adapter_base: {}", s(&base))
+        } else {
+            String::new()
+        };
+        // A frankenmerge: block 0 of one model, then blocks 0 and 1 of the other.
+        let text = format!(
+            "method: passthrough\noutput: {{dtype: f32}}\nslices:\n\
+             - ingredients: [{{path: {}, layers: [0, 1]{own_base}}}]\n\
+             - ingredients: [{{path: {}, layers: [0, 2]{own_base}}}]\n",
+            s(&models[0]),
+            s(&models[1]),
+        );
+        let recipe = dir.path().join(format!("{name}.yaml"));
+        fs::write(&recipe, text).unwrap();
+        let out = dir.path().join(name);
+        soup_ok(&["merge", "--recipe", s(&recipe), "--no-init-check", "-o", s(&out)]);
+        if name == "adapters" {
+            assert_recipe_replays(&out);
+        }
+        read_output(&out)
+    };
+    let got = run([fixture("bert_a"), fixture("bert_b")], "adapters");
+    let want =
+        run([fixture("bert_a.merged.safetensors"), fixture("bert_b.merged.safetensors")], "full");
+    assert_eq!(got, want);
+    // Three blocks: the stacked one is renumbered after the first.
+    assert!(got.keys().any(|n| n.contains("layer.2.")), "{:?}", got.keys());
+}

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{write_checkpoint, Fmt, RawTensor, Rng};
-use modelsoup::method::prepare;
-use modelsoup::recipe::{Ingredient, Method, Recipe, Rule, Setting, Value};
+use modelsoup::method::prepare_models;
+use modelsoup::recipe::{Ingredient, Method, Recipe, Rule, Setting, Slice, Value};
 use modelsoup::{write_soup, Checkpoint, Destination, RunOptions};
 
 const SHAPES: [(&str, &[usize]); 7] = [
@@ -61,9 +61,8 @@ fn fixture(name: &str) -> PathBuf {
 /// Writes `recipe` through the library into `root/name`, in `root`.
 fn native(root: &Path, recipe: &Recipe, name: &str) -> PathBuf {
     let open = |p: &str| Checkpoint::open(root.join(p)).unwrap();
-    let ingredients: Vec<Checkpoint> = recipe.ingredients.iter().map(|i| open(&i.path)).collect();
-    let base = recipe.base.as_ref().map(|b| open(&b.path));
-    let prepared = prepare(recipe, &ingredients, base.as_ref(), &RunOptions::default()).unwrap();
+    let models: Vec<Checkpoint> = recipe.models().iter().map(|p| open(p)).collect();
+    let prepared = prepare_models(recipe, &models, &RunOptions::default()).unwrap();
     let out = root.join(name);
     let dest = Destination { path: &out, force: true, support_files_from: None, durable: false };
     write_soup(&prepared.inputs, &prepared.plan, &dest, &RunOptions::default()).unwrap();
@@ -75,7 +74,7 @@ fn weighted(path: &str, weight: f64, density: Option<f64>) -> Ingredient {
         path: path.to_owned(),
         weight: Some(weight.into()),
         density: density.map(Into::into),
-        ..Default::default()
+        ..Ingredient::default()
     }
 }
 
@@ -147,14 +146,74 @@ fn cases() -> Vec<(&'static str, Recipe)> {
         vec![Ingredient::path("a"), Ingredient::path("b"), Ingredient::path("c")],
         true,
     );
+    let own = |path: &str, weight: f64, density: f64, extra: fn(&mut Ingredient)| {
+        let mut i = weighted(path, weight, Some(density));
+        extra(&mut i);
+        i
+    };
+    let mut crumbs = with(
+        Method::BreadcrumbsTies,
+        vec![own("a", 0.6, 0.6, |i| i.gamma = Some(0.05.into())), own("b", 0.4, 0.6, |_| {})],
+        true,
+    );
+    crumbs.parameters.gamma = Some(0.1.into());
+    crumbs.parameters.lambda = Some(0.9.into());
+    crumbs.parameters.normalize = Some(false);
+    let mut della = with(
+        Method::Della,
+        vec![own("a", 1.0, 0.5, |i| i.epsilon = Some(0.2.into())), own("b", 0.5, 0.6, |_| {})],
+        true,
+    );
+    della.parameters.epsilon = Some(0.1.into());
+    della.parameters.lambda = Some(1.0.into());
+    della.parameters.normalize = Some(true);
+    della.parameters.rescale = Some(true);
+    let mut sce = with(
+        Method::Sce,
+        vec![Ingredient::path("a"), Ingredient::path("b"), Ingredient::path("c")],
+        true,
+    );
+    sce.parameters.select_topk = Some(0.4.into());
+    let nuslerp =
+        with(Method::Nuslerp, vec![weighted("a", 0.3, None), weighted("b", 0.7, None)], true);
+    let mut multislerp = with(
+        Method::Multislerp,
+        vec![weighted("a", 1.0, None), weighted("b", 2.0, None), weighted("c", 1.0, None)],
+        false,
+    );
+    multislerp.parameters.normalize = Some(true);
+    let mut karcher =
+        with(Method::Karcher, ["a", "b", "c", "base"].map(Ingredient::path).to_vec(), false);
+    karcher.parameters.max_iter = Some(20);
+    karcher.parameters.tol = Some(1e-7);
+    let mut nearswap = with(Method::Nearswap, vec![Ingredient::path("a")], true);
+    nearswap.parameters.t = Some(0.05.into());
+    let layers = |path: &str, start: usize, end: usize| Ingredient {
+        layers: Some([start, end]),
+        ..Ingredient::path(path)
+    };
+    let mut franken = with(Method::Passthrough, Vec::new(), false);
+    franken.slices = [layers("a", 0, 2), layers("b", 1, 2), layers("c", 0, 2)]
+        .into_iter()
+        .map(|i| Slice { ingredients: vec![i], ..Slice::default() })
+        .collect();
     vec![
         ("linear.yaml", linear),
         ("task_arithmetic.yaml", task),
         ("ties.yaml", ties),
         ("dare_linear.yaml", dare_linear),
         ("dare_ties.yaml", dare_ties),
+        ("slerp_slices.yaml", slerp.clone()),
         ("slerp.yaml", slerp),
         ("model_stock.yaml", stock),
+        ("breadcrumbs_ties.yaml", crumbs),
+        ("della.yaml", della),
+        ("sce.yaml", sce),
+        ("nuslerp.yaml", nuslerp),
+        ("multislerp.yaml", multislerp),
+        ("karcher.yaml", karcher),
+        ("nearswap.yaml", nearswap),
+        ("passthrough_slices.yaml", franken),
     ]
 }
 
@@ -185,7 +244,8 @@ fn every_supported_method_runs_from_its_mergekit_config_as_its_recipe_does() {
         }
         let expected = native(root, &recipe, &format!("native-{file}"));
         let (got, want) = (tensors(&out), tensors(&expected));
-        assert_eq!(got.len(), SHAPES.len(), "{file}");
+        let blocks = if file == "passthrough_slices.yaml" { 5 } else { 2 };
+        assert_eq!(got.len(), SHAPES.len() + 2 * (blocks - 2), "{file}");
         for (name, t) in &want {
             assert!(got[name] == *t, "{file}: tensor {name} differs from the native recipe");
         }
@@ -229,7 +289,7 @@ fn unsupported_mergekit_keys_are_named_in_the_error() {
     let root = dir.path();
     models(root);
     for (yaml, named) in [
-        ("merge_method: passthrough\nslices: []\n", "passthrough"),
+        ("merge_method: ram\nmodels: [a]\n", "ram"),
         (
             "merge_method: linear\nmodels:\n  - model: a\n    parameters: {weight: 1}\n\
              tokenizer_source: union\n",
@@ -249,4 +309,176 @@ fn unsupported_mergekit_keys_are_named_in_the_error() {
         assert!(stderr.contains(named) && stderr.contains("config.yaml"), "{stderr}");
         assert!(!root.join("out").exists(), "nothing written");
     }
+}
+
+/// The names in `dir`, sorted, hidden ones included.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn several_documents_merge_their_intermediates_first_and_clean_them_up() {
+    let dir = common::tempdir();
+    let root = dir.path();
+    models(root);
+    let before = listing(root);
+    let run = soup_in(
+        root,
+        &["merge", "--recipe", fixture("multi.yaml").to_str().unwrap(), "-o", "soup"],
+    );
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    // Nothing left beside the soup but the soup.
+    let mut after = before.clone();
+    after.push("soup".to_owned());
+    after.sort();
+    assert_eq!(listing(root), after);
+    // The same as the two merges made one after the other.
+    let mut ab =
+        Recipe::new(Method::Linear, vec![weighted("a", 1.0, None), weighted("b", 1.0, None)]);
+    ab.parameters.normalize = Some(true);
+    ab.output.dtype = Some("f32".to_owned());
+    native(root, &ab, "ab");
+    let mut ties = Recipe::new(
+        Method::Ties,
+        vec![weighted("ab", 1.0, Some(0.5)), weighted("c", 1.0, Some(0.5))],
+    );
+    ties.base = Some(Ingredient::path("base"));
+    ties.parameters.normalize = Some(true);
+    ties.output.dtype = Some("f32".to_owned());
+    let expected = native(root, &ties, "expected");
+    assert_eq!(tensors(&root.join("soup")), tensors(&expected));
+    // The soup records the intermediate, so its recipe replays it.
+    let again = soup_in(root, &["merge", "--recipe", "soup", "-o", "again", "--quiet"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(tensors(&root.join("soup")), tensors(&root.join("again")));
+    // A failing final merge removes the intermediates too.
+    std::fs::write(
+        root.join("bad.yaml"),
+        "name: ab\nmerge_method: linear\nmodels: [{model: a, parameters: {weight: 1}}]\n---\n\
+         merge_method: ties\nbase_model: base\nmodels: [{model: ab, parameters: {weight: 1, \
+         density: 0.5}}, {model: missing, parameters: {weight: 1}}]\n",
+    )
+    .unwrap();
+    let run = soup_in(root, &["merge", "--recipe", "bad.yaml", "-o", "bad"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("missing"));
+    // (Intermediates are written into `.soup-<hash>-i<pid>-<n>` beside the output;
+    // its lock, `.soup-<hash>.lock`, may stay.)
+    let left = listing(root);
+    assert!(!left.iter().any(|n| n.starts_with(".soup-") && !n.ends_with(".lock") || n == "bad"));
+}
+
+#[test]
+fn slices_write_the_outputs_layer_count_into_its_config() {
+    let dir = common::tempdir();
+    let root = dir.path();
+    models(root);
+    for name in ["a", "b", "c"] {
+        let config = r#"{"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2}"#;
+        std::fs::write(root.join(name).join("config.json"), config).unwrap();
+    }
+    let config = fixture("passthrough_slices.yaml");
+    let run = soup_in(root, &["merge", "--recipe", config.to_str().unwrap(), "-o", "franken"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("franken/config.json")).unwrap()).unwrap();
+    assert_eq!(written["num_hidden_layers"], 5);
+    assert_eq!(written["architectures"][0], "LlamaForCausalLM");
+    let got = tensors(&root.join("franken"));
+    assert!(got.contains_key("model.layers.4.mlp.up_proj.weight"), "{:?}", got.keys());
+    // Block 1 of b is output block 2.
+    let b = tensors(&root.join("b"));
+    assert_eq!(
+        got["model.layers.2.self_attn.q_proj.weight"],
+        b["model.layers.1.self_attn.q_proj.weight"]
+    );
+}
+
+#[test]
+fn tokenizer_source_chat_template_and_the_model_card() {
+    let dir = common::tempdir();
+    let root = dir.path();
+    models(root);
+    let write = |model: &str, file: &str, text: &str| {
+        std::fs::write(root.join(model).join(file), text).unwrap();
+    };
+    write("base", "tokenizer.json", "base tokenizer");
+    write("base", "tokenizer_config.json", r#"{"model_max_length": 8, "chat_template": "A"}"#);
+    write("base", "tokenizer.model", "base sentencepiece");
+    write("base", "README.md", "card of base");
+    for (model, template) in [("a", "B"), ("b", "B"), ("c", "C")] {
+        write(model, "tokenizer.json", &format!("{model} tokenizer"));
+        write(model, "tokenizer_config.json", &format!(r#"{{"chat_template": "{template}"}}"#));
+        write(model, "README.md", &format!("card of {model}"));
+    }
+    let config = "merge_method: ties\nbase_model: base\nmodels:\n  - model: a\n    parameters: \
+                  {weight: 1, density: 0.5}\n  - model: b\n    parameters: {weight: 1}\n\
+                  tokenizer_source: base\nchat_template: chatml\n";
+    write(".", "tok.yaml", config);
+    let run = soup_in(root, &["merge", "--recipe", "tok.yaml", "-o", "soup"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let out = root.join("soup");
+    assert_eq!(std::fs::read_to_string(out.join("tokenizer.json")).unwrap(), "base tokenizer");
+    let tok: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(tok["model_max_length"], 8);
+    assert!(tok["chat_template"].as_str().unwrap().contains("<|im_start|>"), "{tok}");
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    for says in [
+        "# soup",
+        "[TIES](https://arxiv.org/abs/2306.01708)",
+        "/base` as the base",
+        "density: 0.5",
+        "## mergekit configuration",
+        "tokenizer_source: base",
+    ] {
+        assert!(card.contains(says), "the card says {says:?}:\n{card}");
+    }
+    assert_eq!(std::fs::read_to_string(out.join("mergekit_config.yml")).unwrap(), config);
+    // The support files come from the base (TIES is built on one), but another
+    // tokenizer source replaces its tokenizer whole: none of the base's
+    // tokenizer files stays beside it.
+    write(".", "tok_a.yaml", &config.replace("tokenizer_source: base", "tokenizer_source: a"));
+    let run = soup_in(root, &["merge", "--recipe", "tok_a.yaml", "-o", "tok_a"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let out = root.join("tok_a");
+    assert_eq!(std::fs::read_to_string(out.join("tokenizer.json")).unwrap(), "a tokenizer");
+    assert!(!out.join("tokenizer.model").exists());
+    assert!(root.join("soup/tokenizer.model").exists());
+    let tok: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert!(tok["chat_template"].as_str().unwrap().contains("<|im_start|>"), "{tok}");
+    assert!(tok.get("model_max_length").is_none(), "{tok}");
+    // `auto`: the template most of the models have; --no-card keeps the
+    // support files' own README (the base's).
+    write(
+        ".",
+        "auto.yaml",
+        &config.replace("chatml", "auto").replace("tokenizer_source: base\n", ""),
+    );
+    let run = soup_in(root, &["merge", "--recipe", "auto.yaml", "-o", "auto", "--no-card"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let tok: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("auto/tokenizer_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(tok["chat_template"], "B");
+    assert_eq!(std::fs::read_to_string(root.join("auto/README.md")).unwrap(), "card of base");
+    assert!(!root.join("auto/mergekit_config.yml").exists());
+    // A tokenizer source without tokenizer files is named.
+    write(
+        ".",
+        "none.yaml",
+        &config.replace("tokenizer_source: base", "tokenizer_source: c/model.safetensors"),
+    );
+    std::fs::remove_file(root.join("c/tokenizer.json")).unwrap();
+    std::fs::remove_file(root.join("c/tokenizer_config.json")).unwrap();
+    let run = soup_in(root, &["merge", "--recipe", "none.yaml", "-o", "none"]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("has no tokenizer files"), "{stderr}");
 }

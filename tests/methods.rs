@@ -9,9 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{read_output, write_checkpoint, Fmt, RawTensor, Rng, FORMATS};
-use modelsoup::engine::dropout::DropMask;
-use modelsoup::method::prepare;
-use modelsoup::recipe::{Ingredient, Method, Recipe, Setting};
+use modelsoup::engine::dropout::{threshold, DropMask};
+use modelsoup::method::{prepare, prepare_models};
+use modelsoup::recipe::{Ingredient, Method, Recipe, Setting, Slice};
 use modelsoup::{write_soup, Checkpoint, Destination, RunOptions};
 
 /// Tensor names and shapes: odd sizes across chunk boundaries, a scalar, an empty
@@ -470,11 +470,28 @@ fn recorded_recipes_replay_byte_for_byte() {
         Method::DareTies,
         Method::Slerp,
         Method::ModelStock,
+        Method::BreadcrumbsTies,
+        Method::Della,
+        Method::Sce,
+        Method::Nuslerp,
+        Method::Multislerp,
+        Method::Karcher,
+        Method::Nearswap,
+        Method::Passthrough,
     ] {
-        let mut r = recipe(method, &d, method != Method::Slerp);
+        let with_base = method.needs_base() || method == Method::Multislerp;
+        let mut r = recipe(method, &d, with_base);
         match method {
-            Method::Ties | Method::DareTies => r.parameters.density = Some(0.4.into()),
+            Method::Ties | Method::DareTies | Method::BreadcrumbsTies | Method::Della => {
+                r.parameters.density = Some(0.4.into())
+            }
             Method::Slerp => r.parameters.t = Some(0.25.into()),
+            Method::Nearswap => {
+                r.parameters.t = Some(0.05.into());
+                r.ingredients.truncate(1);
+            }
+            Method::Sce => r.parameters.select_topk = Some(0.5.into()),
+            Method::Passthrough => r.ingredients.truncate(1),
             _ => {}
         }
         let out = run(&r, &d, 2, 50, "first");
@@ -485,4 +502,492 @@ fn recorded_recipes_replay_byte_for_byte() {
         assert_eq!(bytes(&out), bytes(&again), "{method:?}: replay differs");
         assert_eq!(recorded.method, method);
     }
+}
+
+/// Runs `recipe` (with or without slices) through [`prepare_models`] and
+/// returns the output directory.
+fn run_models(recipe: &Recipe, d: &OnDisk, threads: usize, chunk: usize, name: &str) -> PathBuf {
+    let models: Vec<Checkpoint> =
+        recipe.models().iter().map(|p| Checkpoint::open(p).unwrap()).collect();
+    let options = RunOptions { threads, chunk_elements: chunk, ..RunOptions::default() };
+    let prepared = prepare_models(recipe, &models, &options).unwrap();
+    let out = d.root.path().join(name);
+    let dest = Destination { path: &out, force: true, support_files_from: None, durable: false };
+    write_soup(&prepared.inputs, &prepared.plan, &dest, &options).unwrap();
+    out
+}
+
+/// The same bytes at one thread and one chunk as at several threads and small
+/// chunks (which cut rows and selections across chunk boundaries).
+fn same_at_any_threads(recipe: &Recipe, d: &OnDisk, method: &str) -> PathBuf {
+    let one = run_models(recipe, d, 1, 64 * 1024, &format!("{method}-one"));
+    let many = run_models(recipe, d, 3, 7, &format!("{method}-many"));
+    assert_eq!(read_output(&one), read_output(&many), "{method}: threads or chunks changed bytes");
+    one
+}
+
+/// Indices of `d` from the largest magnitude down, equal magnitudes by position
+/// (the earlier first).
+fn by_magnitude(d: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..d.len()).collect();
+    order.sort_by(|&i, &j| d[j].abs().total_cmp(&d[i].abs()).then(i.cmp(&j)));
+    order
+}
+
+/// Breadcrumbs' trim (mergekit's counts): in ascending order of magnitude, keep
+/// ranks `n_bot..n_bot + ⌊density·n⌋`, `n_bot = max(0, n − ⌊density·n⌋ − ⌊gamma·n⌋)`.
+fn breadcrumb(d: &[f64], density: f64, gamma: f64) -> Vec<f64> {
+    if density >= 1.0 {
+        return d.to_vec();
+    }
+    let n = d.len();
+    let target = (density * n as f64) as usize;
+    let top = (gamma * n as f64) as usize;
+    let bot = n.saturating_sub(target + top);
+    let mut ascending = by_magnitude(d);
+    ascending.reverse();
+    let mut out = vec![0.0; n];
+    for &i in &ascending[bot..bot + target] {
+        out[i] = d[i];
+    }
+    out
+}
+
+#[test]
+fn breadcrumbs_match_the_reference_with_and_without_ties_in_magnitude() {
+    let mut rng = Rng::new(21);
+    for (method, fmt, few) in [
+        (Method::Breadcrumbs, Fmt::F32, false),
+        (Method::BreadcrumbsTies, Fmt::BF16, true),
+        (Method::BreadcrumbsTies, Fmt::F64, false),
+    ] {
+        let m = models(&mut rng, 3, few);
+        let d = on_disk(&m, &[fmt]);
+        let (densities, gammas) = ([0.5, 0.3, 1.0], [0.1, 0.4, 0.2]);
+        let mut r = recipe(method, &d, true);
+        for (i, ing) in r.ingredients.iter_mut().enumerate() {
+            ing.density = Some(densities[i].into());
+            ing.gamma = Some(gammas[i].into());
+        }
+        r.parameters.lambda = Some(1.3.into());
+        r.ingredients[1].weight = Some(0.5.into());
+        let weights = [1.0, 0.5, 1.0];
+        let elect = method == Method::BreadcrumbsTies;
+        let want: Vec<Vec<f64>> = (0..SHAPES.len())
+            .map(|t| {
+                let base = &d.base_values[t];
+                let sparse: Vec<Vec<f64>> = (0..3)
+                    .map(|i| {
+                        breadcrumb(&delta(&d.tuned_values[i][t], base), densities[i], gammas[i])
+                    })
+                    .collect();
+                merge_deltas(base, &sparse, &weights, 1.3, false, elect)
+            })
+            .collect();
+        let out = same_at_any_threads(&r, &d, method.name());
+        check(&out, &want, fmt);
+    }
+}
+
+#[test]
+fn della_matches_the_reference_row_by_row() {
+    let mut rng = Rng::new(22);
+    for (method, fmt) in [(Method::Della, Fmt::F32), (Method::DellaLinear, Fmt::BF16)] {
+        let m = models(&mut rng, 3, true);
+        let d = on_disk(&m, &[fmt]);
+        let (densities, epsilons) = ([0.5, 0.7, 1.0], [0.2, 0.1, 0.1]);
+        let mut r = recipe(method, &d, true);
+        for (i, ing) in r.ingredients.iter_mut().enumerate() {
+            ing.density = Some(densities[i].into());
+            ing.epsilon = Some(epsilons[i].into());
+        }
+        r.parameters.seed = Some(5);
+        let elect = method == Method::Della;
+        let want: Vec<Vec<f64>> = (0..SHAPES.len())
+            .map(|t| {
+                let (name, shape) = SHAPES[t];
+                let row = if shape.len() == 2 { shape[1] } else { shape.iter().product() };
+                let base = &d.base_values[t];
+                let sparse: Vec<Vec<f64>> = (0..3)
+                    .map(|i| {
+                        let delta = delta(&d.tuned_values[i][t], base);
+                        if densities[i] >= 1.0 {
+                            return delta;
+                        }
+                        let mask = DropMask::stream(5, i, name);
+                        let mut out = vec![0.0; delta.len()];
+                        for start in (0..delta.len()).step_by(row.max(1)) {
+                            let r = &delta[start..start + row];
+                            // Rank 0 is the smallest magnitude.
+                            let mut order = by_magnitude(r);
+                            order.reverse();
+                            for (rank, &j) in order.iter().enumerate() {
+                                let norm =
+                                    if row > 1 { rank as f64 / (row - 1) as f64 } else { 0.0 };
+                                let p = (densities[i] - epsilons[i]) + norm * 2.0 * epsilons[i];
+                                let e = start + j;
+                                if mask.draw(e as u64) < threshold(p) {
+                                    out[e] = delta[e] / p;
+                                }
+                            }
+                        }
+                        out
+                    })
+                    .collect();
+                merge_deltas(base, &sparse, &[1.0; 3], 1.0, elect, elect)
+            })
+            .collect();
+        let out = same_at_any_threads(&r, &d, method.name());
+        check(&out, &want, fmt);
+    }
+}
+
+#[test]
+fn sce_matches_the_reference() {
+    let mut rng = Rng::new(23);
+    for (fmt, select, few) in
+        [(Fmt::F32, 0.4, false), (Fmt::BF16, 1.0, true), (Fmt::F16, 0.7, true)]
+    {
+        let m = models(&mut rng, 3, few);
+        let d = on_disk(&m, &[fmt]);
+        let mut r = recipe(Method::Sce, &d, true);
+        r.parameters.select_topk = Some(select.into());
+        let want: Vec<Vec<f64>> = (0..SHAPES.len())
+            .map(|t| {
+                let base = &d.base_values[t];
+                let n = base.len();
+                let mut tv: Vec<Vec<f64>> =
+                    (0..3).map(|i| delta(&d.tuned_values[i][t], base)).collect();
+                if select < 1.0 {
+                    let var: Vec<f64> = (0..n)
+                        .map(|e| {
+                            let mean = (tv[0][e] + tv[1][e] + tv[2][e]) / 3.0;
+                            tv.iter().map(|v| (v[e] - mean) * (v[e] - mean)).sum::<f64>() / 3.0
+                        })
+                        .collect();
+                    let nonzero = var.iter().filter(|&&v| v != 0.0).count();
+                    let k = (nonzero as f64 * select) as usize;
+                    let keep = &by_magnitude(&var)[..k];
+                    for v in tv.iter_mut() {
+                        for (e, x) in v.iter_mut().enumerate() {
+                            if !keep.contains(&e) {
+                                *x = 0.0;
+                            }
+                        }
+                    }
+                }
+                let means: Vec<f64> = tv
+                    .iter()
+                    .map(|v| v.iter().map(|x| x * x).sum::<f64>() / n.max(1) as f64)
+                    .collect();
+                let sum: f64 = means.iter().sum();
+                let w: Vec<f64> = if sum.abs() < 1e-6 {
+                    vec![1.0 / 3.0; 3]
+                } else {
+                    means.iter().map(|m| m / sum).collect()
+                };
+                (0..n)
+                    .map(|e| {
+                        let total: f64 = tv.iter().map(|v| v[e]).sum();
+                        let sign = if total >= 0.0 { 1.0 } else { -1.0 };
+                        let (mut mixed, mut div) = (0.0, 0.0);
+                        for (v, w) in tv.iter().zip(&w) {
+                            if v[e] * sign > 0.0 {
+                                mixed += w * v[e];
+                                div += w;
+                            }
+                        }
+                        base[e] + mixed / f64::max(div, 1e-6)
+                    })
+                    .collect()
+            })
+            .collect();
+        let out = same_at_any_threads(&r, &d, &format!("sce-{select}"));
+        check(&out, &want, fmt);
+    }
+}
+
+/// `Σ wᵢ·vᵢ` of vectors.
+fn combination(vectors: &[Vec<f64>], c: &[f64]) -> Vec<f64> {
+    (0..vectors[0].len()).map(|e| vectors.iter().zip(c).map(|(v, c)| c * v[e]).sum()).collect()
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn norm(a: &[f64]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+/// NuSLERP of two vectors, on the vectors (mergekit's `nuslerp`, flattened).
+fn nuslerp_ref(v0: &[f64], v1: &[f64], t: f64) -> Vec<f64> {
+    let (n0, n1) = (norm(v0).max(1e-7), norm(v1).max(1e-7));
+    let cos = (dot(v0, v1) / (n0 * n1)).clamp(-1.0, 1.0);
+    if 1.0 - cos * cos <= 1e-16 {
+        return combination(&[v0.to_vec(), v1.to_vec()], &[1.0 - t, t]);
+    }
+    let th = cos.acos();
+    combination(
+        &[v0.to_vec(), v1.to_vec()],
+        &[((1.0 - t) * th).sin() / th.sin(), (t * th).sin() / th.sin()],
+    )
+}
+
+/// Multi-SLERP on the vectors, as mergekit computes it.
+fn multislerp_ref(vs: &[Vec<f64>], weights: &[f64], eps: f64) -> Vec<f64> {
+    let sum: f64 = weights.iter().sum();
+    let w: Vec<f64> = weights.iter().map(|x| x / sum).collect();
+    let norms: Vec<f64> = vs.iter().map(|v| norm(v)).collect();
+    let units: Vec<Vec<f64>> =
+        vs.iter().zip(&norms).map(|(v, n)| v.iter().map(|x| x / (n + eps)).collect()).collect();
+    let mean = combination(&units, &w);
+    let mn = norm(&mean);
+    let mean: Vec<f64> = mean.iter().map(|x| x / mn).collect();
+    let tangents: Vec<Vec<f64>> = units
+        .iter()
+        .map(|u| {
+            let d = dot(u, &mean);
+            u.iter().zip(&mean).map(|(u, m)| u - d * m).collect()
+        })
+        .collect();
+    let tangent = combination(&tangents, &w);
+    let tn = norm(&tangent) + eps;
+    let avg: f64 = w.iter().zip(&norms).map(|(w, n)| w * n).sum();
+    mean.iter().zip(&tangent).map(|(m, t)| (m * tn.cos() + t * tn.sin() / tn) * avg).collect()
+}
+
+/// The Karcher mean on the vectors, as mergekit computes it.
+fn karcher_ref(vs: &[Vec<f64>], max_iter: usize, tol: f64) -> Vec<f64> {
+    let k = vs.len();
+    let norms: Vec<f64> = vs.iter().map(|v| norm(v)).collect();
+    let units: Vec<Vec<f64>> = vs
+        .iter()
+        .zip(&norms)
+        .map(|(v, &n)| v.iter().map(|x| if n == 0.0 { 0.0 } else { x / n }).collect())
+        .collect();
+    let valid: Vec<usize> = (0..k).filter(|&i| norms[i] > tol).collect();
+    if valid.is_empty() {
+        return vec![0.0; vs[0].len()];
+    }
+    let a = 1.0 / valid.len() as f64;
+    let mut mean = vec![0.0; vs[0].len()];
+    for &i in &valid {
+        for (m, u) in mean.iter_mut().zip(&units[i]) {
+            *m += a * u;
+        }
+    }
+    let mn = norm(&mean);
+    mean = if mn < tol { units[valid[0]].clone() } else { mean.iter().map(|x| x / mn).collect() };
+    for _ in 0..max_iter {
+        let mut tangent = vec![0.0; mean.len()];
+        for &i in &valid {
+            let d = dot(&mean, &units[i]).clamp(-1.0, 1.0);
+            let th = d.acos();
+            if th < tol {
+                continue;
+            }
+            for ((t, u), m) in tangent.iter_mut().zip(&units[i]).zip(&mean) {
+                *t += a * (th / th.sin()) * (u - d * m);
+            }
+        }
+        let tn = norm(&tangent);
+        if tn < tol {
+            break;
+        }
+        mean = mean.iter().zip(&tangent).map(|(m, t)| tn.cos() * m + tn.sin() * (t / tn)).collect();
+        let un = norm(&mean);
+        if un > tol {
+            mean.iter_mut().for_each(|m| *m /= un);
+        }
+    }
+    let scale: f64 = norms.iter().map(|n| n / k as f64).sum();
+    mean.iter().map(|m| scale * m).collect()
+}
+
+#[test]
+fn nuslerp_multislerp_and_karcher_match_the_reference() {
+    let mut rng = Rng::new(24);
+    for fmt in [Fmt::F32, Fmt::BF16] {
+        let m = models(&mut rng, 3, false);
+        let d = on_disk(&m, &[fmt]);
+        let tensor = |i: usize, t: usize| d.tuned_values[i][t].clone();
+        // NuSLERP of two models, then of their task vectors from the base.
+        for with_base in [false, true] {
+            let mut r = recipe(Method::Nuslerp, &d, with_base);
+            r.ingredients.truncate(2);
+            r.ingredients[0].weight = Some(1.0.into());
+            r.ingredients[1].weight = Some(3.0.into());
+            let want: Vec<Vec<f64>> = (0..SHAPES.len())
+                .map(|t| {
+                    let b = &d.base_values[t];
+                    if with_base {
+                        let v =
+                            nuslerp_ref(&delta(&tensor(0, t), b), &delta(&tensor(1, t), b), 0.75);
+                        b.iter().zip(v).map(|(b, v)| b + v).collect()
+                    } else {
+                        nuslerp_ref(&tensor(0, t), &tensor(1, t), 0.75)
+                    }
+                })
+                .collect();
+            check(&same_at_any_threads(&r, &d, &format!("nuslerp-{with_base}")), &want, fmt);
+        }
+        // Multi-SLERP of three task vectors.
+        let mut r = recipe(Method::Multislerp, &d, true);
+        let weights = [1.0, 2.0, 0.5];
+        for (ing, &w) in r.ingredients.iter_mut().zip(&weights) {
+            ing.weight = Some(w.into());
+        }
+        let want: Vec<Vec<f64>> = (0..SHAPES.len())
+            .map(|t| {
+                let b = &d.base_values[t];
+                let vs: Vec<Vec<f64>> = (0..3).map(|i| delta(&tensor(i, t), b)).collect();
+                if b.is_empty() {
+                    return Vec::new();
+                }
+                let v = multislerp_ref(&vs, &weights, 1e-8);
+                b.iter().zip(v).map(|(b, v)| b + v).collect()
+            })
+            .collect();
+        check(&same_at_any_threads(&r, &d, "multislerp"), &want, fmt);
+        // The Karcher mean of the three models and the base.
+        let mut r = recipe(Method::Karcher, &d, false);
+        r.ingredients.push(Ingredient::path(d.base.display().to_string()));
+        r.parameters.max_iter = Some(20);
+        let want: Vec<Vec<f64>> = (0..SHAPES.len())
+            .map(|t| {
+                let vs: Vec<Vec<f64>> =
+                    (0..3).map(|i| tensor(i, t)).chain([d.base_values[t].clone()]).collect();
+                karcher_ref(&vs, 20, 1e-5)
+            })
+            .collect();
+        check(&same_at_any_threads(&r, &d, "karcher"), &want, fmt);
+    }
+}
+
+#[test]
+fn nearswap_and_passthrough_match_the_reference() {
+    let mut rng = Rng::new(25);
+    for fmt in [Fmt::F32, Fmt::BF16, Fmt::F64] {
+        let m = models(&mut rng, 1, false);
+        let d = on_disk(&m, &[fmt]);
+        let mut r = recipe(Method::Nearswap, &d, true);
+        r.parameters.t = Some(0.1.into());
+        let want: Vec<Vec<f64>> = (0..SHAPES.len())
+            .map(|t| {
+                let (b, x) = (&d.base_values[t], &d.tuned_values[0][t]);
+                b.iter()
+                    .zip(x)
+                    .map(|(&b, &x)| {
+                        let w = (0.1 / (b - x).abs().max(1e-6)).clamp(0.0, 1.0);
+                        w * x + (1.0 - w) * b
+                    })
+                    .collect()
+            })
+            .collect();
+        check(&same_at_any_threads(&r, &d, "nearswap"), &want, fmt);
+        let mut r = recipe(Method::Passthrough, &d, false);
+        r.ingredients[0].weight = Some(0.5.into());
+        let want: Vec<Vec<f64>> =
+            d.tuned_values[0].iter().map(|t| t.iter().map(|x| 0.5 * x).collect()).collect();
+        check(&same_at_any_threads(&r, &d, "passthrough"), &want, fmt);
+    }
+}
+
+/// A slice of `path`'s blocks `start..end`.
+fn source(path: &Path, start: usize, end: usize) -> Ingredient {
+    Ingredient { layers: Some([start, end]), ..Ingredient::path(path.display().to_string()) }
+}
+
+#[test]
+fn passthrough_slices_stack_renumbered_blocks_from_several_models() {
+    let mut rng = Rng::new(26);
+    let m = models(&mut rng, 2, false);
+    let d = on_disk(&m, &[Fmt::BF16]);
+    // Blocks 0..2 of the first model, then 1..3 of the second: four blocks.
+    let mut r = Recipe::new(Method::Passthrough, Vec::new());
+    r.slices = vec![
+        Slice { ingredients: vec![source(&d.tuned[0], 0, 2)], ..Slice::default() },
+        Slice { ingredients: vec![source(&d.tuned[1], 1, 3)], ..Slice::default() },
+    ];
+    let models: Vec<Checkpoint> = r.models().iter().map(|p| Checkpoint::open(p).unwrap()).collect();
+    let prepared = prepare_models(&r, &models, &RunOptions::default()).unwrap();
+    assert_eq!(prepared.blocks, Some(4));
+    let out = same_at_any_threads(&r, &d, "franken");
+    let written = read_output(&out);
+    let value = |model: usize, name: &str| {
+        let t = SHAPES.iter().position(|(n, _)| *n == name).unwrap();
+        d.tuned_values[model][t].clone()
+    };
+    // (output name, model, source name): embeddings from the first slice's
+    // model, the rest from the last's, blocks renumbered in order.
+    let expected = [
+        ("model.embed_tokens.weight", 0, "model.embed_tokens.weight"),
+        ("model.layers.0.self_attn.q_proj.weight", 0, "model.layers.0.self_attn.q_proj.weight"),
+        ("model.layers.1.mlp.up_proj.weight", 0, "model.layers.1.mlp.up_proj.weight"),
+        ("model.layers.2.mlp.up_proj.weight", 1, "model.layers.1.mlp.up_proj.weight"),
+        ("model.layers.3.mlp.up_proj.bias", 1, "model.layers.2.mlp.up_proj.bias"),
+        ("model.norm.scale", 1, "model.norm.scale"),
+        ("lm_head.empty", 1, "lm_head.empty"),
+    ];
+    assert_eq!(written.len(), expected.len(), "{:?}", written.keys().collect::<Vec<_>>());
+    for (name, model, from) in expected {
+        let (_, _, bytes) = &written[name];
+        let want: Vec<u8> = value(model, from).iter().flat_map(|&x| Fmt::BF16.round(x)).collect();
+        assert_eq!(bytes, &want, "{name} is {from} of model {model}");
+    }
+    // The recorded recipe (slices and all) replays the same bytes.
+    let (metadata, _) = common::read_safetensors(&out.join("model.safetensors"));
+    let recorded = Recipe::from_metadata(&metadata).unwrap();
+    assert_eq!(recorded.slices, r.slices);
+    let again = run_models(&recorded, &d, 2, 50, "franken-again");
+    assert_eq!(read_output(&out), read_output(&again));
+}
+
+#[test]
+fn a_slice_over_every_block_is_the_whole_merge_and_gradients_run_over_each_slice() {
+    let mut rng = Rng::new(27);
+    let m = models(&mut rng, 2, false);
+    let d = on_disk(&m, &[Fmt::F32]);
+    let t: Setting =
+        serde_json::from_str(r#"[{"filter": "mlp", "value": [0.0, 1.0]}, {"value": 0.3}]"#)
+            .unwrap();
+    // mergekit's gradient-SLERP form: one slice of every block of both models.
+    let mut whole = recipe(Method::Slerp, &d, false);
+    whole.parameters.t = Some(t.clone());
+    let mut sliced = Recipe::new(Method::Slerp, Vec::new());
+    sliced.parameters.t = Some(t.clone());
+    sliced.slices = vec![Slice {
+        ingredients: vec![source(&d.tuned[0], 0, 3), source(&d.tuned[1], 0, 3)],
+        ..Slice::default()
+    }];
+    let a = run(&whole, &d, 2, 40, "whole");
+    let b = run_models(&sliced, &d, 2, 40, "sliced");
+    assert_eq!(read_output(&a), read_output(&b));
+    // Two slices of TIES: the second slice's blocks sit at 0 and 1 of its own
+    // gradient, and its own parameters win over the recipe's.
+    let mut ties = Recipe::new(Method::Ties, Vec::new());
+    ties.parameters.density = Some(0.5.into());
+    let slice = |start: usize, end: usize, density: Option<f64>| Slice {
+        ingredients: vec![source(&d.tuned[0], start, end), source(&d.tuned[1], start, end)],
+        base: Some(source(&d.base, start, end)),
+        parameters: modelsoup::recipe::Parameters {
+            density: density.map(Into::into),
+            ..Default::default()
+        },
+    };
+    ties.slices = vec![slice(0, 1, None), slice(1, 3, Some(0.2))];
+    let out = same_at_any_threads(&ties, &d, "ties-slices");
+    let want: Vec<Vec<f64>> = (0..SHAPES.len())
+        .map(|t| {
+            let (name, _) = SHAPES[t];
+            let density =
+                if name.contains("layers.1") || name.contains("layers.2") { 0.2 } else { 0.5 };
+            let base = &d.base_values[t];
+            let sparse: Vec<Vec<f64>> =
+                (0..2).map(|i| trim(&delta(&d.tuned_values[i][t], base), density)).collect();
+            merge_deltas(base, &sparse, &[1.0; 2], 1.0, true, true)
+        })
+        .collect();
+    check(&out, &want, Fmt::F32);
 }

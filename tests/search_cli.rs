@@ -1039,13 +1039,17 @@ fn a_candidate_reads_the_sum_and_one_ingredient_whatever_the_soup_size() {
     let poison = dir.path().join("poison.py");
     fs::write(
         &poison,
-        r"import struct, sys
+        r"import os, struct, sys
 for path in sys.argv[1:]:
+    st = os.stat(path)
     with open(path, 'r+b') as f:
         (n,) = struct.unpack('<Q', f.read(8))
         size = f.seek(0, 2) - 8 - n
         f.seek(8 + n)
         f.write(b'\xff' * size)
+    # The old modification time back, so soup's check for inputs changed while
+    # read (size and mtime) lets the search go on: what it reads is the test.
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 ",
     )
     .unwrap();

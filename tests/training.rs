@@ -300,3 +300,50 @@ fn bad_rename_rules_and_missing_keys_fail_on_the_command_line() {
     let ok = soup_ok(&["inspect", s(&plain), "--key", "state_dict"]);
     assert!(String::from_utf8_lossy(&ok.stdout).contains("embed.weight"));
 }
+
+#[test]
+fn the_recipe_methods_read_training_checkpoints_as_their_state_dicts() {
+    let dir = tempdir();
+    // Each method over two training layouts and a third as the base, against the
+    // same method over the state dicts they hold, saved as safetensors.
+    let read = [
+        (fixture("ddp.pt"), "model", r"['s/^module\.//']"),
+        (fixture("lightning.ckpt"), "state_dict", r"['s/^model\.//']"),
+        (fixture("plain.pt"), "state_dict", "[]"),
+    ];
+    let plain =
+        ["ddp", "lightning", "plain"].map(|n| fixture(&format!("{n}.expected.safetensors")));
+    let methods = [
+        ("breadcrumbs-ties", "{density: 0.5, gamma: 0.1}"),
+        ("della", "{density: 0.5, epsilon: 0.2, seed: 1}"),
+        ("sce", "{select_topk: 0.6}"),
+        ("nuslerp", "{weight: 0.5}"),
+        ("karcher", "{}"),
+    ];
+    for (method, parameters) in methods {
+        let run = |name: &str| {
+            let model = |i: usize| match name {
+                "training" => {
+                    let (path, key, rename) = &read[i];
+                    format!("{{path: {}, key: {key}, rename: {rename}}}", s(path))
+                }
+                _ => format!("{{path: {}}}", s(&plain[i])),
+            };
+            let text = format!(
+                "method: {method}\nparameters: {parameters}\ningredients: [{}, {}]\nbase: {}\n",
+                model(0),
+                model(1),
+                model(2),
+            );
+            let recipe = dir.path().join(format!("{method}-{name}.yaml"));
+            std::fs::write(&recipe, text).unwrap();
+            let out = dir.path().join(format!("{method}-{name}"));
+            soup_ok(&["merge", "--recipe", s(&recipe), "--no-init-check", "-o", s(&out)]);
+            if name == "training" {
+                assert_recipe_replays(&out);
+            }
+            read_output(&out)
+        };
+        assert_eq!(run("training"), run("plain"), "{method}");
+    }
+}

@@ -196,23 +196,37 @@ def read_config(path):
     cfg = yaml.safe_load(open(path))
     method = cfg["merge_method"]
     base = cfg.get("base_model")
-    models, weights, densities = [], [], []
-    for m in cfg["models"]:
+    models, weights, densities, gammas, epsilons = [], [], [], [], []
+    slices = None
+    entries = cfg.get("models")
+    if entries is None:
+        # Slices: a frankenmerge keeps them; a merge over one slice of every
+        # layer is the same as its models.
+        slices = [[(src["model"], *src["layer_range"]) for src in s["sources"]]
+                  for s in cfg["slices"]]
+        entries = [] if method == "passthrough" else [{"model": m} for m, _, _ in slices[0]]
+    for m in entries:
         p = m["model"] if isinstance(m, dict) else m
-        if p == base and method != "linear":
+        if p == base and method not in ("linear", "karcher"):
             continue
         params = (m.get("parameters") or {}) if isinstance(m, dict) else {}
         g = cfg.get("parameters") or {}
         models.append(p)
         weights.append(float(params.get("weight", g.get("weight", 1.0))))
         densities.append(float(params.get("density", g.get("density", 1.0))))
+        gammas.append(float(params.get("gamma", g.get("gamma", 0.01))))
+        epsilons.append(float(params.get("epsilon", g.get("epsilon", 0.15))))
     g = cfg.get("parameters") or {}
-    default_norm = {"linear": True, "ties": True}.get(method, False)
+    default_norm = {"linear": True, "ties": True, "della": True}.get(method, False)
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[
         cfg.get("out_dtype") or cfg.get("dtype")]
+    if method == "slerp" and base in models:
+        models.remove(base)
     return {"method": method, "base": base, "models": models, "weights": weights,
-            "densities": densities, "lambda": float(g.get("lambda", 1.0)),
+            "densities": densities, "gammas": gammas, "epsilons": epsilons,
+            "lambda": float(g.get("lambda", 1.0)),
             "t": float(g["t"]) if "t" in g else None,
+            "select_topk": float(g.get("select_topk", 1.0)), "slices": slices,
             "normalize": bool(g.get("normalize", default_norm)), "dtype": dtype}
 
 
@@ -229,6 +243,125 @@ def topk_mask(delta, density):
     eq = mag == thr
     keep_eq = eq & (torch.cumsum(eq, 0) <= need)
     return (above | keep_eq).reshape(delta.shape)
+
+
+def by_magnitude(x):
+    """Indices from the largest |x| down, equal magnitudes by index."""
+    return torch.argsort(-x.abs().reshape(-1), stable=True)
+
+
+def breadcrumbs_mask(delta, density, gamma):
+    """mergekit's counts: in ascending magnitude keep ranks n_bot..n_bot+target."""
+    n = delta.numel()
+    if density >= 1:
+        return torch.ones_like(delta, dtype=torch.bool)
+    target, top = int(density * n), int(gamma * n)
+    dropped = n - max(0, n - target - top) - target
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[by_magnitude(delta)[dropped:dropped + target]] = True
+    return keep.reshape(delta.shape)
+
+
+def della_sparse(delta, density, epsilon, gen):
+    """One draw of DELLA's MAGPRUNE: per row, keep probabilities from
+    density - epsilon (smallest magnitude) to density + epsilon (largest) by
+    rank, survivors divided by their probability."""
+    if density >= 1:
+        return delta
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta
+    m = rows.shape[1]
+    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1, stable=True), dim=1).double()
+    norm = ranks / (m - 1) if m > 1 else torch.zeros_like(ranks)
+    p = (density - epsilon) + norm * 2 * epsilon
+    keep = torch.rand(rows.shape, generator=gen, dtype=torch.float64) < p
+    return torch.where(keep, rows / p, torch.zeros_like(rows)).reshape(delta.shape)
+
+
+def nuslerp64(v0, v1, t):
+    a, b = v0.reshape(-1), v1.reshape(-1)
+    na, nb = a.norm().clamp(min=1e-7), b.norm().clamp(min=1e-7)
+    cos = ((a / na) @ (b / nb)).clamp(-1, 1)
+    if 1 - cos * cos <= 1e-16:
+        return (1 - t) * v0 + t * v1
+    th = torch.acos(cos)
+    return (torch.sin((1 - t) * th) * v0 + torch.sin(t * th) * v1) / torch.sin(th)
+
+
+def multislerp64(vs, weights, eps=1e-8):
+    w = torch.tensor(weights, dtype=torch.float64)
+    w = w / w.sum()
+    flat = torch.stack([v.reshape(-1) for v in vs])
+    norms = flat.norm(dim=1, keepdim=True)
+    units = flat / (norms + eps)
+    mean = (units * w[:, None]).sum(0)
+    mean = mean / mean.norm()
+    tangents = units - (units @ mean)[:, None] * mean
+    tangent = (tangents * w[:, None]).sum(0)
+    tn = tangent.norm() + eps
+    out = (mean * torch.cos(tn) + tangent * torch.sin(tn) / tn) * (norms[:, 0] * w).sum()
+    return out.reshape(vs[0].shape)
+
+
+def karcher64(vs, max_iter=10, tol=1e-5):
+    flat = [v.reshape(-1) for v in vs]
+    norms = [f.norm() for f in flat]
+    units = [f / n if n > 0 else torch.zeros_like(f) for f, n in zip(flat, norms)]
+    valid = [i for i, n in enumerate(norms) if n > tol]
+    if not valid:
+        return torch.zeros_like(vs[0])
+    a = 1.0 / len(valid)
+    mean = sum(a * units[i] for i in valid)
+    mean = units[valid[0]].clone() if mean.norm() < tol else mean / mean.norm()
+    for _ in range(max_iter):
+        tangent = torch.zeros_like(mean)
+        for i in valid:
+            d = (mean @ units[i]).clamp(-1, 1)
+            th = torch.acos(d)
+            if th < tol:
+                continue
+            tangent += a * (th / torch.sin(th)) * (units[i] - d * mean)
+        tn = tangent.norm()
+        if tn < tol:
+            break
+        mean = torch.cos(tn) * mean + torch.sin(tn) * (tangent / tn)
+        if mean.norm() > tol:
+            mean = mean / mean.norm()
+    return (sum(n for n in norms) / len(vs) * mean).reshape(vs[0].shape)
+
+
+def sce64(b, deltas, select):
+    """SCE: the entries of largest variance, mean-square weights, elected sign."""
+    tv = torch.stack(deltas)
+    if select < 1:
+        # The population variance in soup's order (sum from +0, input by
+        # input), so that ties at the selection's edge fall the same way.
+        mean = sum(tv[i] for i in range(len(deltas))) / len(deltas)
+        var = (sum((tv[i] - mean) ** 2 for i in range(len(deltas))) / len(deltas)).reshape(-1)
+        k = int(int((var != 0).sum()) * select)
+        keep = torch.zeros(var.numel(), dtype=torch.bool)
+        keep[by_magnitude(var)[:k]] = True
+        tv = tv * keep.reshape(b.shape).to(tv.dtype)
+    ms = tv.reshape(len(deltas), -1).square().mean(dim=1)
+    w = torch.ones_like(ms) / len(deltas) if abs(ms.sum().item()) < 1e-6 else ms / ms.sum()
+    w = w.reshape(-1, *([1] * b.dim()))
+    elected = torch.where(tv.sum(0) >= 0, 1.0, -1.0).to(torch.float64)
+    agree = (torch.sign(tv) == elected).to(torch.float64)
+    return b + (tv * w * agree).sum(0) / (w * agree).sum(0).clamp(min=1e-6)
+
+
+def passthrough_source(cfg, name):
+    """(model, tensor name) a frankenmerge takes output tensor `name` from."""
+    slices = cfg["slices"]
+    parts = name.split(".")
+    if len(parts) > 3 and parts[1] == "layers" and parts[2].isdigit():
+        out = int(parts[2])
+        for srcs in slices:
+            model, start, end = srcs[0]
+            if out < end - start:
+                return model, ".".join(parts[:2] + [str(start + out)] + parts[3:])
+            out -= end - start
+    model = slices[0][0][0] if "embed" in name else slices[-1][0][0]
+    return model, name
 
 
 def slerp64(a, b, t, rows):
@@ -257,7 +390,20 @@ def reference(cfg, name, xs, b, gen):
     if m == "slerp":
         return {"ref": slerp64(b, xs[0], cfg["t"], rows=False),
                 "ref_rows": slerp64(b, xs[0], cfg["t"], rows=True)}
+    if m == "multislerp":
+        return {"ref": multislerp64(xs, w)}
+    if m == "karcher":
+        return {"ref": karcher64(xs)}
+    if m == "nuslerp":
+        total = w[0] + w[1]
+        t = 0.5 if abs(total) < 1e-6 else w[1] / total
+        return {"ref": b + nuslerp64(xs[0] - b, xs[1] - b, t)}
+    if m == "nearswap":
+        wgt = (cfg["t"] / (b - xs[0]).abs().clamp(min=1e-6)).clamp(0, 1)
+        return {"ref": wgt * xs[0] + (1 - wgt) * b}
     deltas = [x - b for x in xs]
+    if m == "sce":
+        return {"ref": sce64(b, deltas, cfg["select_topk"])}
     if m == "model_stock":
         k = len(deltas)
         flat = [d.reshape(-1) for d in deltas]
@@ -270,11 +416,17 @@ def reference(cfg, name, xs, b, gen):
         den = 1 + (k - 1) * c
         t = 0.0 if abs(den) < 1e-6 else k * c / den
         return {"ref": t * (sum(xs) / k) + (1 - t) * b}
-    if m in ("ties", "dare_ties", "dare_linear"):
+    if m in ("ties", "dare_ties", "dare_linear", "breadcrumbs", "breadcrumbs_ties", "della",
+             "della_linear"):
         sparse = []
-        for d, dens, wi in zip(deltas, cfg["densities"], w):
+        for d, dens, wi, gam, eps in zip(deltas, cfg["densities"], w, cfg["gammas"],
+                                         cfg["epsilons"]):
             if m == "ties":
                 d = torch.where(topk_mask(d, dens), d, torch.zeros_like(d))
+            elif m.startswith("breadcrumbs"):
+                d = torch.where(breadcrumbs_mask(d, dens, gam), d, torch.zeros_like(d))
+            elif m.startswith("della"):
+                d = della_sparse(d, dens, eps, gen)
             elif dens < 1:
                 keep = torch.rand(d.shape, generator=gen, dtype=torch.float64) < dens
                 d = torch.where(keep, d / dens, torch.zeros_like(d))
@@ -282,7 +434,7 @@ def reference(cfg, name, xs, b, gen):
         deltas = sparse
     else:
         deltas = [wi * d for wi, d in zip(w, deltas)]
-    if m in ("ties", "dare_ties"):
+    if m in ("ties", "dare_ties", "breadcrumbs_ties", "della"):
         total = sum(deltas)
         elected = torch.where(total >= 0, 1.0, -1.0).to(torch.float64)
         mixed = torch.zeros_like(b)
@@ -313,6 +465,9 @@ def main():
     cfg = read_config(args.config)
     outs = {"soup": Checkpoint(args.soup), "mergekit": Checkpoint(args.mergekit)}
     models = [Checkpoint(p) for p in cfg["models"]]
+    sources = {}
+    if cfg["method"] == "passthrough":
+        sources = {m: Checkpoint(m) for srcs in cfg["slices"] for m, _, _ in srcs}
     base = Checkpoint(cfg["base"]) if cfg["base"] else None
     names = sorted(outs["soup"].where)
     if set(names) != set(outs["mergekit"].where):
@@ -334,10 +489,18 @@ def main():
         xs = [m.get(name).double() for m in models]
         b_orig = base.get(name) if base else None
         b = b_orig.double() if base else None
-        for label, r in reference(cfg, name, xs, b, gen).items():
+        if cfg["method"] == "passthrough":
+            model, source = passthrough_source(cfg, name)
+            xs = [sources[model].get(source).double()]
+            refs = {"ref": xs[0]}
+        else:
+            refs = reference(cfg, name, xs, b, gen)
+        for label, r in refs.items():
             got[label] = bf16_round(r, got["soup"].dtype)
         del r
         scale_src = b if b is not None else xs[0]
+        if scale_src.numel() == 0:
+            continue
         scale = scale_src.pow(2).mean().sqrt().item()
         # Outputs equal to an earlier one are compared through it (cheap).
         labels, rep = list(got), {}

@@ -24,7 +24,9 @@
 #   DATA=target/methods-data      4 checkpoints (make_checkpoints.py layout)
 #   SIZE_GB=0.25                  size per checkpoint if DATA must be generated
 #   REPS=3                        repetitions per method and tool
-#   METHODS="linear task_arithmetic ties dare_linear dare_ties slerp model_stock"
+#   METHODS="linear task_arithmetic ties dare_linear dare_ties slerp model_stock
+#            breadcrumbs breadcrumbs_ties della della_linear sce nuslerp multislerp
+#            karcher nearswap passthrough slerp_slices"
 #   TOOLS="soup mergekit"
 #   MK_DTYPE=bfloat16             the configs' `dtype` (mergekit's compute dtype).
 #                                 float32 also writes `out_dtype: bfloat16`, so
@@ -44,7 +46,7 @@ SOUP="${SOUP:-$ROOT/target/release/soup}"
 DATA="$(realpath -m "${DATA:-$ROOT/target/methods-data}")"
 SIZE_GB="${SIZE_GB:-0.25}"
 REPS="${REPS:-3}"
-METHODS="${METHODS:-linear task_arithmetic ties dare_linear dare_ties slerp model_stock}"
+METHODS="${METHODS:-linear task_arithmetic ties dare_linear dare_ties slerp model_stock breadcrumbs breadcrumbs_ties della della_linear sce nuslerp multislerp karcher nearswap passthrough slerp_slices}"
 TOOLS="${TOOLS:-soup mergekit}"
 MK_DTYPE="${MK_DTYPE:-bfloat16}"
 SEED="${SEED:-0}"
@@ -65,6 +67,7 @@ if ! [[ -f $DATA/.complete && -d $DATA/ingredient-3 ]]; then
   "$PY" "$E2E/make_checkpoints.py" "$DATA" -k 4 --size-gb "$SIZE_GB" --verify
 fi
 I0="$DATA/ingredient-0" I1="$DATA/ingredient-1" I2="$DATA/ingredient-2" I3="$DATA/ingredient-3"
+LAYERS=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$I0/config.json")
 in_bytes=$(cat "$I0"/*.safetensors | wc -c)
 echo "== data: $(cat "$DATA/.complete") ($((in_bytes / 1000000)) MB per checkpoint) in $DATA" >&2
 
@@ -87,7 +90,7 @@ task_models() {  # $1 = extra per-model parameters
 for m in $METHODS; do
   y="$CFG/$m.yml"
   {
-    echo "merge_method: $m"
+    echo "merge_method: ${m%_slices}"
     case $m in
       linear)
         echo "models:"
@@ -117,11 +120,55 @@ for m in $METHODS; do
         echo "models:"
         for d in "$I1" "$I2" "$I3"; do echo "  - model: $d"; done
         FLAGS[$m]="$I1 $I2 $I3 --base $I0 --method model-stock" ;;
+      # The methods below have no command-line flags (recipes only).
+      breadcrumbs | breadcrumbs_ties)
+        task_models ", density: 0.3, gamma: 0.01" ;;
+      della | della_linear)
+        task_models ", density: 0.3, epsilon: 0.1" ;;
+      sce)
+        echo "base_model: $I0"
+        echo "models:"
+        for d in "$I1" "$I2" "$I3"; do echo "  - model: $d"; done
+        echo "parameters: {select_topk: 0.5}" ;;
+      nuslerp)
+        echo "base_model: $I0"
+        echo "models:"
+        echo "  - {model: $I1, parameters: {weight: 0.4}}"
+        echo "  - {model: $I2, parameters: {weight: 0.6}}" ;;
+      multislerp)
+        echo "models:"
+        echo "  - {model: $I1, parameters: {weight: 0.5}}"
+        echo "  - {model: $I2, parameters: {weight: 0.3}}"
+        echo "  - {model: $I3, parameters: {weight: 0.2}}" ;;
+      karcher)
+        echo "models:"
+        for d in "$I1" "$I2" "$I3"; do echo "  - model: $d"; done ;;
+      nearswap)
+        echo "base_model: $I0"
+        echo "models:"
+        echo "  - model: $I0"
+        echo "  - model: $I1"
+        echo "parameters: {t: 0.002}" ;;
+      passthrough)
+        # A frankenmerge: the first half of one model's layers, then the last
+        # three quarters of another's.
+        echo "slices:"
+        echo "  - sources: [{model: $I1, layer_range: [0, $((LAYERS / 2))]}]"
+        echo "  - sources: [{model: $I2, layer_range: [$((LAYERS / 4)), $LAYERS]}]" ;;
+      slerp_slices)
+        # mergekit's SLERP example form: one slice over every layer.
+        echo "base_model: $I0"
+        echo "slices:"
+        echo "  - sources:"
+        echo "      - {model: $I0, layer_range: [0, $LAYERS]}"
+        echo "      - {model: $I1, layer_range: [0, $LAYERS]}"
+        echo "parameters: {t: 0.4}"
+        FLAGS[$m]="$I0 $I1 --method slerp --t 0.4" ;;
       *) echo "unknown method $m" >&2; exit 1 ;;
     esac
     dtype_lines
   } >"$y"
-  FLAGS[$m]+=" --dtype bf16"
+  [[ -z ${FLAGS[$m]:-} ]] || FLAGS[$m]+=" --dtype bf16"
 done
 
 # Sets cmd=(command line for tool $1, method $2); output in $WORK/out-$2-$1.
@@ -152,7 +199,7 @@ check_method() {
     "$PY" "$HERE/compare_methods.py" "$CFG/$m.yml" "$s" "$k" --json "$LOG/$m.compare.json" \
       >/dev/null 2>"$LOG/$m.compare.stderr" || echo "   compare failed: $LOG/$m.compare.stderr" >&2
   fi
-  if [[ -d $s ]]; then
+  if [[ -d $s && -n ${FLAGS[$m]:-} ]]; then
     # shellcheck disable=SC2086  # FLAGS are word-split on purpose
     if "$SOUP" merge ${FLAGS[$m]} -o "$f" --force --quiet 2>"$LOG/$m.flags.stderr"; then
       python3 "$HERE/same_output.py" "$s" "$f" >"$LOG/$m.flags-equal" || true

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Are two soup outputs the same? Usage: same_output.py DIR_A DIR_B
 
-Prints one line and exits 0 when every file is byte-identical. Otherwise it
+Prints one line and exits 0 when every file but the model cards (README.md,
+mergekit_config.yml) is byte-identical. Otherwise it
 says where they differ: the file lists, a non-weight file, or, per
 .safetensors file, the header's tensor table, the tensor data (everything after
 the header), or only the header's metadata -- for which it names the keys of
@@ -42,7 +43,11 @@ def recipe_diff(ma, mb):
 
 def main():
     a, b = sys.argv[1:3]
-    fa, fb = sorted(os.listdir(a)), sorted(os.listdir(b))
+    # The model cards (and mergekit's configuration beside a card) describe how
+    # each soup was asked for, which differs by design.
+    skip = {"README.md", "mergekit_config.yml"}
+    fa = sorted(f for f in os.listdir(a) if f not in skip)
+    fb = sorted(f for f in os.listdir(b) if f not in skip)
     if fa != fb:
         print(f"differ: file lists {fa} vs {fb}")
         sys.exit(1)

@@ -39,10 +39,29 @@ def main():
     methods, tools = sys.argv[3].split(), sys.argv[4].split()
     med = statistics.median
 
-    print("| method | soup wall s | mergekit wall s | mergekit/soup wall | soup CPU s "
+    print("| method | soup wall s | mergekit wall s | mergekit/soup wall | soup wall / soup linear "
+          "| soup statistics passes read GB | soup CPU s "
           "| mergekit CPU s | soup max RSS MB | mergekit max RSS MB | soup peak RssAnon MB "
           "| mergekit peak RssAnon MB | runs ok (on a busy machine) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+
+    def soup_stats(m):
+        """Median statistics-pass bytes of soup's --json summaries."""
+        read = []
+        for r in range(1, reps + 1):
+            out = log / f"{m}.soup.{r}.stdout"
+            try:
+                read.append(json.loads(out.read_text())["statistics_bytes_read"])
+            except (OSError, ValueError, KeyError):
+                continue
+        return med(read) / 1e9 if read else None
+
+    def soup_wall(m):
+        ok = [r for r in range(1, reps + 1) if not (log / f"{m}.soup.{r}.failed").exists()
+              and (log / f"{m}.soup.{r}.time").exists()]
+        return med(time_v(log / f"{m}.soup.{r}.time")[0] for r in ok) if ok else None
+
+    linear_wall = soup_wall("linear")
     for m in methods:
         res, runs = {}, []
         for t in tools:
@@ -58,7 +77,10 @@ def main():
         cell = lambda t, i, f: f.format(res[t][i]) if t in res else "failed"  # noqa: E731
         ratio = (f"**{res['mergekit'][0] / res['soup'][0]:.1f}×**"
                  if "soup" in res and "mergekit" in res else "—")
+        to_linear = (f"{res['soup'][0] / linear_wall:.2f}×" if "soup" in res and linear_wall
+                     else "—")
         print(f"| {m} | {cell('soup', 0, '{:.2f}')} | {cell('mergekit', 0, '{:.2f}')} | {ratio} "
+              f"| {to_linear} | {fmt(soup_stats(m), '.2f')} "
               f"| {cell('soup', 1, '{:.2f}')} | {cell('mergekit', 1, '{:.2f}')} "
               f"| {cell('soup', 2, '{:.0f}')} | {cell('mergekit', 2, '{:.0f}')} "
               f"| {cell('soup', 3, '{:.1f}')} | {cell('mergekit', 3, '{:.0f}')} | {', '.join(runs)} |")
@@ -83,7 +105,7 @@ def main():
             continue
         p = cmp[m]["pairs"]
         sm, sr, mr = p.get("soup/mergekit"), p.get("soup/ref"), p.get("mergekit/ref")
-        dare = m.startswith("dare")
+        dare = m.startswith("dare") or m.startswith("della")
         ref_cell = (lambda x: "n/a (random)" if dare else pct(x["identical"], 4))  # noqa: E731
         rel = sm.get("mean_abs_diff_over_mean_abs_change")
         print(f"| {m} | {pct(sm['identical'])} | {pct(sm.get('within_1_ulp'))} "
@@ -105,7 +127,8 @@ def main():
         print("Change from the base (fraction of elements changed; mean |out − base| relative to "
               "the reference's; regression slope of out − base on Σ wᵢ(xᵢ − b), overall and the "
               "largest per-tensor deviation from the reference's). For DARE the reference is one "
-              "draw of the paper's DARE (Bernoulli(density) masks, survivors / density):")
+              "draw of the paper's DARE (Bernoulli(density) masks, survivors / density), for "
+              "DELLA one draw of its rank-based masks (survivors / their probability):")
         print()
         print("| method | output | fraction changed | mean abs change / reference's "
               "| slope | max per-tensor slope deviation |")

@@ -581,6 +581,7 @@ Examples:
   soup merge a/ b/ --method slerp --t 0.4 -o out/
   soup merge a/ b/ c/ --base pre/ --method model-stock -o out/
   soup merge --recipe recipe.yaml -o out/                       a recipe file, ours or mergekit's
+  soup merge --recipe frankenmerge.yaml -o out/                 mergekit slices, passthrough, multi-document
   soup merge --recipe old-soup/ -o rebuilt/                     replay the recipe a soup records
   soup merge a/ b/ -o soup/ --dtype bf16 --max-shard-size 2GB   convert and re-shard
   soup merge runs/*/last.ckpt --key state_dict --rename 's/^model\\.//' -o soup/
@@ -594,9 +595,10 @@ sharded differently, mix formats, and mix F32, F16 and BF16. Float tensors are c
 in f64 and rounded once (to nearest even) to the output dtype; integer and bool
 tensors must be identical and are copied. The output directory holds
 model.safetensors (or shards and an index), the recipe in each file's metadata
-(replay it with --recipe), and the config and tokenizer files of the first
-ingredient (of the base, for methods built on one), the config naming the dtype
-written.
+(replay it with --recipe), the config and tokenizer files of the first
+ingredient (of the base, for methods built on one; a recipe's tokenizer_source
+names another model), the config naming the dtype written, and a model card
+(README.md; --no-card to skip).
 
 A PyTorch training checkpoint (optimizer, epoch, callbacks beside the weights) is
 read at --key, the dotted path of its state dict; --rename maps tensor names
@@ -612,8 +614,10 @@ task vectors), ties (trim each task vector to its top --density by magnitude,
 elect a sign per entry, average the agreeing entries), dare-linear and dare-ties
 (drop entries with probability 1 - density, rescale by 1/density; seeded, the same
 at any thread count), slerp (two models, per tensor), model-stock (per-tensor
-ratio toward the base from the angle between task vectors). Recipe files can set
-parameters per tensor (filters, layer gradients); see docs/METHODS.md.";
+ratio toward the base from the angle between task vectors). Recipe files (ours or
+mergekit's) also have breadcrumbs, della, sce, nuslerp, multislerp, karcher,
+nearswap and passthrough, slices of layers, and parameters per tensor (filters,
+layer gradients); see docs/METHODS.md.";
 
 /// Arguments of `soup merge`.
 #[derive(Debug, Args)]
@@ -696,6 +700,11 @@ pub struct MergeArgs {
     /// Elements per work chunk (tuning; the default suits most CPUs).
     #[arg(long, value_name = "N", default_value_t = modelsoup::DEFAULT_CHUNK_ELEMENTS, hide = true)]
     pub chunk_elements: usize,
+
+    /// Do not write a model card (README.md: method, models, parameters, the
+    /// recipe as YAML); the support files' own README.md, if any, is kept.
+    #[arg(long)]
+    pub no_card: bool,
 }
 
 /// The merge methods, as named on the command line.

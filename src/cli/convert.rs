@@ -35,6 +35,9 @@ pub fn run(args: &ConvertArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
         json: args.json,
         quiet: args.quiet,
         chunk_elements: modelsoup::DEFAULT_CHUNK_ELEMENTS,
+        card: false,
+        mergekit_source: None,
+        durable: true,
     };
     let Written { report, statistics: _ } = write_recipe(&recipe, &output, interrupted)?;
     if !args.json && !args.quiet {

@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use modelsoup::engine::merge::write_soup_with_files;
 use modelsoup::method::{self, Prepared};
 use modelsoup::recipe::{Ingredient, Method, Recipe};
-use modelsoup::{write_soup, Checkpoint, Destination, MergeReport, RunOptions};
+use modelsoup::{Checkpoint, Destination, MergeReport, RunOptions};
 
 use modelsoup::engine::adapter;
 
@@ -19,18 +20,18 @@ use super::{init_check, progress};
 
 /// Runs `soup merge`.
 pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
-    let recipe = match &args.recipe {
+    let (recipe, source) = match &args.recipe {
         Some(path) => {
-            let mut recipe = Recipe::load(path)?;
+            let (mut recipe, source) = Recipe::load_with_source(path)?;
             apply_write_options(&mut recipe, &args.write);
             if let Some(bound) = args.read.expand_views {
                 for ingredient in recipe.ingredients.iter_mut().chain(recipe.base.as_mut()) {
                     ingredient.expand_views = Some(bound);
                 }
             }
-            recipe
+            (recipe, source)
         }
-        None => recipe_from_args(args)?,
+        None => (recipe_from_args(args)?, None),
     };
     let output = Output {
         path: &args.output,
@@ -38,6 +39,9 @@ pub fn run(args: &MergeArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         json: args.json,
         quiet: args.quiet,
         chunk_elements: args.chunk_elements,
+        card: !args.no_card,
+        mergekit_source: source.as_deref(),
+        durable: true,
     };
     let written = write_recipe(&recipe, &output, interrupted)?;
     if !args.json && !args.quiet {
@@ -58,6 +62,13 @@ pub struct Output<'a> {
     pub quiet: bool,
     /// Elements per work chunk.
     pub chunk_elements: usize,
+    /// Write a model card (README.md).
+    pub card: bool,
+    /// The mergekit configuration the recipe was read from, for the card (which
+    /// shows it) and `mergekit_config.yml` (which mergekit writes too).
+    pub mergekit_source: Option<&'a str>,
+    /// Sync the output to disk before it is renamed into place.
+    pub durable: bool,
 }
 
 /// What one merge did: the engine's report and the statistics passes before it.
@@ -70,32 +81,161 @@ pub struct Written {
 
 /// Opens a recipe's checkpoints, runs its statistics passes and writes its soup,
 /// with progress bars, and the JSON summary on stdout with `--json`; the caller
-/// prints its own summary line.
+/// prints its own summary line. A recipe with intermediates (a multi-document
+/// mergekit configuration) writes them first, into a hidden directory beside
+/// the output that is removed afterwards, whatever happens.
 pub fn write_recipe(
     recipe: &Recipe,
     out: &Output,
     interrupted: &AtomicBool,
 ) -> anyhow::Result<Written> {
-    // A second soup on this output fails here, before any work.
+    // A second soup on this output fails here, before any work; so does an
+    // output that may not be written, before any intermediate is merged.
     let _lock = super::guard::output(out.path, out.quiet)?;
-    let (ingredients, base) = open_recipe(recipe)?;
-    modelsoup::engine::output::check_destination(out.path, out.write.file.force, &ingredients)?;
-    let labels: Vec<String> = recipe.ingredients.iter().map(|i| i.path.clone()).collect();
-    warn_repeated(&ingredients, &labels);
-    init_check::warn_if_independent(&ingredients, &labels, out.write.no_init_check);
+    modelsoup::engine::output::check_destination(out.path, out.write.file.force, &[])?;
+    let area = Intermediates::new(out.path, recipe)?;
+    for (i, intermediate) in recipe.intermediates.iter().enumerate() {
+        let dir = area.dir_of(&intermediate.name).unwrap_or_default();
+        if !out.quiet {
+            eprintln!(
+                "intermediate {}/{}: {} ({})",
+                i + 1,
+                recipe.intermediates.len(),
+                intermediate.name,
+                intermediate.recipe.method.name()
+            );
+        }
+        let stage = Output {
+            path: &dir,
+            json: false,
+            card: false,
+            mergekit_source: None,
+            durable: false,
+            ..*out
+        };
+        write_one(&intermediate.recipe, &stage, &area, interrupted)
+            .with_context(|| format!("intermediate merge {:?}", intermediate.name))?;
+    }
+    write_one(recipe, out, &area, interrupted)
+}
+
+/// The hidden directory that holds a recipe's intermediate soups while the
+/// final one is written (beside the output, named so that a later run on the
+/// output removes it if this process is killed), removed when dropped.
+struct Intermediates {
+    dir: Option<std::path::PathBuf>,
+    names: Vec<String>,
+}
+
+impl Intermediates {
+    fn new(output: &Path, recipe: &Recipe) -> anyhow::Result<Self> {
+        let names: Vec<String> = recipe.intermediates.iter().map(|i| i.name.clone()).collect();
+        if names.is_empty() {
+            return Ok(Intermediates { dir: None, names });
+        }
+        let dir = modelsoup::engine::output::intermediates_dir(output);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Intermediates { dir: Some(dir), names })
+    }
+
+    /// Where the intermediate named `name` is written, if it is one.
+    fn dir_of(&self, name: &str) -> Option<std::path::PathBuf> {
+        let dir = self.dir.as_ref()?;
+        self.names.iter().any(|n| n == name).then(|| dir.join(name))
+    }
+
+    /// The path a recipe's model path is opened from.
+    fn open_path(&self, path: &str) -> std::path::PathBuf {
+        self.dir_of(path).unwrap_or_else(|| path.into())
+    }
+
+    /// `recipe` with the names of intermediates (as models and as adapter bases)
+    /// replaced by the directories they are written to, for opening its models.
+    fn localise(&self, recipe: &Recipe) -> Recipe {
+        let mut local = recipe.clone();
+        let ingredients = local.ingredients.iter_mut().chain(local.base.as_mut()).chain(
+            local.slices.iter_mut().flat_map(|s| s.ingredients.iter_mut().chain(s.base.as_mut())),
+        );
+        for ingredient in ingredients {
+            if let Some(dir) = self.dir_of(&ingredient.path) {
+                ingredient.path = dir.display().to_string();
+            }
+            if let Some(base) = ingredient.adapter_base.as_mut() {
+                if let Some(dir) = self.dir_of(base) {
+                    *base = dir.display().to_string();
+                }
+            }
+        }
+        local
+    }
+}
+
+impl Drop for Intermediates {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The directory of a model path: an intermediate's, a Hub snapshot, the path
+/// itself, or the directory of a weight file.
+fn model_dir(area: &Intermediates, path: &str) -> modelsoup::Result<std::path::PathBuf> {
+    let path = area.open_path(path);
+    if let Some((_, snapshot)) = modelsoup::engine::hub::locate(&path)? {
+        return Ok(snapshot.dir);
+    }
+    if path.is_dir() {
+        return Ok(path);
+    }
+    Ok(path.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// Writes one soup (no intermediates of its own), its models opened through
+/// `area`.
+fn write_one(
+    recipe: &Recipe,
+    out: &Output,
+    area: &Intermediates,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<Written> {
+    let local = area.localise(recipe);
+    // A recipe of ingredients and a base opens them as `soup merge` names them
+    // (adapters over the base); one of slices opens each of its models once.
+    let (models, base) = if recipe.slices.is_empty() {
+        let (ingredients, base) = open_recipe(&local)?;
+        modelsoup::engine::output::check_destination(out.path, out.write.file.force, &ingredients)?;
+        let labels: Vec<String> = recipe.ingredients.iter().map(|i| i.path.clone()).collect();
+        warn_repeated(&ingredients, &labels);
+        init_check::warn_if_independent(&ingredients, &labels, out.write.no_init_check);
+        (ingredients, base)
+    } else {
+        let models = open_models(&local)?;
+        modelsoup::engine::output::check_destination(out.path, out.write.file.force, &models)?;
+        let base = local.base.as_ref().and_then(|b| {
+            local.models().iter().position(|p| *p == b.path).map(|j| models[j].clone())
+        });
+        (models, base)
+    };
 
     let threads = out.write.file.threads.unwrap_or(0);
     let started = Instant::now();
     let statistics_read = AtomicU64::new(0);
     let prepared = {
-        // Statistics passes report the bytes they read: one pass for SLERP and Model
-        // Stock, as many as the selection needs for TIES, none for the others.
-        let total: u64 = ingredients.iter().chain(&base).map(Checkpoint::float_bytes).sum();
+        // Statistics passes report the bytes they read: one pass for the methods
+        // that need angles, as many as the selection needs for those that select
+        // by rank, none for the others.
+        let total: u64 = models.iter().chain(&base).map(Checkpoint::float_bytes).sum();
         let bar = match recipe.method {
-            Method::Slerp | Method::ModelStock => {
-                progress::bytes_bar(total, out.quiet, "analysing")
+            Method::Slerp
+            | Method::ModelStock
+            | Method::Nuslerp
+            | Method::Multislerp
+            | Method::Karcher => progress::bytes_bar(total, out.quiet, "analysing"),
+            Method::Ties | Method::Breadcrumbs | Method::BreadcrumbsTies | Method::Sce => {
+                progress::bytes_counter(out.quiet, "selecting")
             }
-            Method::Ties => progress::bytes_counter(out.quiet, "selecting"),
             _ => progress::bytes_counter(true, ""),
         };
         let on_read = |bytes: u64| {
@@ -108,15 +248,47 @@ pub fn write_recipe(
             progress: Some(&on_read),
             cancel: Some(interrupted),
         };
-        let prepared = method::prepare(recipe, &ingredients, base.as_ref(), &run);
+        let prepared = if recipe.slices.is_empty() {
+            method::prepare(recipe, &models, base.as_ref(), &run)
+        } else {
+            method::prepare_models(recipe, &models, &run)
+        };
         bar.finish_and_clear();
         prepared?
     };
-    let Prepared { inputs, plan } = prepared;
+    let Prepared { inputs, plan, blocks } = prepared;
     let statistics = Statistics {
         bytes_read: statistics_read.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
     };
+
+    // The config and tokenizer are copied from --support-files-from, else the
+    // base for methods built on one (as mergekit does), else the first input;
+    // the recipe then makes its own files over them: the tokenizer of its
+    // tokenizer_source (which wins), a chat template, the config of a sliced
+    // model, the model card.
+    let base_files =
+        base.as_ref().filter(|_| recipe.method.needs_base()).and_then(|b| b.directory());
+    let support = out
+        .write
+        .support_files_from
+        .as_deref()
+        .or(base_files)
+        .or_else(|| inputs.first().and_then(Checkpoint::directory))
+        .map(Path::to_path_buf);
+    let mut files =
+        modelsoup::recipe::files::support_files(recipe, support.as_deref(), blocks, &|p| {
+            model_dir(area, p)
+        })?;
+    if out.card {
+        let name =
+            out.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let card = modelsoup::recipe::card::card(recipe, &name, out.mergekit_source);
+        files.push(("README.md".to_owned(), Some(card.into_bytes())));
+        if let Some(source) = out.mergekit_source {
+            files.push(("mergekit_config.yml".to_owned(), Some(source.as_bytes().to_vec())));
+        }
+    }
 
     let bar = progress::bytes_bar(plan.output_bytes(), out.quiet, "writing");
     let on_chunk = |bytes: u64| bar.inc(bytes);
@@ -126,17 +298,14 @@ pub fn write_recipe(
         progress: Some(&on_chunk),
         cancel: Some(interrupted),
     };
-    // Methods built on a base take its config and tokenizer, as mergekit does.
-    let base_files =
-        base.as_ref().filter(|_| recipe.method.needs_base()).and_then(|b| b.directory());
     let dest = Destination {
         path: out.path,
         force: out.write.file.force,
-        support_files_from: out.write.support_files_from.as_deref().or(base_files),
-        durable: true,
+        support_files_from: support.as_deref(),
+        durable: out.durable,
     };
     // Library errors name the file, tensor and output path themselves.
-    let report = write_soup(&inputs, &plan, &dest, &run);
+    let report = write_soup_with_files(&inputs, &plan, &dest, &files, &run);
     bar.finish_and_clear();
     let report = report?;
     super::guard::say(&report.housekeeping, out.quiet);
@@ -265,6 +434,43 @@ pub fn recorded_path(path: &Path) -> String {
     }
 }
 
+/// Opens every model of a recipe with slices (as [`Recipe::models`] lists
+/// them), each as its first entry says (`key`, `rename`, an adapter's base),
+/// naming the one that failed by its role.
+fn open_models(recipe: &Recipe) -> anyhow::Result<Vec<Checkpoint>> {
+    let entries: Vec<(String, &Ingredient)> = recipe
+        .slices
+        .iter()
+        .enumerate()
+        .flat_map(|(s, slice)| {
+            let models = slice
+                .ingredients
+                .iter()
+                .enumerate()
+                .map(move |(i, m)| (format!("slice {} model {}", s + 1, i + 1), m));
+            models.chain(slice.base.iter().map(move |b| (format!("slice {} base", s + 1), b)))
+        })
+        .chain(
+            recipe
+                .ingredients
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (format!("ingredient {}", i + 1), m)),
+        )
+        .chain(recipe.base.iter().map(|b| ("base model".to_owned(), b)))
+        .collect();
+    recipe
+        .models()
+        .iter()
+        .map(|path| {
+            let Some((role, entry)) = entries.iter().find(|(_, m)| m.path == *path) else {
+                bail!("model {path:?} is in no slice");
+            };
+            entry.open(None).with_context(|| role.clone())
+        })
+        .collect()
+}
+
 /// The recipe entry of a model named on the command line: its recorded path,
 /// how it is read (`--key`, `--rename`), and for a LoRA adapter the base it is
 /// applied to: `adapter_base` when given, none when the recipe's base serves
@@ -357,7 +563,7 @@ pub struct Statistics {
 
 fn summary_line(written: &Written, recipe: &Recipe, output: &Path) -> String {
     let Written { report: r, statistics: st } = written;
-    let k = recipe.ingredients.len();
+    let k = recipe.models().len();
     let passes = if st.bytes_read > 0 {
         format!("; statistics passes read {} in {:.2} s", human_bytes(st.bytes_read), st.seconds)
     } else {

@@ -39,16 +39,43 @@ impl DropMask {
         let key = mix(seed ^ mix(fnv1a(tensor) ^ mix(ingredient as u64 + 1)));
         // density·2⁵³ is exact for densities that are multiples of 2⁻⁵³ and
         // rounds toward zero otherwise; 1 keeps everything.
-        let below = (density.clamp(0.0, 1.0) * (1u64 << 53) as f64) as u64;
-        DropMask { key, below }
+        DropMask { key, below: threshold(density) }
     }
 
     /// Whether element `index` (row-major, from the tensor's start) survives.
     #[inline(always)]
     pub fn keeps(&self, index: u64) -> bool {
-        let draw =
-            mix(self.key.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15)));
-        (draw >> 11) < self.below
+        self.draw(index) < self.below
+    }
+
+    /// Element `index`'s draw: 53 random bits, a fraction of 2⁵³ uniform in
+    /// `[0, 1)`. The element survives a keep probability `p` when the draw is
+    /// below [`threshold`]`(p)`.
+    #[inline(always)]
+    pub fn draw(&self, index: u64) -> u64 {
+        mix(self.key.wrapping_add(index.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15))) >> 11
+    }
+
+    /// The mask's threshold: elements whose draw is below it survive.
+    #[inline(always)]
+    pub fn below(&self) -> u64 {
+        self.below
+    }
+}
+
+/// The draw below which an element survives with probability `p` (the fraction
+/// `p·2⁵³`, rounded toward zero; 0 for `p ≤ 0`, 2⁵³ for `p ≥ 1`).
+#[inline(always)]
+pub fn threshold(p: f64) -> u64 {
+    (p.clamp(0.0, 1.0) * (1u64 << 53) as f64) as u64
+}
+
+impl DropMask {
+    /// The key of the stream, for a mask whose probability varies by element
+    /// (DELLA): the same stream as [`DropMask::new`] for the same seed,
+    /// ingredient and tensor.
+    pub fn stream(seed: u64, ingredient: usize, tensor: &str) -> Self {
+        DropMask::new(seed, ingredient, tensor, 1.0)
     }
 }
 

@@ -20,6 +20,7 @@ use crate::engine::kernel::{Accumulator, Input};
 use crate::engine::plan::{Plan, PlannedTensor, Produce};
 use crate::engine::stream;
 use crate::engine::task_vectors::{self, Scratch};
+use crate::engine::writeback::Writeback;
 use crate::error::{Error, Result};
 
 /// Default chunk length in elements: 64 Ki elements keeps a worker's buffers
@@ -82,12 +83,15 @@ pub struct Written {
 }
 
 /// Writes the plan's shard files into `dir` (which must exist). Syncing them to
-/// disk is the caller's choice (see [`crate::engine::output`]).
+/// disk is the caller's choice (see [`crate::engine::output`]); with `writeback`,
+/// writing them to disk starts behind the workers ([`crate::engine::writeback`]),
+/// so that a final sync has little left.
 pub fn write_shards(
     plan: &Plan,
     ingredients: &[Checkpoint],
     dir: &Path,
     run: &RunOptions,
+    writeback: bool,
 ) -> Result<Written> {
     let mut paths = Vec::with_capacity(plan.shards.len());
     let mut files = Vec::with_capacity(plan.shards.len());
@@ -109,6 +113,8 @@ pub fn write_shards(
     let out = Output { plan, ingredients, files: &files, paths: &paths };
     let watched: Vec<&Checkpoint> = ingredients.iter().collect();
     let (mut total, mut first) = (0u64, None);
+    let headers: Vec<u64> = plan.shards.iter().map(|s| s.header.len() as u64).collect();
+    let mut behind = writeback.then(|| Writeback::new(&files, &headers));
     stream::run(
         run.threads,
         chunks.len(),
@@ -127,6 +133,10 @@ pub fn write_shards(
                 total += non_finite as u64;
                 first.get_or_insert(chunks[i].tensor);
             }
+            if let Some(behind) = behind.as_mut() {
+                let (shard, end) = out.end_of(chunks[i]);
+                behind.finished(shard, end);
+            }
         },
         |range| out.release(range, &chunks),
     )?;
@@ -137,8 +147,13 @@ pub fn write_shards(
 fn chunk_plan(plan: &Plan, chunk_elements: usize) -> Vec<Chunk> {
     let mut chunks = Vec::new();
     for (tensor, t) in plan.tensors.iter().enumerate() {
-        let (total, step) = match t.produce {
-            Produce::Average { .. } | Produce::TaskVectors { .. } => (t.numel, chunk_elements),
+        let (total, step) = match &t.produce {
+            Produce::Average { .. } => (t.numel, chunk_elements),
+            Produce::TaskVectors { params, .. } => {
+                // Whole rows when the reducer works row by row (DELLA).
+                let rows = params.chunk_multiple();
+                (t.numel, (chunk_elements / rows).max(1) * rows)
+            }
             // Copied tensors are cut by bytes; their element may be smaller than one.
             Produce::Copy { .. } => (t.len as usize, chunk_elements.saturating_mul(4)),
         };
@@ -236,7 +251,8 @@ impl Output<'_> {
         chunk: Chunk,
     ) -> impl Iterator<Item = (usize, &Checkpoint, &TensorEntry, usize, usize)> {
         let t = &self.plan.tensors[chunk.tensor];
-        self.ingredients.iter().zip(&t.sources).enumerate().filter_map(move |(i, (ck, &src))| {
+        let drawn = self.ingredients.get(t.first_input..).unwrap_or_default();
+        drawn.iter().zip(&t.sources).enumerate().filter_map(move |(i, (ck, &src))| {
             let entry = &ck.tensors()[src];
             match &t.produce {
                 Produce::Average { inputs, weights, .. } => (weights[i] != 0.0).then(|| {
@@ -259,11 +275,22 @@ impl Output<'_> {
     /// Unmaps the input pages of chunks `range`.
     fn release(&self, range: std::ops::Range<usize>, chunks: &[Chunk]) {
         let reads = chunks[range].iter().flat_map(|&chunk| {
-            self.reads(chunk).map(|(input, checkpoint, entry, start, len)| {
-                stream::Read::of(input, checkpoint, entry, start, len)
+            let first = self.plan.tensors[chunk.tensor].first_input;
+            self.reads(chunk).map(move |(input, checkpoint, entry, start, len)| {
+                stream::Read::of(first + input, checkpoint, entry, start, len)
             })
         });
         stream::release(self.ingredients.len(), reads);
+    }
+
+    /// The shard a chunk is written to and the offset just past it.
+    fn end_of(&self, chunk: Chunk) -> (usize, u64) {
+        let t = &self.plan.tensors[chunk.tensor];
+        let size = match &t.produce {
+            Produce::Average { dtype, .. } | Produce::TaskVectors { dtype, .. } => dtype.size(),
+            Produce::Copy { .. } => 1,
+        };
+        (t.shard, t.offset + ((chunk.start + chunk.len) * size) as u64)
     }
 
     fn write(&self, t: &PlannedTensor, byte_start: usize, data: &[u8]) -> Result<u64> {

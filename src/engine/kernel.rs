@@ -389,6 +389,7 @@ pub(crate) fn widen_into(dtype: FloatDtype, bytes: &[u8], out: &mut [f64]) {
 ///
 /// # Panics
 /// If `out` is not `values.len()` elements long.
+#[inline(always)]
 pub(crate) fn narrow_into(dtype: FloatDtype, values: &[f64], out: &mut [u8]) -> usize {
     assert_eq!(out.len(), values.len() * dtype.size(), "output length differs from the values");
     match dtype {
@@ -453,6 +454,7 @@ impl Scale for Quotient {
     }
 }
 
+#[inline(always)]
 fn narrow_as<E: Format>(values: &[f64], out: &mut [u8]) {
     let out: &mut [E::Bytes] = bytemuck::cast_slice_mut(out);
     for (o, &x) in out.iter_mut().zip(values) {

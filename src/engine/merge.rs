@@ -65,11 +65,25 @@ pub fn write_soup(
     dest: &Destination,
     run: &RunOptions,
 ) -> Result<MergeReport> {
+    write_soup_with_files(ingredients, plan, dest, &[], run)
+}
+
+/// [`write_soup`], then `files` (name, contents) written beside the weights
+/// after the support files, replacing any of the same name: a model card, a
+/// config or tokenizer files made for this soup; a name without contents
+/// removes the support file of that name. Names must be plain file names.
+pub fn write_soup_with_files(
+    ingredients: &[Checkpoint],
+    plan: &Plan,
+    dest: &Destination,
+    files: &[(String, Option<Vec<u8>>)],
+    run: &RunOptions,
+) -> Result<MergeReport> {
     let started = Instant::now();
     let lock = OutputLock::acquire(dest.path)?;
     output::check_destination(dest.path, dest.force, ingredients)?;
     let staged = StagedDir::new(dest.path, dest.force)?;
-    let written = execute::write_shards(plan, ingredients, staged.path(), run)?;
+    let written = execute::write_shards(plan, ingredients, staged.path(), run, dest.durable)?;
     let mut output_files: Vec<PathBuf> =
         written.files.iter().filter_map(|p| p.file_name()).map(|n| dest.path.join(n)).collect();
     if let Some(index) = plan.index() {
@@ -80,10 +94,33 @@ pub fn write_soup(
     }
     let support_from =
         dest.support_files_from.or_else(|| ingredients.first().and_then(Checkpoint::directory));
-    let support_files = match support_from {
+    let mut support_files = match support_from {
         Some(dir) => output::copy_support_files(dir, staged.path())?,
         None => Vec::new(),
     };
+    for (name, contents) in files {
+        let path = staged.path().join(name);
+        if std::path::Path::new(name).file_name() != Some(std::ffi::OsStr::new(name)) {
+            return Err(Error::Output {
+                path: dest.path.to_path_buf(),
+                reason: format!("{name:?} is not a plain file name"),
+            });
+        }
+        match contents {
+            Some(bytes) => {
+                std::fs::write(&path, bytes).map_err(Error::io("write", &path))?;
+                if !support_files.contains(name) {
+                    support_files.push(name.clone());
+                }
+            }
+            None if path.is_file() => {
+                std::fs::remove_file(&path).map_err(Error::io("remove", &path))?;
+                support_files.retain(|n| n != name);
+            }
+            None => {}
+        }
+    }
+    support_files.sort();
     if let Some(dtype) = main_float_dtype(plan) {
         output::set_config_dtype(staged.path(), dtype)?;
     }

@@ -30,3 +30,4 @@ pub mod rename;
 pub(crate) mod stream;
 pub mod task_vectors;
 pub mod tied;
+pub mod writeback;

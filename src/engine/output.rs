@@ -353,11 +353,19 @@ fn tag(dest: &Path) -> String {
 }
 
 /// A hidden, unique name beside `dest`: `.soup-<tag>-<kind><pid>-<n>`, where kind
-/// is `t` (staging) or `o` (an old destination moved aside).
+/// is `t` (staging), `o` (an old destination moved aside) or `i` (intermediate
+/// soups of a multi-document recipe).
 fn sibling(dest: &Path, kind: char) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     parent_of(dest).join(format!(".soup-{}-{kind}{}-{n}", tag(dest), std::process::id()))
+}
+
+/// A hidden directory beside `dest` for the intermediate soups of a recipe that
+/// writes `dest`: removed by a later run on `dest` once this process is gone,
+/// like a staging directory.
+pub fn intermediates_dir(dest: &Path) -> PathBuf {
+    sibling(dest, 'i')
 }
 
 /// A leftover beside a destination: what it was, and which process made it.
@@ -374,7 +382,7 @@ fn leftover(dest: &Path, parent: &Path, entry: &str) -> Option<Leftover> {
     if let Some(rest) = entry.strip_prefix(&format!(".soup-{}-", tag(dest))) {
         let old = rest.starts_with('o');
         let pid = rest.get(1..)?.split('-').next()?.parse().ok()?;
-        return (rest.starts_with(['t', 'o'])).then_some(Leftover { path, old, pid });
+        return (rest.starts_with(['t', 'o', 'i'])).then_some(Leftover { path, old, pid });
     }
     let name = dest.file_name()?.to_str()?;
     let rest = entry.strip_prefix(&format!(".{name}.soup-"))?;
@@ -429,14 +437,15 @@ fn clean_leftovers(dest: &Path) -> Vec<Housekeeping> {
     notes
 }
 
-/// Bytes of the files directly inside `dir` (staging directories are flat).
+/// Bytes of the files inside `dir`, at any depth (an intermediates directory
+/// holds a directory per soup); symlinks are not followed.
 fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .map(|m| m.len())
+        .filter_map(|e| Some((e.path(), e.file_type().ok()?, e.metadata().ok()?)))
+        .map(|(path, kind, meta)| if kind.is_dir() { dir_bytes(&path) } else { meta.len() })
         .sum()
 }
 

@@ -187,8 +187,14 @@ pub struct PlannedTensor {
     pub offset: u64,
     /// Byte length in the output.
     pub len: u64,
-    /// For each ingredient, the index of this tensor in its [`Checkpoint::tensors`].
+    /// For each ingredient it draws from, the index of this tensor in its
+    /// [`Checkpoint::tensors`].
     pub sources: Vec<usize>,
+    /// The index among the plan's inputs of the first ingredient it draws from:
+    /// it reads inputs `first_input..first_input + sources.len()`, and the
+    /// per-input vectors of `produce` count from there (0 but in plans made of
+    /// parts, [`Plan::from_parts`]).
+    pub first_input: usize,
 }
 
 /// One output file.
@@ -226,6 +232,48 @@ impl Plan {
         Ok(Plan { tensors, shards })
     }
 
+    /// A plan made of several merges over different inputs, their tensors in
+    /// the order of the parts (each part's in its first input's order): the
+    /// output of a merge built slice by slice, where each slice merges its own
+    /// views of the models. Each part's inputs must be compatible among
+    /// themselves and mixed by its own `mixing`; `options.mixing` is not used.
+    /// Returns the plan's inputs, every part's in turn, and the plan. A tensor
+    /// name given by two parts is an error.
+    pub fn from_parts(
+        parts: Vec<(Vec<Checkpoint>, Mixing)>,
+        options: &PlanOptions,
+    ) -> Result<(Vec<Checkpoint>, Plan)> {
+        let mut inputs: Vec<Checkpoint> = Vec::new();
+        let mut tensors: Vec<PlannedTensor> = Vec::new();
+        let mut seen: HashMap<String, ()> = HashMap::new();
+        for (part_inputs, mixing) in parts {
+            let first = part_inputs.first().ok_or(Error::NoIngredients)?;
+            check_compatible(&part_inputs)?;
+            let part_options = PlanOptions {
+                mixing,
+                dtype: options.dtype,
+                max_shard_size: options.max_shard_size,
+                non_float: options.non_float,
+                metadata: BTreeMap::new(),
+            };
+            for entry in first.tensors() {
+                if seen.insert(entry.name.clone(), ()).is_some() {
+                    return Err(Error::DuplicateTensor {
+                        tensor: entry.name.clone(),
+                        first: first.path().to_path_buf(),
+                        second: first.path().to_path_buf(),
+                    });
+                }
+                let mut t = plan_tensor(entry, &part_inputs, &part_options)?;
+                t.first_input = inputs.len();
+                tensors.push(t);
+            }
+            inputs.extend(part_inputs);
+        }
+        let shards = assign_shards(&mut tensors, options)?;
+        Ok((inputs, Plan { tensors, shards }))
+    }
+
     /// Total bytes of tensor data in the output.
     pub fn output_bytes(&self) -> u64 {
         self.tensors.iter().map(|t| t.len).sum()
@@ -240,7 +288,8 @@ impl Plan {
     pub fn input_bytes(&self, ingredients: &[Checkpoint]) -> u64 {
         let mut total = 0;
         for t in &self.tensors {
-            for (i, (ck, &src)) in ingredients.iter().zip(&t.sources).enumerate() {
+            let drawn = ingredients.get(t.first_input..).unwrap_or_default();
+            for (i, (ck, &src)) in drawn.iter().zip(&t.sources).enumerate() {
                 let read = match &t.produce {
                     Produce::Average { weights, .. } => weights[i] != 0.0,
                     Produce::TaskVectors { base, params, .. } => params.reads(i, *base),
@@ -381,6 +430,7 @@ fn plan_tensor(
         offset: 0,
         len,
         sources,
+        first_input: 0,
     })
 }
 

@@ -6,53 +6,70 @@
 //!
 //! | method | statistics pass | reducer |
 //! |---|---|---|
-//! | linear | none | `Σ wᵢ·xᵢ` |
+//! | linear, passthrough | none | `Σ wᵢ·xᵢ` |
 //! | task arithmetic | none | task vectors |
-//! | SLERP | per-tensor norms and dot product of the two models | `Σ wᵢ·xᵢ` |
+//! | SLERP, NuSLERP, Multi-SLERP, Karcher | per-tensor Gram matrix of the models (or task vectors) | `Σ wᵢ·xᵢ` (task vectors with a base) |
 //! | Model Stock | per-tensor Gram matrix of the task vectors | `Σ wᵢ·xᵢ` |
-//! | TIES | per-tensor radix selection of each task vector's top magnitudes (`method/topk.rs`) | task vectors |
-//! | DARE (linear, TIES) | none: masks are a function of the seed ([`crate::engine::dropout`]) | task vectors |
+//! | TIES, Breadcrumbs | per-tensor radix selection of each task vector's top magnitudes (`method/topk.rs`) | task vectors |
+//! | DARE, DELLA | none: masks are a function of the seed ([`crate::engine::dropout`]) | task vectors |
+//! | SCE | selection of the entries of largest variance, then each task vector's mean square | task vectors |
+//! | NearSwap | none | task vectors |
+//!
+//! A recipe with slices (`method/slices.rs`) is planned part by part — the
+//! embeddings, each slice, the rest — each part a merge of views of the models
+//! whose blocks are renamed to their place in the output.
 //!
 //! The passes stream chunk by chunk like the merge itself, so memory stays
 //! bounded; `docs/METHODS.md` lists each method's passes and memory.
 
+mod fine;
 mod params;
+mod slices;
+mod sparse;
+mod sphere;
 mod topk;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use sparse::{breadcrumbs_counts, ties_keep_count};
+pub use sphere::{
+    karcher_coefficients, model_stock_ratio, multislerp_coefficients, nuslerp_coefficients,
+    slerp_coefficients, SLERP_PARALLEL,
+};
+
 use crate::analysis::gram::{gram_pass, Gram};
 use crate::engine::checkpoint::Checkpoint;
-use crate::engine::dropout::DropMask;
 use crate::engine::dtype::FloatDtype;
 use crate::engine::execute::RunOptions;
 use crate::engine::plan::{
     check_compatible, Mixing, NonFloatPolicy, OutputDtype, Plan, PlanOptions, TaskVectors, Weights,
     DEFAULT_MAX_SHARD_SIZE,
 };
-use crate::engine::task_vectors::{Keep, Sparsify, TaskParams};
+use crate::engine::task_vectors::{Sparsify, TaskParams};
 use crate::error::{Error, Result};
 use crate::recipe::{Method, Recipe};
-use params::Resolved;
-
-/// SLERP interpolates linearly when the two models' cosine is above this: the
-/// spherical formula divides by `sin θ`, which vanishes (mergekit's value).
-pub const SLERP_PARALLEL: f64 = 0.9995;
+use params::{Resolved, Spec};
+use sparse::task_params;
 
 /// A recipe made ready to run: the engine's inputs (the ingredients, then the
-/// base if there is one) and the plan over them.
+/// base if there is one; for slices, every part's views in turn) and the plan
+/// over them.
 #[derive(Debug)]
 pub struct Prepared {
     /// The plan's inputs, in order.
     pub inputs: Vec<Checkpoint>,
     /// The plan.
     pub plan: Plan,
+    /// For a recipe with slices, the number of blocks of the output (for its
+    /// config); `None` when the blocks are those of the models.
+    pub blocks: Option<usize>,
 }
 
 /// Plans `recipe` over its opened `ingredients` (in the recipe's order) and
 /// `base`, running the method's statistics passes with `run`'s threads, progress
-/// (bytes read) and cancel flag. The plan's metadata holds the recipe.
+/// (bytes read) and cancel flag. The plan's metadata holds the recipe. For a
+/// recipe with slices, see [`prepare_models`].
 pub fn prepare(
     recipe: &Recipe,
     ingredients: &[Checkpoint],
@@ -60,7 +77,12 @@ pub fn prepare(
     run: &RunOptions,
 ) -> Result<Prepared> {
     let method = recipe.method;
-    let fail = |reason: String| Error::Method { method: method.name(), reason };
+    let fail = sparse::refuse(method);
+    if !recipe.slices.is_empty() {
+        return Err(fail(
+            "a recipe with slices is planned from its models (prepare_models)".into(),
+        ));
+    }
     if ingredients.len() != recipe.ingredients.len() {
         return Err(fail(format!(
             "{} checkpoints opened for {} ingredients",
@@ -68,23 +90,89 @@ pub fn prepare(
             recipe.ingredients.len()
         )));
     }
-    check_shape_of_inputs(recipe, ingredients.len(), base.is_some()).map_err(fail)?;
+    if recipe.base.is_some() != base.is_some() {
+        return Err(fail("the base in the recipe and the base opened differ".to_owned()));
+    }
+    check_shape_of_inputs(method, ingredients.len(), base.is_some()).map_err(&fail)?;
     let mut inputs = ingredients.to_vec();
     inputs.extend(base.cloned());
     let inputs = crate::engine::tied::reconcile(&inputs);
     check_compatible(&inputs)?;
     let first = inputs.first().ok_or(Error::NoIngredients)?;
-    let resolved = params::resolve(recipe, first).map_err(fail)?;
-
-    let k = ingredients.len();
-    let mixing = match method {
-        Method::Linear => linear(&resolved, k, base.is_some()).map_err(fail)?,
-        Method::TaskArithmetic => task_arithmetic(&resolved, recipe, k),
-        Method::Slerp => slerp(&resolved, &inputs, run)?,
-        Method::ModelStock => model_stock(&resolved, &inputs[..k], &inputs[k], run)?,
-        Method::Ties => ties(&resolved, &inputs, recipe, run)?,
-        Method::DareLinear | Method::DareTies => dare(&resolved, recipe, k),
+    let spec = Spec {
+        method,
+        ingredients: &recipe.ingredients,
+        base: recipe.base.as_ref(),
+        shared: vec![&recipe.parameters],
+        positions: None,
+        source_name: None,
     };
+    let resolved = params::resolve(&spec, first).map_err(&fail)?;
+    let mixing = mixing(method, &resolved, &inputs, ingredients.len(), base.is_some(), run)?;
+    let mut options = plan_options(recipe)?;
+    options.mixing = mixing;
+    let plan = Plan::new(&inputs, &options)?;
+    Ok(Prepared { inputs, plan, blocks: None })
+}
+
+/// Plans any recipe, with or without slices, over its opened `models`, one per
+/// path of [`Recipe::models`] in that order.
+pub fn prepare_models(
+    recipe: &Recipe,
+    models: &[Checkpoint],
+    run: &RunOptions,
+) -> Result<Prepared> {
+    let method = recipe.method;
+    let fail = sparse::refuse(method);
+    let paths = recipe.models();
+    if paths.len() != models.len() {
+        return Err(fail(format!(
+            "{} checkpoints opened for {} models",
+            models.len(),
+            paths.len()
+        )));
+    }
+    let by_path: HashMap<&str, &Checkpoint> = paths.iter().copied().zip(models).collect();
+    if recipe.slices.is_empty() {
+        let ingredients: Vec<Checkpoint> =
+            recipe.ingredients.iter().map(|i| by_path[i.path.as_str()].clone()).collect();
+        let base = recipe.base.as_ref().map(|b| by_path[b.path.as_str()].clone());
+        return prepare(recipe, &ingredients, base.as_ref(), run);
+    }
+    let (parts, blocks) = slices::parts(recipe, &by_path).map_err(&fail)?;
+    let mut planned = Vec::with_capacity(parts.len());
+    for part in parts {
+        let k = part.ingredients.len();
+        let has_base = part.base.is_some();
+        check_shape_of_inputs(method, k, has_base)
+            .map_err(|e| fail(format!("{}: {e}", part.label)))?;
+        let inputs = crate::engine::tied::reconcile(&part.inputs);
+        check_compatible(&inputs)?;
+        let first = inputs.first().ok_or(Error::NoIngredients)?;
+        let source_name =
+            |i: usize, name: &str| part.source_names[i].get(name).cloned().unwrap_or(name.into());
+        let spec = Spec {
+            method,
+            ingredients: &part.ingredients,
+            base: part.base.as_ref(),
+            shared: part.shared.iter().collect(),
+            positions: Some(&part.positions),
+            source_name: Some(&source_name),
+        };
+        let resolved =
+            params::resolve(&spec, first).map_err(|e| fail(format!("{}: {e}", part.label)))?;
+        let mixing = mixing(method, &resolved, &inputs, k, has_base, run)?;
+        planned.push((inputs, mixing));
+    }
+    let options = plan_options(recipe)?;
+    let (inputs, plan) = Plan::from_parts(planned, &options)?;
+    Ok(Prepared { inputs, plan, blocks: Some(blocks) })
+}
+
+/// The plan options a recipe's output settings give (the mixing is set by the
+/// caller).
+fn plan_options(recipe: &Recipe) -> Result<PlanOptions> {
+    let fail = sparse::refuse(recipe.method);
     let dtype = match &recipe.output.dtype {
         Some(name) => OutputDtype::Force(
             name.parse::<FloatDtype>().map_err(|e| fail(format!("output dtype: {e}")))?,
@@ -98,23 +186,81 @@ pub fn prepare(
             return Err(fail(format!("output non_float {other:?}: expected error or first")))
         }
     };
-    let options = PlanOptions {
-        mixing,
+    Ok(PlanOptions {
+        mixing: Mixing::Linear(Weights::Global(Vec::new())),
         dtype,
         max_shard_size: recipe.output.max_shard_size.unwrap_or(DEFAULT_MAX_SHARD_SIZE),
         non_float,
         metadata: recipe.to_metadata(),
-    };
-    let plan = Plan::new(&inputs, &options)?;
-    Ok(Prepared { inputs, plan })
+    })
+}
+
+/// The mixing of `method` over `inputs` (`k` models, then the base when
+/// `has_base`), with its statistics passes.
+fn mixing(
+    method: Method,
+    resolved: &Resolved,
+    inputs: &[Checkpoint],
+    k: usize,
+    has_base: bool,
+    run: &RunOptions,
+) -> Result<Mixing> {
+    let fail = sparse::refuse(method);
+    let base = has_base.then(|| &inputs[k]);
+    Ok(match method {
+        Method::Linear => linear(resolved, k, has_base).map_err(&fail)?,
+        Method::Passthrough => {
+            let map =
+                resolved.tensors.iter().map(|(n, t)| (n.clone(), t.weights.clone())).collect();
+            per_tensor(map, k)
+        }
+        Method::TaskArithmetic => {
+            let normalize = resolved.normalize.unwrap_or(false);
+            let map = resolved
+                .tensors
+                .iter()
+                .map(|(n, t)| (n.clone(), task_params(t, normalize, false, Sparsify::None)))
+                .collect();
+            task_vector_mixing(map, k)
+        }
+        Method::Slerp => slerp(resolved, inputs, run)?,
+        Method::ModelStock => model_stock(resolved, &inputs[..k], &inputs[k], run)?,
+        Method::Ties => task_vector_mixing(sparse::ties(resolved, inputs, run)?, k),
+        Method::DareLinear | Method::DareTies => {
+            task_vector_mixing(sparse::dare(resolved, method), k)
+        }
+        Method::Breadcrumbs | Method::BreadcrumbsTies => {
+            task_vector_mixing(sparse::breadcrumbs(resolved, inputs, method, run)?, k)
+        }
+        Method::Della | Method::DellaLinear => {
+            task_vector_mixing(sparse::della(resolved, method).map_err(&fail)?, k)
+        }
+        Method::Sce => task_vector_mixing(sparse::sce(resolved, inputs, run)?, k),
+        Method::Nearswap => {
+            let map = resolved
+                .tensors
+                .iter()
+                .map(|(n, t)| {
+                    let params = TaskParams {
+                        weights: vec![1.0, 0.0],
+                        lambda: 1.0,
+                        normalize: false,
+                        elect_sign: false,
+                        sparsify: Sparsify::NearSwap { t: t.t },
+                    };
+                    (n.clone(), params)
+                })
+                .collect();
+            task_vector_mixing(map, k)
+        }
+        Method::Nuslerp | Method::Multislerp | Method::Karcher => {
+            spherical(method, resolved, &inputs[..k], base, run)?
+        }
+    })
 }
 
 /// Checks the number of models and the base against what the method takes.
-fn check_shape_of_inputs(recipe: &Recipe, k: usize, has_base: bool) -> Result<(), String> {
-    let method = recipe.method;
-    if recipe.base.is_some() != has_base {
-        return Err("the base in the recipe and the base opened differ".to_owned());
-    }
+fn check_shape_of_inputs(method: Method, k: usize, has_base: bool) -> Result<(), String> {
     if k == 0 {
         return Err("no ingredients".to_owned());
     }
@@ -124,13 +270,35 @@ fn check_shape_of_inputs(recipe: &Recipe, k: usize, has_base: bool) -> Result<()
     match method {
         Method::Slerp if k != 2 || has_base => Err(format!(
             "interpolates between exactly two models and takes no base ({k} ingredient{}{})",
-            if k == 1 { "" } else { "s" },
+            plural(k),
             if has_base { " and a base" } else { "" }
+        )),
+        _ if has_base && !method.takes_base() => {
+            Err(format!("takes no base ({k} ingredient{} and a base)", plural(k)))
+        }
+        Method::Nuslerp if k != 2 => Err(format!(
+            "interpolates between exactly two models (or their task vectors from a base); \
+             found {k}"
+        )),
+        Method::Nearswap if k != 1 => {
+            Err(format!("moves the base toward exactly one other model; found {k}"))
+        }
+        Method::Passthrough if k != 1 => Err(format!(
+            "takes exactly one model (or one per slice); found {k} (to stack layers of \
+             several models, use slices)"
         )),
         Method::ModelStock if k < 2 => {
             Err("needs at least two fine-tuned models to measure their angle".to_owned())
         }
         _ => Ok(()),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 
@@ -174,18 +342,6 @@ fn linear(resolved: &Resolved, k: usize, has_base: bool) -> Result<Mixing, Strin
     Ok(per_tensor(map, k + usize::from(has_base)))
 }
 
-/// `b + λ·Σ wᵢ(xᵢ − b) / D` (`D = Σ wᵢ` when normalising, else 1), by the
-/// task-vector reducer: rewritten as one linear combination, the base's
-/// coefficient `1 − λ·Σ wᵢ/D` would cancel and cost f64 outputs a few ulps.
-fn task_arithmetic(resolved: &Resolved, recipe: &Recipe, k: usize) -> Mixing {
-    let mut map = HashMap::new();
-    for (name, t) in &resolved.tensors {
-        let normalize = recipe.parameters.normalize.unwrap_or(false);
-        map.insert(name.clone(), task_params(t, normalize, false, Sparsify::None));
-    }
-    task_vector_mixing(map, k)
-}
-
 /// Each float tensor's Gram matrix, by one streaming pass (deltas from `base`
 /// when given, else raw weights).
 fn gram_per_tensor(
@@ -212,21 +368,72 @@ fn slerp(resolved: &Resolved, inputs: &[Checkpoint], run: &RunOptions) -> Result
     Ok(per_tensor(map, 2))
 }
 
-/// The coefficients `(s₀, s₁)` of `slerp(t; a, b) = s₀·a + s₁·b` from `‖a‖²`,
-/// `‖b‖²` and `⟨a, b⟩`: `sin((1−t)θ)/sin θ` and `sin(tθ)/sin θ`, or `1 − t` and
-/// `t` when the vectors are (anti)parallel or either is zero.
-pub fn slerp_coefficients(aa: f64, bb: f64, ab: f64, t: f64) -> Vec<f64> {
-    let (na, nb) = (aa.sqrt(), bb.sqrt());
-    if na == 0.0 || nb == 0.0 {
-        return vec![1.0 - t, t];
+/// NuSLERP, Multi-SLERP and the Karcher mean: coefficients per tensor from the
+/// Gram matrix of the models (of their task vectors with a base, except for
+/// Karcher, which merges the base as one more model), then the linear kernel, or
+/// the task-vector reducer with a base.
+fn spherical(
+    method: Method,
+    resolved: &Resolved,
+    models: &[Checkpoint],
+    base: Option<&Checkpoint>,
+    run: &RunOptions,
+) -> Result<Mixing> {
+    let fail = sparse::refuse(method);
+    let k = models.len();
+    let karcher_inputs: Vec<Checkpoint>;
+    let (vectors, origin) = match (method, base) {
+        (Method::Karcher, Some(b)) => {
+            karcher_inputs = models.iter().chain([b]).cloned().collect();
+            (karcher_inputs.as_slice(), None)
+        }
+        _ => (models, base),
+    };
+    let grams = gram_per_tensor(resolved, origin, vectors, run)?;
+    let mut map = HashMap::new();
+    for (name, t) in &resolved.tensors {
+        let g = &grams[name];
+        let coefficients = match method {
+            Method::Nuslerp => nuslerp_coefficients(g, t.weights[0], t.weights[1]),
+            Method::Multislerp => {
+                let normalize = resolved.normalize.unwrap_or(true);
+                let eps = resolved.eps.unwrap_or(1e-8);
+                multislerp_coefficients(g, &t.weights, normalize, eps)
+                    .map_err(|e| fail(format!("tensor {name:?}: {e}")))?
+            }
+            _ => karcher_coefficients(
+                g,
+                resolved.max_iter.unwrap_or(10),
+                resolved.tol.unwrap_or(1e-5),
+            ),
+        };
+        map.insert(name.clone(), coefficients);
     }
-    let cos = (ab / (na * nb)).clamp(-1.0, 1.0);
-    if cos.abs() > SLERP_PARALLEL {
-        return vec![1.0 - t, t];
+    if method == Method::Karcher || base.is_none() {
+        return Ok(per_tensor(map, vectors.len()));
     }
-    let theta = cos.acos();
-    let sin = theta.sin();
-    vec![((1.0 - t) * theta).sin() / sin, (t * theta).sin() / sin]
+    if k == 1 {
+        // One Multi-SLERP input is itself, not the base plus its task vector.
+        let map = map.into_keys().map(|name| (name, vec![1.0, 0.0])).collect();
+        return Ok(per_tensor(map, 2));
+    }
+    // Over task vectors: base + Σ cᵢ·(xᵢ − base), by the task-vector reducer
+    // (as one linear combination the base's coefficient would cancel).
+    let map = map
+        .into_iter()
+        .map(|(name, mut weights)| {
+            weights.push(0.0);
+            let params = TaskParams {
+                weights,
+                lambda: 1.0,
+                normalize: false,
+                elect_sign: false,
+                sparsify: Sparsify::None,
+            };
+            (name, params)
+        })
+        .collect();
+    Ok(task_vector_mixing(map, k))
 }
 
 /// Model Stock's ratio per tensor: `t = k·cos / (1 + (k−1)·cos)` from the mean
@@ -249,130 +456,11 @@ fn model_stock(
     Ok(per_tensor(map, k + 1))
 }
 
-/// Model Stock's interpolation ratio from a Gram matrix of task vectors (pairs
-/// with a zero vector count as orthogonal; 0 where the formula is singular).
-pub fn model_stock_ratio(g: &Gram) -> f64 {
-    let k = g.k();
-    let mut sum = 0.0;
-    let mut pairs = 0usize;
-    for i in 0..k {
-        for j in i + 1..k {
-            let norms = (g.dot(i, i).sqrt() * g.dot(j, j).sqrt()).max(1e-6);
-            sum += (g.dot(i, j) / norms).clamp(-1.0, 1.0);
-            pairs += 1;
-        }
-    }
-    let cos = sum / pairs.max(1) as f64;
-    let denominator = 1.0 + (k as f64 - 1.0) * cos;
-    if denominator.abs() < 1e-6 {
-        0.0
-    } else {
-        k as f64 * cos / denominator
-    }
-}
-
-/// How many entries TIES keeps of a tensor of `numel` at `density`: at least
-/// one of a non-empty tensor when the density is positive (mergekit's rule).
-pub fn ties_keep_count(density: f64, numel: usize) -> Option<u64> {
-    if density >= 1.0 {
-        None
-    } else if density <= 0.0 || numel == 0 {
-        Some(0)
-    } else {
-        Some(((density * numel as f64) as u64).max(1))
-    }
-}
-
-/// TIES: each tensor's magnitude thresholds by radix selection, then the
-/// task-vector reducer with sign election.
-fn ties(
-    resolved: &Resolved,
-    inputs: &[Checkpoint],
-    recipe: &Recipe,
-    run: &RunOptions,
-) -> Result<Mixing> {
-    let k = inputs.len() - 1;
-    let mut map = HashMap::new();
-    for (name, t) in &resolved.tensors {
-        let source = |i: usize| -> topk::Source {
-            let ck = &inputs[i];
-            let tensor = ck.position(name).unwrap_or_default();
-            let dtype =
-                FloatDtype::from_safetensors(ck.tensors()[tensor].dtype).unwrap_or(FloatDtype::F32);
-            topk::Source { checkpoint: ck, tensor, dtype }
-        };
-        let numel = t.numel;
-        let mut keeps = vec![Keep::All; k + 1];
-        let mut select = Vec::new();
-        for (i, keep) in keeps.iter_mut().enumerate().take(k) {
-            match ties_keep_count(t.densities[i], numel) {
-                None => {}
-                Some(0) => *keep = Keep::Nothing,
-                Some(n) if n >= numel as u64 => {}
-                Some(n) if t.weights[i] != 0.0 => select.push((i, n)),
-                Some(_) => *keep = Keep::Nothing,
-            }
-        }
-        if !select.is_empty() {
-            let sources: Vec<(topk::Source, u64)> =
-                select.iter().map(|&(i, n)| (source(i), n)).collect();
-            let found = topk::largest(source(k), &sources, numel, run)?;
-            for (&(i, _), keep) in select.iter().zip(found) {
-                keeps[i] = keep;
-            }
-        }
-        let normalize = recipe.parameters.normalize.unwrap_or(true);
-        map.insert(name.clone(), task_params(t, normalize, true, Sparsify::Magnitude(keeps)));
-    }
-    Ok(task_vector_mixing(map, k))
-}
-
-/// DARE: random masks from the seed, then the task-vector reducer, with sign
-/// election for DARE-TIES.
-fn dare(resolved: &Resolved, recipe: &Recipe, k: usize) -> Mixing {
-    let seed = recipe.parameters.seed.unwrap_or(0);
-    let mut map = HashMap::new();
-    for (name, t) in &resolved.tensors {
-        let mut masks: Vec<Option<DropMask>> = t
-            .densities
-            .iter()
-            .enumerate()
-            .map(|(i, &d)| (d < 1.0).then(|| DropMask::new(seed, i, name, d)))
-            .collect();
-        masks.push(None);
-        let mut densities = t.densities.clone();
-        densities.push(1.0);
-        let rescale = recipe.parameters.rescale.unwrap_or(true);
-        let sparsify = Sparsify::Random { masks, densities, rescale };
-        let normalize = recipe.parameters.normalize.unwrap_or(false);
-        let elect = recipe.method == Method::DareTies;
-        map.insert(name.clone(), task_params(t, normalize, elect, sparsify));
-    }
-    task_vector_mixing(map, k)
-}
-
-/// One tensor's task-vector parameters over the `k` models and the base, whose
-/// slot (index `k`, weight 0) is appended.
-fn task_params(
-    t: &params::TensorParams,
-    normalize: bool,
-    elect_sign: bool,
-    sparsify: Sparsify,
-) -> TaskParams {
-    let mut weights = t.weights.clone();
-    if normalize {
-        // The reducer divides by Σ wᵢ, which must not overflow.
-        rescale(&mut weights);
-    }
-    weights.push(0.0);
-    TaskParams { weights, lambda: t.lambda, normalize, elect_sign, sparsify }
-}
-
 /// Multiplies the weights by the power of two that brings the largest magnitude
 /// into `[1, 2)`: exact, so their ratios (all that normalising keeps) are
 /// unchanged bit for bit, and their sum can no longer overflow. Weights all zero
 /// (or not finite, which the plan refuses) are left alone.
-fn rescale(weights: &mut [f64]) {
+pub(super) fn rescale(weights: &mut [f64]) {
     let max = weights.iter().fold(0.0f64, |m, w| m.max(w.abs()));
     if max == 0.0 || !max.is_finite() {
         return;

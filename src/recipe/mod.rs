@@ -7,8 +7,12 @@
 //! `__metadata__`. Replaying a soup's recorded recipe with `soup merge --recipe`
 //! (same build, from any working directory: recorded paths are absolute) writes
 //! the same bytes.
-//! [`mergekit`] reads mergekit configurations into the same record.
+//! [`mergekit`] reads mergekit configurations into the same record; [`files`]
+//! makes the tokenizer, chat template and config a recipe asks for, [`card`]
+//! the model card.
 
+pub mod card;
+pub mod files;
 pub mod mergekit;
 pub mod setting;
 
@@ -53,9 +57,58 @@ pub enum Method {
     /// Per-tensor interpolation from the average toward the base by the angle
     /// between the task vectors (Jang et al., 2024).
     ModelStock,
+    /// Keep each task vector's entries ranked between its largest-magnitude
+    /// outliers (`gamma`) and its smallest, `density` of them; add them up
+    /// (Davari and Belilovsky, 2024).
+    Breadcrumbs,
+    /// Breadcrumbs' trim, then TIES's sign election.
+    BreadcrumbsTies,
+    /// Drop each entry with a probability that falls with its magnitude rank in
+    /// its row, rescale the survivors, elect a sign (Deep et al., 2024).
+    Della,
+    /// DELLA's drop and rescale, then add the task vectors up.
+    DellaLinear,
+    /// Select the entries where the task vectors vary most, weight each task
+    /// vector by its mean square, elect a sign (Wan et al., 2024).
+    Sce,
+    /// SLERP of two models (or task vectors) with the ratio of their weights as
+    /// `t` (mergekit's NuSLERP).
+    Nuslerp,
+    /// Weighted spherical barycentre of any number of models (or task vectors).
+    Multislerp,
+    /// Weighted Karcher mean of the models on the unit sphere, rescaled by their
+    /// mean norm.
+    Karcher,
+    /// Per element, move from the base toward the other model only as far as `t`
+    /// (the whole way where they differ by at most `t`).
+    Nearswap,
+    /// One model's tensors as they are (optionally scaled); with slices, layers
+    /// stacked from several models.
+    Passthrough,
 }
 
 impl Method {
+    /// Every method, in the order the documentation lists them.
+    pub const ALL: [Method; 17] = [
+        Method::Linear,
+        Method::TaskArithmetic,
+        Method::Ties,
+        Method::DareLinear,
+        Method::DareTies,
+        Method::Slerp,
+        Method::ModelStock,
+        Method::Breadcrumbs,
+        Method::BreadcrumbsTies,
+        Method::Della,
+        Method::DellaLinear,
+        Method::Sce,
+        Method::Nuslerp,
+        Method::Multislerp,
+        Method::Karcher,
+        Method::Nearswap,
+        Method::Passthrough,
+    ];
+
     /// The name used on the command line and in recipes.
     pub fn name(self) -> &'static str {
         match self {
@@ -66,12 +119,37 @@ impl Method {
             Method::DareTies => "dare-ties",
             Method::Slerp => "slerp",
             Method::ModelStock => "model-stock",
+            Method::Breadcrumbs => "breadcrumbs",
+            Method::BreadcrumbsTies => "breadcrumbs-ties",
+            Method::Della => "della",
+            Method::DellaLinear => "della-linear",
+            Method::Sce => "sce",
+            Method::Nuslerp => "nuslerp",
+            Method::Multislerp => "multislerp",
+            Method::Karcher => "karcher",
+            Method::Nearswap => "nearswap",
+            Method::Passthrough => "passthrough",
         }
     }
 
     /// Whether the method works on task vectors and so needs a base model.
     pub fn needs_base(self) -> bool {
-        !matches!(self, Method::Linear | Method::Slerp)
+        !matches!(
+            self,
+            Method::Linear
+                | Method::Slerp
+                | Method::Nuslerp
+                | Method::Multislerp
+                | Method::Karcher
+                | Method::Passthrough
+        )
+    }
+
+    /// Whether the method may take a base model at all (those that do not need
+    /// one use it as the origin of task vectors when given; linear and Karcher
+    /// merge it as one more model).
+    pub fn takes_base(self) -> bool {
+        !matches!(self, Method::Slerp | Method::Passthrough)
     }
 }
 
@@ -79,14 +157,25 @@ impl Method {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Ingredient {
     /// The checkpoint's path. Recipes that `soup` records hold absolute paths;
-    /// relative ones in a recipe file are resolved by [`Recipe::load`].
+    /// relative ones in a recipe file are resolved by [`Recipe::load`]. In a
+    /// recipe with intermediates, the name of one of them.
     pub path: String,
     /// Its weight, overriding `parameters.weight`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<Setting>,
-    /// Its density (TIES, DARE), overriding `parameters.density`.
+    /// Its density (TIES, DARE, Breadcrumbs, DELLA), overriding
+    /// `parameters.density`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub density: Option<Setting>,
+    /// Its outlier fraction (Breadcrumbs), overriding `parameters.gamma`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<Setting>,
+    /// Its probability spread (DELLA), overriding `parameters.epsilon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<Setting>,
+    /// In a slice: the model's blocks `start..end` that the slice takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<[usize; 2]>,
     /// The dotted key of the state dict inside a PyTorch training checkpoint
     /// (`state_dict`, `model`); ignored by files that are a state dict already.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +205,12 @@ struct IngredientMap {
     #[serde(default)]
     density: Option<Setting>,
     #[serde(default)]
+    gamma: Option<Setting>,
+    #[serde(default)]
+    epsilon: Option<Setting>,
+    #[serde(default)]
+    layers: Option<[usize; 2]>,
+    #[serde(default)]
     key: Option<String>,
     #[serde(default)]
     rename: Vec<String>,
@@ -135,12 +230,26 @@ impl<'de> Deserialize<'de> for Ingredient {
                     path,
                     weight,
                     density,
+                    gamma,
+                    epsilon,
+                    layers,
                     key,
                     rename,
                     adapter_base,
                     expand_views,
                 } = IngredientMap::deserialize(other).map_err(serde::de::Error::custom)?;
-                Ok(Ingredient { path, weight, density, key, rename, adapter_base, expand_views })
+                Ok(Ingredient {
+                    path,
+                    weight,
+                    density,
+                    gamma,
+                    epsilon,
+                    layers,
+                    key,
+                    rename,
+                    adapter_base,
+                    expand_views,
+                })
             }
         }
     }
@@ -225,25 +334,52 @@ pub struct Parameters {
     /// Default weight of ingredients without their own (1 if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<Setting>,
-    /// Default density of ingredients without their own (TIES, DARE; 1 if absent).
+    /// Default density of ingredients without their own (TIES, DARE,
+    /// Breadcrumbs, DELLA; 1 if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub density: Option<Setting>,
-    /// Scale of the merged task vector (task arithmetic, TIES, DARE; 1 if absent).
+    /// Scale of the merged task vector (task arithmetic, TIES, DARE, Breadcrumbs,
+    /// DELLA; 1 if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lambda: Option<Setting>,
-    /// SLERP's interpolation factor: 0 is the first model, 1 the second.
+    /// SLERP's interpolation factor (0 is the first model, 1 the second); NearSwap's
+    /// largest step from the base.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub t: Option<Setting>,
-    /// Seed of DARE's drop masks (0 if absent).
+    /// Seed of DARE's and DELLA's drop masks (0 if absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// Divide by the sum of the weights (linear: default true; TIES: of the
-    /// agreeing weights, default true; task arithmetic and DARE: default false).
+    /// agreeing weights, default true; task arithmetic and DARE: default false;
+    /// Multi-SLERP: normalise the weights to sum 1, default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalize: Option<bool>,
-    /// Rescale DARE's surviving entries by `1/density` (default true).
+    /// Rescale DARE's surviving entries by `1/density`, DELLA's by one over their
+    /// keep probability (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rescale: Option<bool>,
+    /// Breadcrumbs: the fraction of largest-magnitude entries dropped as outliers
+    /// (0.01 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<Setting>,
+    /// DELLA: keep probabilities run from `density − epsilon` (smallest magnitude
+    /// in a row) to `density + epsilon` (largest) (0.15 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<Setting>,
+    /// SCE: the fraction of the entries with non-zero variance across the task
+    /// vectors that is kept, those of largest variance (1 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub select_topk: Option<Setting>,
+    /// Multi-SLERP: added to norms before dividing by them (1e-8 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    /// Karcher: most iterations (10 if absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_iter: Option<u32>,
+    /// Karcher: the step size (and norm) below which the iteration stops (1e-5 if
+    /// absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tol: Option<f64>,
 }
 
 impl Parameters {
@@ -267,12 +403,49 @@ pub struct Output {
     /// default) or `first`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub non_float: Option<String>,
+    /// The model whose tokenizer files are copied into the soup, over those of
+    /// the support files (a path, like an ingredient's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<String>,
+    /// A chat template written into the soup's `tokenizer_config.json`: the
+    /// template's text, or the name of one of the templates mergekit ships
+    /// (`chatml`, `llama3`, ...; see `docs/METHODS.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
 }
 
 impl Output {
     fn is_empty(&self) -> bool {
         *self == Output::default()
     }
+}
+
+/// One slice of a recipe built slice by slice: the blocks of its ingredients
+/// that are merged into consecutive blocks of the output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Slice {
+    /// The models merged, each with the range of its blocks (`layers`) taken;
+    /// every range has the same length.
+    pub ingredients: Vec<Ingredient>,
+    /// The slice's base, with its range of blocks (required by the task-vector
+    /// methods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Ingredient>,
+    /// Parameters of this slice, over the recipe's.
+    #[serde(default, skip_serializing_if = "Parameters::is_empty")]
+    pub parameters: Parameters,
+}
+
+/// A merge whose soup an ingredient of a later one names: recipes with
+/// intermediates are mergekit's multi-document configurations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intermediate {
+    /// The name later recipes use as a model path.
+    pub name: String,
+    /// How it is made (it may name earlier intermediates).
+    pub recipe: Recipe,
 }
 
 /// How a soup is made.
@@ -288,12 +461,22 @@ pub struct Recipe {
     /// (informative: the recipe replays the chosen soup, not the search).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<String>,
-    /// The models merged, in order.
+    /// Merges made first, in order, whose soups ingredients may name (and that
+    /// are deleted once this one is written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub intermediates: Vec<Intermediate>,
+    /// The models merged, in order (empty when the recipe has slices).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ingredients: Vec<Ingredient>,
     /// The pretrained model the task vectors start from (required by the task-vector
     /// methods; in a linear merge it takes part with its own weight).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<Ingredient>,
+    /// The output built slice by slice from ranges of blocks of the models
+    /// (instead of `ingredients` and `base`): each slice's blocks follow the
+    /// previous slice's in the output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<Slice>,
     /// Parameters shared by all ingredients.
     #[serde(default, skip_serializing_if = "Parameters::is_empty")]
     pub parameters: Parameters,
@@ -309,8 +492,10 @@ impl Recipe {
             tool: tool(),
             method,
             search: None,
+            intermediates: Vec::new(),
             ingredients,
             base: None,
+            slices: Vec::new(),
             parameters: Parameters::default(),
             output: Output::default(),
         }
@@ -339,15 +524,23 @@ impl Recipe {
     }
 
     /// Parses a recipe file's text: our format, or a mergekit configuration
-    /// (recognised by its `merge_method` key). `path` names the file in errors.
+    /// (recognised by its `merge_method` key), or several mergekit
+    /// configurations as YAML documents, as `mergekit-multi` reads them (see
+    /// [`mergekit::translate_documents`]). `path` names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
         let invalid = |reason: String| Error::Recipe { path: path.to_path_buf(), reason };
-        let value: serde_json::Value =
-            serde_saphyr::from_str(text).map_err(|e| invalid(format!("not valid YAML: {e}")))?;
-        if value.get("merge_method").is_some() {
-            return mergekit::translate(&value).map_err(invalid);
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(text)
+            .map_err(|e| invalid(format!("not valid YAML: {}", yaml_error(&e.to_string()))))?;
+        let documents: Vec<serde_json::Value> =
+            documents.into_iter().filter(|d| !d.is_null()).collect();
+        match documents.as_slice() {
+            [] => Err(invalid("the file holds no recipe".to_owned())),
+            [value] if value.get("merge_method").is_some() => {
+                mergekit::translate(value).map_err(invalid)
+            }
+            [value] => serde_json::from_value(value.clone()).map_err(|e| invalid(e.to_string())),
+            several => mergekit::translate_documents(several).map_err(invalid),
         }
-        serde_json::from_value(value).map_err(|e| invalid(e.to_string()))
     }
 
     /// Reads a recipe from `path`: a recipe file (YAML or JSON, ours or
@@ -361,7 +554,14 @@ impl Recipe {
     /// older soups are looked up in the working directory. A path found in neither
     /// place is an error naming the recipe and every place looked in.
     pub fn load(path: &Path) -> Result<Self> {
+        Recipe::load_with_source(path).map(|(recipe, _)| recipe)
+    }
+
+    /// [`Recipe::load`], and the file's text when it is a mergekit
+    /// configuration (for the model card, which shows it as mergekit does).
+    pub fn load_with_source(path: &Path) -> Result<(Self, Option<String>)> {
         let soup = path.is_dir() || path.extension().is_some_and(|e| e == "safetensors");
+        let mut source = None;
         let mut recipe = if soup {
             let checkpoint = Checkpoint::open(path)?;
             let metadata = checkpoint.shards().first().map(|s| s.metadata().clone());
@@ -371,67 +571,139 @@ impl Recipe {
             })?
         } else {
             let text = crate::engine::checkpoint::read_bounded(path, MAX_RECIPE_BYTES)?;
-            Recipe::parse(&text, path)?
+            let recipe = Recipe::parse(&text, path)?;
+            // Not our format: a mergekit configuration (one or several).
+            let ours = serde_saphyr::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| serde_json::from_value::<Recipe>(v).ok());
+            if ours.is_none() {
+                source = Some(text);
+            }
+            recipe
         };
         let beside = (!soup).then(|| path.parent().unwrap_or(Path::new(""))).filter(|d| {
             // The working directory is looked in anyway.
             !d.as_os_str().is_empty()
         });
         recipe.resolve_paths(path, beside)?;
-        Ok(recipe)
+        Ok((recipe, source))
     }
 
-    /// Makes every model path absolute: relative ones are looked up in `beside`
-    /// (when given), then in the working directory.
+    /// Every distinct model path the recipe reads itself (not those of its
+    /// intermediates), in first-use order: ingredients and base, or the slices'.
+    pub fn models(&self) -> Vec<&str> {
+        let mut paths: Vec<&str> = Vec::new();
+        let listed = self
+            .ingredients
+            .iter()
+            .chain(&self.base)
+            .chain(self.slices.iter().flat_map(|s| s.ingredients.iter().chain(&s.base)));
+        for model in listed {
+            if !paths.contains(&model.path.as_str()) {
+                paths.push(&model.path);
+            }
+        }
+        paths
+    }
+
+    /// Makes every model path absolute (the recipe's, its slices', its
+    /// tokenizer's and its intermediates'): relative ones are looked up in
+    /// `beside` (when given), then in the working directory. Names of
+    /// intermediates are kept as they are.
     fn resolve_paths(&mut self, recipe: &Path, beside: Option<&Path>) -> Result<()> {
+        let names: Vec<String> = self.intermediates.iter().map(|i| i.name.clone()).collect();
+        for intermediate in &mut self.intermediates {
+            let role = format!("intermediate {:?}", intermediate.name);
+            intermediate.recipe.resolve_all(recipe, beside, &names, &role)?;
+        }
+        self.resolve_all(recipe, beside, &names, "")
+    }
+
+    /// [`Recipe::resolve_paths`] for this recipe's own paths; `within` prefixes
+    /// the roles in errors.
+    fn resolve_all(
+        &mut self,
+        recipe: &Path,
+        beside: Option<&Path>,
+        names: &[String],
+        within: &str,
+    ) -> Result<()> {
+        let prefix = if within.is_empty() { String::new() } else { format!("{within}: ") };
         let mut models: Vec<(String, &mut String)> = Vec::new();
         for (i, m) in self.ingredients.iter_mut().enumerate() {
-            models.push((format!("ingredient {}", i + 1), &mut m.path));
+            models.push((format!("{prefix}ingredient {}", i + 1), &mut m.path));
             if let Some(p) = m.adapter_base.as_mut() {
-                models.push((format!("the adapter base of ingredient {}", i + 1), p));
+                models.push((format!("{prefix}the adapter base of ingredient {}", i + 1), p));
             }
         }
         if let Some(b) = self.base.as_mut() {
-            models.push(("base".to_owned(), &mut b.path));
+            models.push((format!("{prefix}base"), &mut b.path));
         }
-        for (role, model_path) in models {
-            let given = Path::new(model_path.as_str());
-            if given.is_absolute() {
-                continue;
+        for (s, slice) in self.slices.iter_mut().enumerate() {
+            for (i, m) in slice.ingredients.iter_mut().enumerate() {
+                let role = format!("{prefix}slice {} ingredient {}", s + 1, i + 1);
+                if let Some(p) = m.adapter_base.as_mut() {
+                    models.push((format!("the adapter base of {role}"), p));
+                }
+                models.push((role, &mut m.path));
             }
-            let places: Vec<std::path::PathBuf> =
-                beside.map(|d| d.join(given)).into_iter().chain([given.to_path_buf()]).collect();
-            let local = places.iter().find(|p| p.exists());
-            if let (None, Some(id)) = (local, ModelId::parse(model_path)) {
-                // A Hub id: pinned to the cached commit, so the soup's recipe names
-                // exactly the weights it used.
-                let snapshot = id.resolve().map_err(|e| Error::Recipe {
-                    path: recipe.to_path_buf(),
-                    reason: format!("{role}: {e}"),
-                })?;
-                *model_path = id.pinned(&snapshot);
-                continue;
+            if let Some(b) = slice.base.as_mut() {
+                models.push((format!("{prefix}slice {} base", s + 1), &mut b.path));
             }
-            let found = local.ok_or_else(|| Error::Recipe {
-                path: recipe.to_path_buf(),
-                reason: format!(
-                    "{role}, {:?}, is not found {}",
-                    model_path,
-                    match beside {
-                        Some(d) => format!(
-                            "beside the recipe (in {}) or in the working directory",
-                            d.display()
-                        ),
-                        None => "in the working directory".to_owned(),
-                    }
-                ),
-            })?;
-            let absolute =
-                std::path::absolute(found).map_err(Error::io("resolve", found.clone()))?;
-            *model_path = absolute.display().to_string();
+        }
+        if let Some(t) = self.output.tokenizer.as_mut() {
+            models.push((format!("{prefix}tokenizer"), t));
+        }
+        for (role, path) in models {
+            if !names.contains(path) {
+                *path = resolve_path(path, &role, recipe, beside)?;
+            }
         }
         Ok(())
     }
+}
+
+/// One model path made absolute, or pinned when it is a Hub id (see
+/// [`Recipe::resolve_paths`]).
+fn resolve_path(path: &str, role: &str, recipe: &Path, beside: Option<&Path>) -> Result<String> {
+    let given = Path::new(path);
+    if given.is_absolute() {
+        return Ok(path.to_owned());
+    }
+    let places: Vec<std::path::PathBuf> =
+        beside.map(|d| d.join(given)).into_iter().chain([given.to_path_buf()]).collect();
+    let local = places.iter().find(|p| p.exists());
+    if let (None, Some(id)) = (local, ModelId::parse(path)) {
+        // A Hub id: pinned to the cached commit, so the soup's recipe names
+        // exactly the weights it used.
+        let snapshot = id.resolve().map_err(|e| Error::Recipe {
+            path: recipe.to_path_buf(),
+            reason: format!("{role}: {e}"),
+        })?;
+        return Ok(id.pinned(&snapshot));
+    }
+    let found = local.ok_or_else(|| Error::Recipe {
+        path: recipe.to_path_buf(),
+        reason: format!(
+            "{role}, {path:?}, is not found {}",
+            match beside {
+                Some(d) =>
+                    format!("beside the recipe (in {}) or in the working directory", d.display()),
+                None => "in the working directory".to_owned(),
+            }
+        ),
+    })?;
+    let absolute = std::path::absolute(found).map_err(Error::io("resolve", found.clone()))?;
+    Ok(absolute.display().to_string())
+}
+
+/// The YAML parser's message without its source excerpt or its advice on
+/// calling the library: `line 2 column 9: unclosed bracket '['`.
+fn yaml_error(message: &str) -> String {
+    let first = message.lines().next().unwrap_or(message);
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let first = first.split("; use ").next().unwrap_or(first);
+    first.trim().to_owned()
 }
 
 /// `modelsoup` and this build's version.
