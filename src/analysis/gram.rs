@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 
 /// Elements widened per input at a time: k + 1 tiles of f64 (4 KiB each) stay in
 /// the L1 cache for k up to about 8, and in L2 beyond.
-const TILE: usize = 512;
+pub(crate) const TILE: usize = 512;
 
 /// Independent partial sums per dot product: enough for the compiler to fill the
 /// vector registers without reassociating (which it never does for floats).
@@ -262,9 +262,10 @@ fn sums(
     }
 }
 
-/// `Σ aᵢ·bᵢ` in f64 with [`LANES`] running sums, added up in a fixed order.
+/// `Σ aᵢ·bᵢ` in f64 with [`LANES`] running sums, added up in a fixed order (also
+/// the gradient pass's, `crate::analysis::gradient`).
 #[inline(always)]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut lanes = [0.0; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
