@@ -2,6 +2,7 @@
 """Test evaluator for `soup learned --gradient` (tests/gradient_cli.rs).
 
     quadratic.py MODEL_DIR TARGET [--grad PATH] [options]
+    quadratic.py --serve TARGET [options]       (an evaluation server)
 
 Reads MODEL_DIR/model.safetensors with the standard library only, concatenates
 its F32 tensors in name order into theta, and prints the loss
@@ -9,8 +10,9 @@ its F32 tensors in name order into theta, and prints the loss
     L = ||theta - target||^2  (+ (beta - B)^2 with --beta-target B)
 
 where TARGET is a file of little-endian f64 values (as many as the model has F32
-elements) and beta is $SOUP_TEMPERATURE. When a gradient is asked for (--grad
-PATH non-empty, else $SOUP_GRAD), it writes 2 (theta - target), tensor by
+elements) and beta is $SOUP_TEMPERATURE (a server: the request's "temperature").
+When a gradient is asked for (--grad PATH non-empty, else $SOUP_GRAD; a server:
+the request's "grad"), it writes 2 (theta - target), tensor by
 tensor under the model's names and shapes, as a safetensors file, and with
 --beta-target reports "grad_temperature" = 2 (beta - B) beside the loss.
 
@@ -119,25 +121,13 @@ def gradient_calls(log_path):
     return n
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("model")
-    parser.add_argument("target")
-    parser.add_argument("--grad", default=None)
-    parser.add_argument("--dtype", default="F32")
-    parser.add_argument("--beta-target", type=float, default=None)
-    parser.add_argument("--leave-out", action="append", default=[])
-    parser.add_argument("--log")
-    parser.add_argument("--sleep", type=float, default=0.0)
-    parser.add_argument("--fault")
-    parser.add_argument("--fault-from", type=int, default=1)
-    args = parser.parse_args()
-
-    grad_path = args.grad if args.grad is not None else os.environ.get("SOUP_GRAD", "")
+def evaluate(args, model, grad_path, beta):
+    """The result line's fields for one candidate; writes the gradient when
+    `grad_path` is not empty."""
     log(args.log, "start", bool(grad_path))
     if args.sleep > 0:
         time.sleep(args.sleep)
-    tensors = read_model(args.model)
+    tensors = read_model(model)
     target = read_target(args.target)
     if sum(len(v) for _, _, v in tensors) != len(target):
         raise SystemExit("target has %d values" % len(target))
@@ -151,10 +141,9 @@ def main():
             g.append(2.0 * d)
         grads.append((name, shape, g))
     result = {}
-    beta = os.environ.get("SOUP_TEMPERATURE")
     if args.beta_target is not None:
         if beta is None:
-            raise SystemExit("no $SOUP_TEMPERATURE")
+            raise SystemExit("no temperature given")
         loss += (float(beta) - args.beta_target) ** 2
         result["grad_temperature"] = 2.0 * (float(beta) - args.beta_target)
     result["beta"] = float(beta) if beta is not None else None
@@ -193,6 +182,37 @@ def main():
                 f.truncate(os.path.getsize(grad_path) - 3)
     log(args.log, "end", bool(grad_path))
     result["score"] = loss
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("paths", nargs="+", help="MODEL TARGET, or TARGET with --serve")
+    parser.add_argument("--serve", action="store_true")
+    parser.add_argument("--grad", default=None)
+    parser.add_argument("--dtype", default="F32")
+    parser.add_argument("--beta-target", type=float, default=None)
+    parser.add_argument("--leave-out", action="append", default=[])
+    parser.add_argument("--log")
+    parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--fault")
+    parser.add_argument("--fault-from", type=int, default=1)
+    args = parser.parse_args()
+    args.target = args.paths[-1]
+
+    if args.serve:
+        # The evaluation-server protocol: a request per line, a reply per line.
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            request = json.loads(line)
+            result = evaluate(args, request["model"], request.get("grad") or "",
+                              request.get("temperature"))
+            result["candidate"] = request["candidate"]
+            print(json.dumps(result), flush=True)
+        return
+    grad_path = args.grad if args.grad is not None else os.environ.get("SOUP_GRAD", "")
+    result = evaluate(args, args.paths[0], grad_path, os.environ.get("SOUP_TEMPERATURE"))
     print("loss computed", file=sys.stderr)
     print(json.dumps(result), flush=True)
 
