@@ -116,6 +116,23 @@ pub struct DemoEvalArgs {
     /// The split to score.
     #[arg(long, value_enum, default_value_t = DemoSplit::Val)]
     pub split: DemoSplit,
+
+    // Learned soups by gradient: the loss and its gradient.
+    /// Score by the mean cross-entropy loss (lower is better) instead of the
+    /// accuracy, which is reported beside it.
+    #[arg(long)]
+    pub loss: bool,
+
+    /// Also write the loss's gradient with respect to every weight to FILE (a
+    /// safetensors file, as `soup learned --gradient` asks); nothing when FILE is
+    /// empty. Implies --loss.
+    #[arg(long, value_name = "FILE")]
+    pub grad: Option<PathBuf>,
+
+    /// The logit temperature β of the loss (cross-entropy of β·logits); with it,
+    /// "grad_temperature", ∂loss/∂β, is reported too [default: 1, not reported].
+    #[arg(long, value_name = "B")]
+    pub temperature: Option<f64>,
 }
 
 /// The demo's held-out splits.
