@@ -21,7 +21,7 @@ mod support;
 
 use std::path::PathBuf;
 
-use files::{read_files, write_file};
+use files::{input_size, read_files, write_file};
 use modelsoup::analysis::gradient::gradient_dots;
 use modelsoup::{Checkpoint, FloatDtype, RunOptions, DEFAULT_CHUNK_ELEMENTS};
 use support::{copy, median, time_gbps};
@@ -29,12 +29,7 @@ use support::{copy, median, time_gbps};
 const ROUNDS: usize = 7;
 
 fn main() {
-    let mib: usize =
-        std::env::var("SOUP_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
-    let dtype: FloatDtype = std::env::var("SOUP_BENCH_DTYPE")
-        .map(|v| v.parse().expect("SOUP_BENCH_DTYPE: f64, f32, f16 or bf16"))
-        .unwrap_or(FloatDtype::BF16);
-    let elements = (mib << 20) / dtype.size();
+    let (mib, dtype, elements) = input_size();
     let dir = tempfile::Builder::new().prefix("soup-bench-").tempdir().expect("temp dir");
     let gradient = dir.path().join("grad.safetensors");
     write_file(&gradient, FloatDtype::F32, elements, 100);

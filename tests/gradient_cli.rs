@@ -11,117 +11,41 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use common::cli::*;
-use common::{read_output, write_file, Fmt, RawTensor, Rng};
+use common::mixture::Mixture;
+use common::{read_output, Fmt};
 use serde_json::Value;
 
 const EVALUATOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/evaluators/quadratic.py");
 
-/// Ingredients θᵢ = base + δᵢ (float tensors in F32, plus a non-float tensor)
-/// and a target that mixes them with known coefficients per group.
-struct World {
-    /// Float tensors (name, shape, group), sorted by name: the evaluator's order.
-    tensors: Vec<(String, Vec<usize>, String)>,
-    /// `values[i][t]`: ingredient i's tensor t, as stored (f32).
-    values: Vec<Vec<Vec<f32>>>,
-    /// Group → the target's coefficients.
-    target: BTreeMap<String, Vec<f64>>,
-    paths: Vec<PathBuf>,
-    target_file: PathBuf,
+/// The ingredients and target of `tensors` (name, shape, group) and `target`
+/// (group → coefficients), written into `dir`.
+fn world(
+    dir: &Path,
+    seed: u64,
+    tensors: &[(&str, &[usize], &str)],
+    target: &[(&str, &[f64])],
+) -> Mixture {
+    let k = target[0].1.len();
+    let mut world = Mixture::new(seed, k, tensors, target);
+    world.write(dir);
+    world
 }
 
-impl World {
-    fn new(
-        dir: &Path,
-        seed: u64,
-        tensors: &[(&str, &[usize], &str)],
-        target: &[(&str, &[f64])],
-    ) -> World {
-        let mut tensors: Vec<(String, Vec<usize>, String)> =
-            tensors.iter().map(|(n, s, g)| ((*n).into(), s.to_vec(), (*g).into())).collect();
-        tensors.sort();
-        let target: BTreeMap<String, Vec<f64>> =
-            target.iter().map(|(g, w)| ((*g).to_owned(), w.to_vec())).collect();
-        let k = target.values().next().unwrap().len();
-        let mut rng = Rng::new(seed);
-        let len = |t: &(String, Vec<usize>, String)| t.1.iter().product::<usize>();
-        let base: Vec<Vec<f64>> =
-            tensors.iter().map(|t| (0..len(t)).map(|_| rng.unit() * 2.0 - 1.0).collect()).collect();
-        let values: Vec<Vec<Vec<f32>>> = (0..k)
-            .map(|_| {
-                base.iter()
-                    .map(|b| {
-                        b.iter().map(|x| (x + 0.5 * (rng.unit() * 2.0 - 1.0)) as f32).collect()
-                    })
-                    .collect()
-            })
-            .collect();
-        let mut paths = Vec::new();
-        for (i, tensors_i) in values.iter().enumerate() {
-            let mut raw: Vec<RawTensor> = tensors
-                .iter()
-                .zip(tensors_i)
-                .map(|((name, shape, _), v)| {
-                    let v: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
-                    RawTensor::float(name, Fmt::F32, shape, &v)
-                })
-                .collect();
-            raw.insert(1, RawTensor::raw("step", "I64", &[1], 1234i64.to_le_bytes().to_vec()));
-            let path = dir.join(format!("in{i}.safetensors"));
-            write_file(&path, &raw, true);
-            paths.push(path);
-        }
-        let mut world =
-            World { tensors, values, target, paths, target_file: dir.join("target.f64") };
-        let target = world.mix(&world.target);
-        let bytes: Vec<u8> = target.iter().flatten().flat_map(|t| t.to_le_bytes()).collect();
-        fs::write(&world.target_file, bytes).unwrap();
-        world.target_file = dir.join("target.f64");
-        world
-    }
+/// Two tensors in one group and a target mix of three ingredients, in `dir`.
+fn flat(dir: &Path, seed: u64, target: &[f64]) -> Mixture {
+    let mut world = Mixture::flat(seed, target);
+    world.write(dir);
+    world
+}
 
-    /// Two tensors in one group and a target mix of three ingredients.
-    fn flat(dir: &Path, seed: u64, target: &[f64]) -> World {
-        World::new(
-            dir,
-            seed,
-            &[("a.weight", &[16, 16], "all"), ("b.bias", &[44], "all")],
-            &[("all", target)],
-        )
-    }
-
-    fn k(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Every tensor mixed by `coefficients` (group → weights), in f64.
-    fn mix(&self, coefficients: &BTreeMap<String, Vec<f64>>) -> Vec<Vec<f64>> {
-        self.tensors
-            .iter()
-            .enumerate()
-            .map(|(t, (_, _, group))| {
-                let w = &coefficients[group];
-                (0..self.values[0][t].len())
-                    .map(|e| (0..self.k()).map(|i| w[i] * f64::from(self.values[i][t][e])).sum())
-                    .collect()
-            })
-            .collect()
-    }
-
-    fn labels(&self) -> Vec<String> {
-        self.paths.iter().map(|x| p(x)).collect()
-    }
-
-    /// The --eval template, plus `extra`.
+impl Mixture {
+    /// The --eval template: the evaluator on `{model}` with this target, plus
+    /// `extra` (already quoted where needed).
     fn eval(&self, extra: &str) -> String {
-        format!(
-            "python3 -S {} {{model}} {} {extra}",
-            sh_quote(EVALUATOR),
-            sh_quote(&p(&self.target_file))
-        )
+        self.command(EVALUATOR, extra)
     }
 
     /// `soup learned --gradient` over every ingredient into `out`, plus `extra`.
@@ -167,7 +91,7 @@ fn max_error(got: &BTreeMap<String, Vec<f64>>, want: &BTreeMap<String, Vec<f64>>
 
 /// The checks every report of a learned search by gradient must pass: the
 /// steps, losses, curve and counts agree; the soup written is the best step's.
-fn check_report(world: &World, report: &Value, out: &Path, steps: usize, extra: usize) {
+fn check_report(world: &Mixture, report: &Value, out: &Path, steps: usize, extra: usize) {
     assert_eq!(report["method"], "learned");
     assert_eq!(report["minimize"], true, "--gradient implies --minimize");
     let gradient = &report["gradient"];
@@ -231,7 +155,7 @@ fn assert_no_gradient_files(run_dir: &Path) {
 #[test]
 fn a_quadratic_loss_gives_back_the_mix_it_was_made_of() {
     let dir = common::tempdir();
-    let world = World::flat(dir.path(), 1, &[0.6, 0.3, 0.1]);
+    let world = flat(dir.path(), 1, &[0.6, 0.3, 0.1]);
     let out = dir.path().join("soup");
     let run_dir = dir.path().join("soup.run");
     let log = dir.path().join("calls.log");
@@ -287,7 +211,7 @@ fn per_group_mixes_are_recovered_from_bf16_and_f16_gradients() {
     ];
     for (dtype, seed) in [("BF16", 2), ("F16", 3)] {
         let dir = common::tempdir();
-        let world = World::new(dir.path(), seed, &tensors, &target);
+        let world = world(dir.path(), seed, &tensors, &target);
         let out = dir.path().join("soup");
         let eval = world.eval(&format!("--dtype {dtype}"));
         let args = world.args(&out, &eval, &["--by-layer", "--groups", "2", "--steps", "40"]);
@@ -306,7 +230,7 @@ fn per_group_mixes_are_recovered_from_bf16_and_f16_gradients() {
     // A tensor left out of every gradient file has a zero gradient: the head,
     // its only tensor, keeps its starting coefficients exactly.
     let dir = common::tempdir();
-    let world = World::new(dir.path(), 4, &tensors, &target);
+    let world = world(dir.path(), 4, &tensors, &target);
     let out = dir.path().join("soup");
     let eval = world.eval("--leave-out lm_head.weight");
     soup_ok_in(dir.path(), &world.args(&out, &eval, &["--by-layer", "--steps", "30"]));
@@ -323,7 +247,7 @@ fn per_group_mixes_are_recovered_from_bf16_and_f16_gradients() {
 #[test]
 fn the_temperature_is_sent_learned_and_journaled() {
     let dir = common::tempdir();
-    let world = World::flat(dir.path(), 5, &[0.2, 0.5, 0.3]);
+    let world = flat(dir.path(), 5, &[0.2, 0.5, 0.3]);
     let out = dir.path().join("soup");
     let run_dir = dir.path().join("soup.run");
     let eval = world.eval("--beta-target 2.5");
@@ -367,7 +291,7 @@ fn the_temperature_is_sent_learned_and_journaled() {
 #[test]
 fn the_gradient_check_and_the_budget() {
     let dir = common::tempdir();
-    let world = World::flat(dir.path(), 6, &[0.6, 0.3, 0.1]);
+    let world = flat(dir.path(), 6, &[0.6, 0.3, 0.1]);
     let out = dir.path().join("soup");
     let run_dir = dir.path().join("soup.run");
     let args =
@@ -427,7 +351,7 @@ fn the_gradient_check_and_the_budget() {
 #[test]
 fn an_evaluation_server_gets_the_gradient_path_and_temperature_in_its_requests() {
     let dir = common::tempdir();
-    let world = World::flat(dir.path(), 7, &[0.3, 0.3, 0.4]);
+    let world = flat(dir.path(), 7, &[0.3, 0.3, 0.4]);
     let server = format!(
         "exec python3 -S {} --serve {} --beta-target 0.5",
         sh_quote(EVALUATOR),
@@ -473,7 +397,7 @@ fn an_evaluation_server_gets_the_gradient_path_and_temperature_in_its_requests()
 #[test]
 fn broken_gradient_files_stop_the_search_with_a_clear_error() {
     let dir = common::tempdir();
-    let world = World::flat(dir.path(), 8, &[0.6, 0.3, 0.1]);
+    let world = flat(dir.path(), 8, &[0.6, 0.3, 0.1]);
     for (fault, says) in [
         ("missing", "the evaluator wrote no gradient (it must write one to $SOUP_GRAD"),
         ("unknown-name", "tensor \"nope.weight\" is not a tensor of the soup"),
@@ -516,7 +440,7 @@ fn broken_gradient_files_stop_the_search_with_a_clear_error() {
 #[test]
 fn a_killed_gradient_search_resumes_where_it_stopped() {
     let dir = common::tempdir();
-    let world = World::flat(dir.path(), 9, &[0.5, 0.1, 0.4]);
+    let world = flat(dir.path(), 9, &[0.5, 0.1, 0.4]);
     let log = dir.path().join("calls.log");
     let eval = world.eval(&format!("--sleep 0.15 --log {}", sh_quote(&p(&log))));
     let out = dir.path().join("soup");
@@ -525,16 +449,7 @@ fn a_killed_gradient_search_resumes_where_it_stopped() {
     let args = world.args(&out, &eval, &["--steps", "20", "--check-gradient", "--jobs", "2"]);
 
     kill_after_journaled(dir.path(), &args, &run_dir, world.k() + 6);
-    loop {
-        let seen = calls(&log).len();
-        for call in calls(&log).iter().filter(|c| c.event == "start") {
-            assert!(dies(call.pid, Duration::from_secs(20)), "evaluator {} still runs", call.pid);
-        }
-        std::thread::sleep(Duration::from_secs(1));
-        if calls(&log).len() == seen {
-            break;
-        }
-    }
+    outlived(&log);
     let before = journal(&run_dir);
     let total = world.k() + steps + 2;
     assert!(before.len() >= world.k() + 6 && before.len() < total - 4, "{}", before.len());

@@ -6,6 +6,17 @@ use std::path::{Path, PathBuf};
 use modelsoup::{FloatDtype, DEFAULT_CHUNK_ELEMENTS};
 use rayon::prelude::*;
 
+/// The size of each input from the environment: `SOUP_BENCH_MIB` MiB (default
+/// 64) of `SOUP_BENCH_DTYPE` (default bf16); returns MiB, dtype and elements.
+pub fn input_size() -> (usize, FloatDtype, usize) {
+    let mib: usize =
+        std::env::var("SOUP_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let dtype: FloatDtype = std::env::var("SOUP_BENCH_DTYPE")
+        .map(|v| v.parse().expect("SOUP_BENCH_DTYPE: f64, f32, f16 or bf16"))
+        .unwrap_or(FloatDtype::BF16);
+    (mib, dtype, (mib << 20) / dtype.size())
+}
+
 /// Maps every file afresh and reads all its bytes, chunk by chunk, in parallel.
 pub fn read_files(paths: &[PathBuf]) {
     let maps: Vec<memmap2::Mmap> = paths

@@ -18,15 +18,15 @@
 //! shape, in F32, BF16, F16 or F64, and every value must be finite. A tensor the
 //! file leaves out has a zero gradient.
 
-use std::borrow::Cow;
 use std::path::Path;
 
+use crate::analysis::chunks::{Pass, PassTensor};
 use crate::analysis::gram::{dot, TILE};
 use crate::engine::checkpoint::Checkpoint;
 use crate::engine::dtype::FloatDtype;
 use crate::engine::execute::RunOptions;
 use crate::engine::kernel::widen_into;
-use crate::engine::stream::{self, Read};
+use crate::engine::stream;
 use crate::error::{Error, Result};
 
 /// What one pass over a gradient file found.
@@ -42,22 +42,6 @@ pub struct GradientDots {
     pub tensors: usize,
     /// Elements in the file's tensors.
     pub elements: u64,
-}
-
-/// One tensor of the pass: its name, size, group, and each input's dtype and
-/// index in its [`Checkpoint::tensors`] (the gradient file first).
-struct GradTensor {
-    name: String,
-    numel: usize,
-    group: Option<usize>,
-    sources: Vec<(FloatDtype, usize)>,
-}
-
-#[derive(Clone, Copy)]
-struct Chunk {
-    tensor: usize,
-    start: usize,
-    len: usize,
 }
 
 /// Streams the gradient file at `path` and `ingredients` once and returns the dot
@@ -83,30 +67,17 @@ pub fn gradient_dots(
     let tensors = plan(path, &gradient, ingredients, groups, group_of)?;
     let k = ingredients.len();
     let inputs: Vec<&Checkpoint> = std::iter::once(&gradient).chain(ingredients).collect();
-    let step = run.chunk_elements.max(1);
-    let mut chunks = Vec::new();
-    for (tensor, t) in tensors.iter().enumerate() {
-        for start in (0..t.numel).step_by(step) {
-            chunks.push(Chunk { tensor, start, len: step.min(t.numel - start) });
-        }
-    }
     let mut out = GradientDots {
         dots: vec![vec![0.0; k]; groups],
         norm_sq: 0.0,
         tensors: gradient.tensors().len(),
         elements: tensors.iter().map(|t| t.numel as u64).sum(),
     };
-    let read_of = |chunk: Chunk| {
-        let t = &tensors[chunk.tensor];
-        inputs.iter().zip(&t.sources).enumerate().map(move |(input, (ck, &(dtype, i)))| {
-            let entry = &ck.tensors()[i];
-            Read::of(input, ck, entry, chunk.start * dtype.size(), chunk.len * dtype.size())
-        })
-    };
+    let pass = Pass::new(inputs, tensors, run.chunk_elements);
     let in_order = |i: usize, partial: Vec<f64>| {
         let Some((norm_sq, dots)) = partial.split_last() else { return };
         out.norm_sq += norm_sq;
-        if let Some(g) = tensors[chunks[i].tensor].group {
+        if let Some(g) = pass.tensors[pass.chunks[i].tensor].group {
             for (total, d) in out.dots[g].iter_mut().zip(dots) {
                 *total += d;
             }
@@ -114,26 +85,17 @@ pub fn gradient_dots(
     };
     stream::run(
         run.threads,
-        chunks.len(),
+        pass.chunks.len(),
         run.cancel,
-        || vec![vec![0.0; TILE]; inputs.len()],
+        || vec![vec![0.0; TILE]; pass.inputs()],
         |i, tiles| {
-            let chunk = chunks[i];
-            let t = &tensors[chunk.tensor];
-            let read: Vec<(FloatDtype, Cow<[u8]>)> = inputs
-                .iter()
-                .zip(&t.sources)
-                .map(|(ck, &(dtype, src))| {
-                    let entry = &ck.tensors()[src];
-                    let size = dtype.size();
-                    (dtype, ck.bytes(entry, chunk.start * size, chunk.len * size))
-                })
-                .collect();
+            let (chunk, read) = (pass.chunks[i], pass.read(i));
             let bytes: Vec<(FloatDtype, &[u8])> = read.iter().map(|(d, b)| (*d, &**b)).collect();
             let mut partial = vec![0.0; k + 1];
             if let Some((at, value)) = chunk_sums(&bytes, tiles, &mut partial) {
                 let element = chunk.start + at;
-                let reason = format!("tensor {:?} holds {value} at element {element}", t.name);
+                let name = &pass.tensors[chunk.tensor].name;
+                let reason = format!("tensor {name:?} holds {value} at element {element}");
                 return Err(Error::Gradient { path: path.to_owned(), reason });
             }
             if let Some(progress) = run.progress {
@@ -142,7 +104,7 @@ pub fn gradient_dots(
             Ok(partial)
         },
         in_order,
-        |range| stream::release(inputs.len(), chunks[range].iter().flat_map(|&c| read_of(c))),
+        |range| pass.release(range),
     )?;
     if out.dots.iter().flatten().chain([&out.norm_sq]).any(|v| !v.is_finite()) {
         let reason = "its products with the ingredients are not finite: an ingredient holds \
@@ -178,7 +140,7 @@ fn plan(
     ingredients: &[Checkpoint],
     groups: usize,
     group_of: &dyn Fn(&str) -> Option<usize>,
-) -> Result<Vec<GradTensor>> {
+) -> Result<Vec<PassTensor>> {
     let first = &ingredients[0];
     let bad = |reason: String| Error::Gradient { path: path.to_owned(), reason };
     let mut present = vec![None; first.tensors().len()];
@@ -228,7 +190,7 @@ fn plan(
             sources.push(source);
         }
         let group = group_of(&entry.name).filter(|&g| g < groups);
-        tensors.push(GradTensor { name: entry.name.clone(), numel: entry.numel(), group, sources });
+        tensors.push(PassTensor { name: entry.name.clone(), numel: entry.numel(), group, sources });
     }
     Ok(tensors)
 }

@@ -8,6 +8,7 @@
 //! and nothing above it; merge methods use its Gram pass (SLERP, Model Stock).
 
 pub mod angles;
+mod chunks;
 pub mod gradient;
 pub mod gram;
 pub mod init_check;

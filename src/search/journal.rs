@@ -14,7 +14,8 @@
 //! ```
 //!
 //! The fields are those of [`Record`], in that order, except that the outcome is
-//! either `"score": <number>` or `"failure": "<reason>"`. The last member of every
+//! either `"score": <number>` or `"failure": "<reason>"`, and that `"gradient"`
+//! (learned soups by gradient, [`Gradient`]) appears only in records that have one. The last member of every
 //! line is `"crc32"`, and the rule is:
 //!
 //! - **Writing.** Let `B` be the record serialised as compact JSON without the

@@ -149,6 +149,22 @@ pub fn dies(pid: u32, patience: Duration) -> bool {
     }
 }
 
+/// Waits for the evaluators in the invocation log `log` that outlived a killed
+/// `soup` to end, including one that was spawned but had not logged its start
+/// yet; fails if one still runs after 20 s.
+pub fn outlived(log: &Path) {
+    loop {
+        let seen = calls(log).len();
+        for call in calls(log).iter().filter(|c| c.event == "start") {
+            assert!(dies(call.pid, Duration::from_secs(20)), "evaluator {} still runs", call.pid);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        if calls(log).len() == seen {
+            break;
+        }
+    }
+}
+
 /// Starts `soup args` in `cwd` and kills it with SIGKILL once `run_dir`'s journal
 /// holds at least `records` good lines (within a minute, and before the search
 /// ends by itself).
