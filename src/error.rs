@@ -345,6 +345,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A gradient file an evaluator wrote cannot be used (learned soups by
+    /// gradient): a tensor the soup does not have, a shape or dtype that does not
+    /// fit, a NaN.
+    #[error("gradient file {}: {reason}", path.display())]
+    Gradient {
+        /// The gradient file.
+        path: PathBuf,
+        /// What is wrong, naming the tensor.
+        reason: String,
+    },
+
     /// A PyTorch `.bin` checkpoint could not be read.
     #[error(transparent)]
     Torch(#[from] crate::torch::TorchError),

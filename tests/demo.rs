@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const METHODS: [&str; 7] = [
+const METHODS: [&str; 8] = [
     "best individual",
     "uniform",
     "greedy",
@@ -16,6 +16,7 @@ const METHODS: [&str; 7] = [
     "pruned",
     "pruned (random order)",
     "learned",
+    "learned (gradient)",
 ];
 const SHIFTS: [&str; 4] = ["heavy-style", "style-offset", "noise", "faint"];
 
@@ -117,6 +118,26 @@ fn the_small_demo_prints_its_tables_as_json_and_tells_the_robust_part_of_the_sto
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
         assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"), "{file}");
     }
+    // The learned soup by gradient had the CMA-ES one's budget, minimised the
+    // val loss from the uniform soup, and deleted its gradient files.
+    let report_of = |slug: &str| -> Value {
+        let path = dir.join(format!("fine-tuned/soups/{slug}.report.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (cma, adam) = (report_of("learned"), report_of("learned-gradient"));
+    let total = |r: &Value| {
+        let counts = &r["evaluations"];
+        counts["finished"].as_u64().unwrap() + counts["reused"].as_u64().unwrap()
+    };
+    assert_eq!(total(&cma), total(&adam), "the same number of evaluations");
+    assert_eq!(adam["minimize"], true);
+    assert!(adam["score"].as_f64().unwrap() < adam["uniform"]["score"].as_f64().unwrap(), "{adam}");
+    let steps = adam["gradient"]["steps"].as_array().unwrap();
+    assert_eq!(steps.len() as u64 + count("fine_tuned") as u64, total(&adam));
+    let scratch_files = std::fs::read_dir(dir.join("fine-tuned/run/scratch")).into_iter().flatten();
+    for entry in scratch_files.flatten() {
+        assert!(!entry.path().to_string_lossy().ends_with(".grad.safetensors"), "{entry:?}");
+    }
     // The evaluator speaks the protocol on its own too, on a shifted split.
     let eval = Command::new(env!("CARGO_BIN_EXE_soup"))
         .args(["demo-eval", "--split", "heavy-style"])
@@ -125,4 +146,24 @@ fn the_small_demo_prints_its_tables_as_json_and_tells_the_robust_part_of_the_sto
         .unwrap();
     let line: Value = serde_json::from_slice(&eval.stdout).unwrap();
     assert_eq!(line["score"], row(tuned, "greedy")["shifts"]["heavy-style"]);
+    // And in its gradient mode: the loss, the accuracy beside it, ∂loss/∂β with
+    // a temperature, and the gradient under the checkpoint's tensor names.
+    let grad = tmp.path().join("grad.safetensors");
+    let eval = Command::new(env!("CARGO_BIN_EXE_soup"))
+        .args(["demo-eval", "--split", "heavy-style", "--temperature", "2", "--grad"])
+        .arg(&grad)
+        .arg(dir.join("fine-tuned/soups/greedy"))
+        .output()
+        .unwrap();
+    let line: Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(line["accuracy"], row(tuned, "greedy")["shifts"]["heavy-style"]);
+    assert!(
+        line["score"].as_f64().unwrap() > 0.0 && line["grad_temperature"].is_number(),
+        "{line}"
+    );
+    let bytes = std::fs::read(&grad).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let names: Vec<&str> = header.as_object().unwrap().keys().map(String::as_str).collect();
+    assert!(names.contains(&"fc0.weight") && names.contains(&"fc2.bias"), "{names:?}");
 }

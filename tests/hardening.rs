@@ -66,10 +66,11 @@ fn an_input_truncated_while_its_values_are_checked_is_named() {
     fs::File::options().write(true).open(&a).unwrap().set_len(1 << 20).unwrap();
     let (code, _, stderr) = finish(child);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.starts_with(&format!("error: {} changed size while it was being read", a_str)),
-        "{stderr}"
-    );
+    // Caught by the values pass, or (on a loaded machine, where the pages counted
+    // above may be touched while opening) by the open's own check, which names
+    // the ingredient first.
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(&format!("{a_str} changed size while it was being read")), "{stderr}");
 }
 
 #[test]

@@ -52,12 +52,20 @@ class Candidate:
         run_dir: the search's run directory (``$SOUP_RUN_DIR``), or ``None``.
         attempt: 1, then 2, 3, ... when ``soup`` retries a failed evaluation
             (``$SOUP_ATTEMPT``; 1 when not run by ``soup``).
+        grad: ``soup learned --gradient``: where to write the gradient of the
+            loss with respect to the candidate's weights, a safetensors file
+            (``$SOUP_GRAD``); ``None`` when no gradient is wanted.
+        temperature: with ``--temperature``, the logit temperature beta to score
+            at (``$SOUP_TEMPERATURE``; report ``grad_temperature`` too), else
+            ``None``.
     """
 
     model: str
     id: Optional[str]
     run_dir: Optional[str]
     attempt: int
+    grad: Optional[str] = None
+    temperature: Optional[float] = None
 
 
 def model_path(argv: Optional[Sequence[str]] = None) -> str:
@@ -92,11 +100,14 @@ def candidate(argv: Optional[Sequence[str]] = None) -> Candidate:
     """The candidate to score and what ``soup`` says about it (its environment
     variables); see :class:`Candidate` and :func:`model_path`."""
     attempt = os.environ.get("SOUP_ATTEMPT", "")
+    temperature = os.environ.get("SOUP_TEMPERATURE")
     return Candidate(
         model=model_path(argv),
         id=os.environ.get("SOUP_CANDIDATE") or None,
         run_dir=os.environ.get("SOUP_RUN_DIR") or None,
         attempt=int(attempt) if attempt.isdigit() else 1,
+        grad=os.environ.get("SOUP_GRAD") or None,
+        temperature=float(temperature) if temperature else None,
     )
 
 

@@ -18,7 +18,8 @@ weights and scores them. ``serve`` speaks soup's protocol (docs/EVALUATOR.md,
 
 ``serve`` reads one JSON request per line from stdin until stdin closes, calls
 ``score_fn`` with a ``Request`` (``candidate``, ``model``, ``attempt``,
-``members``, ``weights``) and writes one reply line per request to stdout:
+``members``, ``weights``, and for learned soups by gradient ``grad`` and
+``temperature``) and writes one reply line per request to stdout:
 ``{"candidate": ..., "score": ..., <metrics>}``, or ``{"candidate": ...,
 "error": ...}`` when ``score_fn`` raises (the traceback goes to stderr) or
 returns something that is not a finite score. While it runs, anything written
@@ -41,7 +42,11 @@ from collections import namedtuple
 
 __all__ = ["Request", "serve"]
 
-Request = namedtuple("Request", ["candidate", "model", "attempt", "members", "weights"])
+Request = namedtuple(
+    "Request",
+    ["candidate", "model", "attempt", "members", "weights", "grad", "temperature"],
+    defaults=(None, None),
+)
 Request.__doc__ = """One candidate to score.
 
 candidate: its id (``greedy-0007``), also the name of its logs.
@@ -50,6 +55,11 @@ attempt: 1, then 2, 3, ... when soup retries a failed evaluation.
 members: the ingredients mixed (paths as given to soup; ``GROUP|PATH`` for
     layer-wise learned soups, ``base:PATH`` for the base of task vectors).
 weights: one weight per member.
+grad: ``soup learned --gradient`` only: where to write the gradient of the loss
+    with respect to the candidate's weights (a safetensors file), or ``None``
+    when none is wanted (docs/EVALUATOR.md, "Gradients").
+temperature: with ``--temperature``: the logit temperature beta to score at;
+    then also return ``"grad_temperature"``, d loss / d beta. ``None`` otherwise.
 """
 
 
@@ -107,6 +117,8 @@ def _parse(line):
             attempt=int(fields.get("attempt", 1)),
             members=list(fields.get("members", [])),
             weights=[float(w) for w in fields.get("weights", [])],
+            grad=str(fields["grad"]) if fields.get("grad") else None,
+            temperature=float(fields["temperature"]) if fields.get("temperature") is not None else None,
         )
     except (ValueError, KeyError, TypeError) as e:
         print("modelsoup.server: ignoring a line that is not a request (%s): %.200s"

@@ -2,6 +2,7 @@
 the model path, and evaluate()'s handling of results and failures."""
 
 import contextlib
+import importlib.util
 import io
 import json
 import math
@@ -174,6 +175,12 @@ class ModelPath(unittest.TestCase):
         with mock.patch.dict(os.environ, {}, clear=True):
             c = modelsoup.candidate([self.model])
             self.assertEqual((c.id, c.run_dir, c.attempt), (None, None, 1))
+            self.assertEqual((c.grad, c.temperature), (None, None))
+        grad = os.path.join(self.dir.name, "learned-0004.grad.safetensors")
+        env = {"SOUP_MODEL": self.model, "SOUP_GRAD": grad, "SOUP_TEMPERATURE": "0.25"}
+        with mock.patch.dict(os.environ, env, clear=True):
+            c = modelsoup.candidate()
+            self.assertEqual((c.grad, c.temperature), (grad, 0.25))
 
 
 class Evaluate(unittest.TestCase):
@@ -227,6 +234,33 @@ class Evaluate(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         self.assertEqual(last_line(proc.stdout), "nan")
         self.assertTrue(math.isnan(float(last_line(proc.stdout))))
+
+
+@unittest.skipUnless(importlib.util.find_spec("modelsoup.server"), "no modelsoup.server in this build")
+class ServeGradient(unittest.TestCase):
+    """modelsoup.server: the gradient's path and the temperature reach score_fn,
+    and grad_temperature goes back with the score."""
+
+    def test_requests_carry_grad_and_temperature(self):
+        from modelsoup.server import serve
+
+        requests = [
+            {"candidate": "learned-0004", "model": "/m", "members": ["a"], "weights": [1.0],
+             "grad": "/s/learned-0004.grad.safetensors", "temperature": 0.5},
+            {"candidate": "learned-0001", "model": "/m", "members": ["a"], "weights": [1.0]},
+        ]
+        seen = []
+
+        def score(request):
+            seen.append((request.grad, request.temperature))
+            return {"score": 0.25, "grad_temperature": -1.5} if request.grad else 0.75
+
+        stdout = io.StringIO()
+        serve(score, stdin=io.StringIO("".join(json.dumps(r) + "\n" for r in requests)), stdout=stdout)
+        self.assertEqual(seen, [("/s/learned-0004.grad.safetensors", 0.5), (None, None)])
+        replies = [json.loads(line) for line in stdout.getvalue().splitlines()]
+        self.assertEqual(replies[0], {"candidate": "learned-0004", "score": 0.25, "grad_temperature": -1.5})
+        self.assertEqual(replies[1], {"candidate": "learned-0001", "score": 0.75})
 
 
 if __name__ == "__main__":

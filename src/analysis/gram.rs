@@ -10,17 +10,18 @@
 //! chunk order, so the result is the same at any thread count (never a parallel
 //! float `sum`). Consumed input pages are released as the merge releases them.
 
+use crate::analysis::chunks::{Pass, PassTensor};
 use crate::engine::checkpoint::Checkpoint;
 use crate::engine::dtype::FloatDtype;
 use crate::engine::execute::RunOptions;
 use crate::engine::kernel::widen_into;
 use crate::engine::plan::check_compatible;
-use crate::engine::stream::{self, Read};
+use crate::engine::stream;
 use crate::error::{Error, Result};
 
 /// Elements widened per input at a time: k + 1 tiles of f64 (4 KiB each) stay in
 /// the L1 cache for k up to about 8, and in L2 beyond.
-const TILE: usize = 512;
+pub(crate) const TILE: usize = 512;
 
 /// Independent partial sums per dot product: enough for the compiler to fill the
 /// vector registers without reassociating (which it never does for floats).
@@ -96,22 +97,6 @@ pub struct GramReport {
     pub groups: Vec<Gram>,
 }
 
-/// One float tensor of the pass: each input's dtype and tensor index, its group.
-struct StatTensor {
-    numel: usize,
-    group: Option<usize>,
-    /// For each input (base first, when there is one): format and index in its
-    /// [`Checkpoint::tensors`].
-    sources: Vec<(FloatDtype, usize)>,
-}
-
-#[derive(Clone, Copy)]
-struct Chunk {
-    tensor: usize,
-    start: usize,
-    len: usize,
-}
-
 /// Streams every float tensor of `base` (if any) and `ingredients` once and
 /// returns the Gram matrices of the deltas `θᵢ − θ₀` (or of the raw weights `θᵢ`
 /// without a base), for the whole model and for each of `groups` groups, where
@@ -145,55 +130,33 @@ pub fn gram_pass(
             .collect::<Vec<_>>();
         debug_assert_eq!(sources.len(), inputs.len());
         let group = group_of(&entry.name).filter(|&g| g < groups);
-        tensors.push(StatTensor { numel: entry.numel(), group, sources });
+        let name = entry.name.clone();
+        tensors.push(PassTensor { name, numel: entry.numel(), group, sources });
     }
-    let step = run.chunk_elements.max(1);
-    let mut chunks = Vec::new();
-    for (tensor, t) in tensors.iter().enumerate() {
-        for start in (0..t.numel).step_by(step) {
-            chunks.push(Chunk { tensor, start, len: step.min(t.numel - start) });
-        }
-    }
+    let pass = Pass::new(inputs, tensors, run.chunk_elements);
     let mut report = GramReport { total: Gram::new(k), groups: vec![Gram::new(k); groups] };
-    for t in &tensors {
+    for t in &pass.tensors {
         report.total.tensors += 1;
         if let Some(g) = t.group {
             report.groups[g].tensors += 1;
         }
     }
     let has_base = base.is_some();
-    let reads = |chunk: Chunk| {
-        let t = &tensors[chunk.tensor];
-        inputs.iter().zip(&t.sources).enumerate().map(move |(input, (ck, &(dtype, i)))| {
-            let entry = &ck.tensors()[i];
-            Read::of(input, ck, entry, chunk.start * dtype.size(), chunk.len * dtype.size())
-        })
-    };
     let in_order = |i: usize, partial: Vec<f64>| {
-        let chunk: Chunk = chunks[i];
+        let chunk = pass.chunks[i];
         report.total.add(&partial, chunk.len as u64);
-        if let Some(g) = tensors[chunk.tensor].group {
+        if let Some(g) = pass.tensors[chunk.tensor].group {
             report.groups[g].add(&partial, chunk.len as u64);
         }
     };
     stream::run(
         run.threads,
-        chunks.len(),
+        pass.chunks.len(),
         run.cancel,
-        &inputs,
-        || vec![vec![0.0; TILE]; inputs.len()],
+        pass.watched(),
+        || vec![vec![0.0; TILE]; pass.inputs()],
         |i, tiles| {
-            let chunk = chunks[i];
-            let t = &tensors[chunk.tensor];
-            let read: Vec<(FloatDtype, std::borrow::Cow<[u8]>)> = inputs
-                .iter()
-                .zip(&t.sources)
-                .map(|(ck, &(dtype, src))| {
-                    let entry = &ck.tensors()[src];
-                    let size = dtype.size();
-                    (dtype, ck.bytes(entry, chunk.start * size, chunk.len * size))
-                })
-                .collect();
+            let read = pass.read(i);
             let bytes: Vec<(FloatDtype, &[u8])> = read.iter().map(|(d, b)| (*d, &**b)).collect();
             let mut partial = vec![0.0; k * (k + 1) / 2 + 1];
             chunk_sums(&bytes, has_base, tiles, &mut partial);
@@ -203,7 +166,7 @@ pub fn gram_pass(
             Ok(partial)
         },
         in_order,
-        |range| stream::release(inputs.len(), chunks[range].iter().flat_map(|&c| reads(c))),
+        |range| pass.release(range),
     )?;
     Ok(report)
 }
@@ -263,9 +226,10 @@ fn sums(
     }
 }
 
-/// `Σ aᵢ·bᵢ` in f64 with [`LANES`] running sums, added up in a fixed order.
+/// `Σ aᵢ·bᵢ` in f64 with [`LANES`] running sums, added up in a fixed order (also
+/// the gradient pass's, `crate::analysis::gradient`).
 #[inline(always)]
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut lanes = [0.0; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f64 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();

@@ -117,6 +117,23 @@ pub struct DemoEvalArgs {
     /// The split to score.
     #[arg(long, value_enum, default_value_t = DemoSplit::Val)]
     pub split: DemoSplit,
+
+    // Learned soups by gradient: the loss and its gradient.
+    /// Score by the mean cross-entropy loss (lower is better) instead of the
+    /// accuracy, which is reported beside it.
+    #[arg(long)]
+    pub loss: bool,
+
+    /// Also write the loss's gradient with respect to every weight to FILE (a
+    /// safetensors file, as `soup learned --gradient` asks); nothing when FILE is
+    /// empty. Implies --loss.
+    #[arg(long, value_name = "FILE")]
+    pub grad: Option<PathBuf>,
+
+    /// The logit temperature β of the loss (cross-entropy of β·logits); with it,
+    /// "grad_temperature", ∂loss/∂β, is reported too [default: 1, not reported].
+    #[arg(long, value_name = "B")]
+    pub temperature: Option<f64>,
 }
 
 /// The demo's held-out splits.
@@ -365,6 +382,17 @@ adds the coefficients per layer group and the score of every evaluation. With
 are printed at the start. Evaluation, journal and resume work as for `soup
 greedy`; the same --seed gives the same search.
 
+By gradient, as the model-soups paper learns them (--gradient): the evaluator
+prints the loss and writes its gradient with respect to the candidate's weights,
+a safetensors file, to $SOUP_GRAD; one streaming pass turns it into the gradient
+with respect to the coefficients, and Adam takes a step. No model is held in
+memory. See docs/EVALUATOR.md, \"Gradients\".
+
+  soup learned runs/*/ -o soup/ --gradient --steps 30 \\
+      --eval 'python eval_grad.py {model} --grad {grad}'
+  soup learned runs/*/ -o soup/ --gradient --by-layer --temperature 1 --check-gradient \\
+      --eval '...'
+
 Exit status: 0 soup written, 1 no candidate could be scored, 2 error, 130/143/129
 stopped by SIGINT/SIGTERM/SIGHUP (evaluations killed, journal kept).";
 
@@ -375,9 +403,10 @@ pub struct LearnedArgs {
     #[command(flatten)]
     pub search: SearchArgs,
 
-    /// Evaluations in all, baselines included.
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    pub budget: usize,
+    /// Evaluations in all, baselines included [default: 100; with --gradient,
+    /// the baselines and --steps].
+    #[arg(long, value_name = "N")]
+    pub budget: Option<usize>,
 
     /// One coefficient vector per layer group instead of one per model.
     #[arg(long)]
@@ -390,6 +419,35 @@ pub struct LearnedArgs {
     /// Where the search starts.
     #[arg(long, value_enum, default_value_t = Init::Uniform)]
     pub init: Init,
+
+    // Learned soups by gradient (docs/EVALUATOR.md, "Gradients").
+    /// Learn the coefficients by gradient descent (Adam) on the loss instead of
+    /// CMA-ES: the evaluator prints the loss as its score and writes the loss's
+    /// gradient with respect to the soup's weights to $SOUP_GRAD (also {grad}).
+    /// Implies --minimize.
+    #[arg(long)]
+    pub gradient: bool,
+
+    /// With --gradient: Adam steps, one evaluation with a gradient each [default:
+    /// 40, or what --budget leaves after the baselines].
+    #[arg(long, value_name = "N", requires = "gradient", conflicts_with = "budget")]
+    pub steps: Option<usize>,
+
+    /// With --gradient: Adam's learning rate, in softmax-parameter space.
+    #[arg(long, value_name = "X", default_value_t = 0.2, requires = "gradient")]
+    pub lr: f64,
+
+    /// With --gradient: also learn a logit temperature β, starting at T (1 leaves
+    /// the logits as they are): each candidate is scored at β ($SOUP_TEMPERATURE)
+    /// and the evaluator reports "grad_temperature", ∂loss/∂β, beside the loss.
+    #[arg(long, value_name = "T", requires = "gradient")]
+    pub temperature: Option<f64>,
+
+    /// With --gradient: after the first step, compare the gradient's derivative
+    /// along a random direction with a central difference of two more
+    /// evaluations, and report the relative error.
+    #[arg(long, requires = "gradient")]
+    pub check_gradient: bool,
 }
 
 /// The starting point of a learned search.

@@ -1,21 +1,31 @@
 //! `soup learned`: layer groups, the evaluation budget and progress around the
-//! library's CMA-ES search.
+//! library's searches of mixing coefficients, CMA-ES or, with `--gradient`, Adam
+//! on the gradient the evaluator writes.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::bail;
 use modelsoup::search::candidate::Mix;
+use modelsoup::search::descent::{descend, Descended, Descent, Progress};
 use modelsoup::search::groups::Grouping;
 use modelsoup::search::learned::{learn, Evaluated, Learn, Learned};
-use modelsoup::search::report::format_score;
-use modelsoup::search::scorer::EvalScorer;
+use modelsoup::search::report::{format_score, Report};
+use modelsoup::search::scorer::{Counts, EvalScorer};
 use modelsoup::search::sequential::{greedy_order, Scored, Search};
+
+use super::args::{Init, LearnedArgs};
+
+/// CMA-ES's budget when `--budget` is not given.
+const DEFAULT_BUDGET: usize = 100;
+
+/// Adam's steps when neither `--steps` nor `--budget` is given.
+const DEFAULT_STEPS: usize = 40;
 
 /// The learned-soup options from the command line.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// Evaluations in all, the baselines included.
-    pub budget: usize,
+    /// Evaluations in all, the baselines included (`--budget`).
+    pub budget: Option<usize>,
     /// One coefficient vector per layer group instead of one per model.
     pub by_layer: bool,
     /// Ranges the transformer blocks are split into.
@@ -26,16 +36,120 @@ pub struct Settings {
     pub seed: u64,
     /// Individual scores that came from a scores file (not evaluated).
     pub given: usize,
+    /// Learn by gradient, with these settings, instead of CMA-ES.
+    pub gradient: Option<Gradient>,
+}
+
+/// The settings of a learned search by gradient.
+#[derive(Debug, Clone, Copy)]
+pub struct Gradient {
+    /// Adam steps (`--steps`), when given.
+    pub steps: Option<usize>,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// The starting temperature, when β is learned.
+    pub temperature: Option<f64>,
+    /// Check the first gradient against a central difference.
+    pub check: bool,
+}
+
+impl Settings {
+    /// The settings `args` ask for, checked.
+    pub fn from_args(args: &LearnedArgs) -> anyhow::Result<Settings> {
+        let gradient = if args.gradient {
+            if !(args.lr.is_finite() && args.lr > 0.0) {
+                bail!("--lr must be a positive number, got {}", args.lr);
+            }
+            if let Some(t) = args.temperature.filter(|t| !(t.is_finite() && *t > 0.0)) {
+                bail!("--temperature must be a positive number, got {t}");
+            }
+            if args.steps == Some(0) {
+                bail!("--steps must be at least 1");
+            }
+            Some(Gradient {
+                steps: args.steps,
+                lr: args.lr,
+                temperature: args.temperature,
+                check: args.check_gradient,
+            })
+        } else {
+            None
+        };
+        Ok(Settings {
+            budget: args.budget,
+            by_layer: args.by_layer,
+            groups: args.groups,
+            init_greedy: args.init == Init::Greedy,
+            seed: args.search.seed,
+            given: 0,
+            gradient,
+        })
+    }
+
+    /// The budget the search must fit in, when there is one (CMA-ES always has
+    /// one; a gradient search only with `--budget`).
+    pub fn budget(&self) -> Option<usize> {
+        match self.gradient {
+            None => Some(self.budget.unwrap_or(DEFAULT_BUDGET)),
+            Some(_) => self.budget,
+        }
+    }
+
+    /// Evaluations the search makes after the individual scores, for the ETA.
+    pub fn expected(&self, individual: usize) -> usize {
+        let check = |g: &Gradient| if g.check { 2 } else { 0 };
+        match (self.budget(), self.gradient) {
+            (Some(budget), _) => budget.saturating_sub(individual),
+            (None, Some(g)) => g.steps.unwrap_or(DEFAULT_STEPS) + check(&g),
+            (None, None) => 0,
+        }
+    }
 }
 
 /// What the search found.
 pub struct Outcome {
-    /// Every evaluation.
-    pub result: Learned,
+    /// Every evaluation, CMA-ES's or Adam's.
+    pub result: Found,
     /// The best coefficients.
     pub best: Mix,
     /// The uniform soup's score, when it has one.
     pub uniform: Option<f64>,
+}
+
+/// Every evaluation of the search, by the method that made them.
+pub enum Found {
+    /// CMA-ES.
+    Evolved(Learned),
+    /// Adam, with its settings.
+    Descended(Box<(Descended, Descent)>),
+}
+
+impl Outcome {
+    /// The search's report.
+    pub fn report(
+        &self,
+        evaluator: &str,
+        minimize: bool,
+        labels: &[String],
+        individual: &[Scored],
+        counts: Counts,
+    ) -> Report {
+        match &self.result {
+            Found::Evolved(learned) => Report::learned(
+                evaluator,
+                minimize,
+                labels,
+                individual,
+                self.uniform,
+                learned,
+                counts,
+            ),
+            Found::Descended(found) => {
+                let (descended, config) = &**found;
+                descended.report(config, evaluator, labels, individual, self.uniform, counts)
+            }
+        }
+    }
 }
 
 /// Runs the learned search after the individual scores are known; `None` when no
@@ -95,22 +209,93 @@ pub fn run(
         }
         (false, _) => (uniform_row.clone(), None),
     };
-    if spent >= settings.budget {
+    let left = settings.budget().map(|budget| budget.saturating_sub(spent));
+    if left == Some(0) {
         bail!(
             "--budget {} is used up by the {spent} evaluations before the search \
              (individual scores, uniform or greedy soup): raise it, or give --scores",
-            settings.budget
+            settings.budget().unwrap_or_default()
         );
     }
+    let start = rows(&start);
+    let (result, best) = match settings.gradient {
+        Some(gradient) => {
+            let check = if gradient.check { 2 } else { 0 };
+            let steps = match (gradient.steps, left) {
+                (Some(steps), _) => steps,
+                (None, Some(left)) if left > check => left - check,
+                (None, Some(_)) => bail!(
+                    "--budget {} leaves no evaluation for a step after the {spent} before the \
+                     search and the gradient check's {check}: raise it",
+                    settings.budget().unwrap_or_default()
+                ),
+                (None, None) => DEFAULT_STEPS,
+            };
+            let config = Descent {
+                steps,
+                lr: gradient.lr,
+                start,
+                temperature: gradient.temperature,
+                scale: kitchen.base.as_ref().map_or(1.0, |b| b.lambda),
+                check: gradient.check.then_some(settings.seed),
+                jobs: search.policy.jobs,
+            };
+            let descended = by_gradient(&config, search, scorer, &grouping, spent, say)?;
+            let Some(best) = descended.best.map(|b| descended.steps[b].mix.clone()) else {
+                return Ok(None);
+            };
+            (Found::Descended(Box::new((descended, config))), best)
+        }
+        None => {
+            let learned = by_cma_es(
+                settings,
+                left.unwrap_or_default(),
+                start,
+                search,
+                scorer,
+                &grouping,
+                spent,
+                say,
+            )?;
+            let Some(best) = learned.best.map(|b| learned.evaluations[b].mix.clone()) else {
+                return Ok(None);
+            };
+            (Found::Evolved(learned), best)
+        }
+    };
+    let uniform = match (&result, settings.init_greedy) {
+        (_, true) => uniform,
+        (Found::Evolved(learned), false) => {
+            learned.evaluations.first().and_then(|e| e.scored.score.as_ref().ok().copied())
+        }
+        (Found::Descended(found), false) => {
+            found.0.steps.first().and_then(|s| s.scored.score.as_ref().ok().copied())
+        }
+    };
+    Ok(Some(Outcome { result, best, uniform }))
+}
+
+/// CMA-ES with `budget` evaluations from `start`, printing each as it ends.
+#[allow(clippy::too_many_arguments)]
+fn by_cma_es(
+    settings: &Settings,
+    budget: usize,
+    start: Vec<Vec<f64>>,
+    search: &Search,
+    scorer: &EvalScorer,
+    grouping: &Arc<Grouping>,
+    spent: usize,
+    say: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<Learned> {
     let config = Learn {
-        budget: settings.budget - spent,
+        budget,
         jobs: search.policy.jobs,
         minimize: search.policy.minimize,
         seed: settings.seed,
         sigma: 0.5,
-        start: rows(&start),
+        start,
     };
-    let total = settings.budget;
+    let total = spent + budget;
     // Printed as each evaluation ends (a generation runs --jobs at a time), with
     // the best score seen so far.
     let progress = Mutex::new((spent, None::<f64>));
@@ -123,27 +308,81 @@ pub fn run(
                 progress.1 = Some(s);
             }
         }
-        let score = match &e.scored.score {
-            Ok(s) => format_score(*s),
-            Err(reason) => format!("failed: {reason}"),
-        };
         say(format!(
-            "[evaluation {}/{total}] {} (generation {}): {score}{} (best {})",
+            "[evaluation {}/{total}] {} (generation {}): {}{} (best {})",
             progress.0,
             e.scored.candidate,
             e.generation,
+            describe(&e.scored),
             if e.scored.reused { " (journal)" } else { "" },
             progress.1.map_or("none".to_owned(), format_score)
         ));
     };
-    let result = learn(scorer, &grouping, &config, search.interrupt, &on_eval)?;
-    let Some(best) = result.best.map(|b| result.evaluations[b].mix.clone()) else {
-        return Ok(None);
+    Ok(learn(scorer, grouping, &config, search.interrupt, &on_eval)?)
+}
+
+/// Adam with `config`, printing each step and the gradient check.
+fn by_gradient(
+    config: &Descent,
+    search: &Search,
+    scorer: &EvalScorer,
+    grouping: &Arc<Grouping>,
+    spent: usize,
+    say: &(dyn Fn(String) + Sync),
+) -> anyhow::Result<Descended> {
+    let total = config.steps;
+    let best = Mutex::new((0, None::<f64>));
+    let on_progress = |p: Progress<'_>| match p {
+        Progress::Step(step) => {
+            let mut best = best.lock().unwrap_or_else(PoisonError::into_inner);
+            best.0 += 1;
+            if let Ok(loss) = step.scored.score {
+                if best.1.is_none_or(|b| loss < b) {
+                    best.1 = Some(loss);
+                }
+            }
+            let beta = step.temperature.map_or(String::new(), |b| format!(", β {b:.4}"));
+            let norm = step.norm.map_or(String::new(), |n| format!(", |∂L/∂z| {n:.3e}"));
+            say(format!(
+                "[step {}/{total}] {}: loss {}{}{norm}{beta} (best {})",
+                best.0,
+                step.scored.candidate,
+                describe(&step.scored),
+                if step.scored.reused { " (journal)" } else { "" },
+                best.1.map_or("none".to_owned(), format_score)
+            ));
+        }
+        Progress::Check(check) => say(match (check.difference, check.relative_error) {
+            (Some(d), Some(e)) => format!(
+                "gradient check: directional derivative {} from the gradient, {} by central \
+                 difference (ε = {}): relative error {e:.2e}",
+                format_score(check.directional),
+                format_score(d),
+                check.epsilon
+            ),
+            _ => "gradient check: an evaluation failed, no central difference".to_owned(),
+        }),
     };
-    let uniform = if settings.init_greedy {
-        uniform
-    } else {
-        result.evaluations.first().and_then(|e| e.scored.score.as_ref().ok().copied())
-    };
-    Ok(Some(Outcome { result, best, uniform }))
+    say(format!(
+        "Adam on the loss: {} step{} from evaluation {} on, learning rate {}",
+        total,
+        if total == 1 { "" } else { "s" },
+        spent + 1,
+        config.lr
+    ));
+    let descended = descend(scorer, grouping, config, search.interrupt, &on_progress)?;
+    if let Some(why) = &descended.stopped {
+        say(format!(
+            "warning: stopped after step {}: {why} (no gradient to follow); the best step is kept",
+            descended.steps.len()
+        ));
+    }
+    Ok(descended)
+}
+
+fn describe(scored: &Scored) -> String {
+    match &scored.score {
+        Ok(s) => format_score(*s),
+        Err(reason) => format!("failed: {reason}"),
+    }
 }

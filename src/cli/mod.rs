@@ -119,15 +119,10 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Inspect(args) => inspect::run(&args, &INTERRUPTED),
         Command::Demo(args) => demo::run(&args, &INTERRUPTED),
         Command::DemoEval(args) => demo::eval(&args),
-        Command::Learned(args) => {
-            let settings = learned::Settings {
-                budget: args.budget,
-                by_layer: args.by_layer,
-                groups: args.groups,
-                init_greedy: args.init == args::Init::Greedy,
-                seed: args.search.seed,
-                given: 0,
-            };
+        Command::Learned(mut args) => {
+            let settings = learned::Settings::from_args(&args)?;
+            // A learned soup by gradient minimises the loss.
+            args.search.minimize |= args.gradient;
             search::run(&args.search, search::Method::Learned(settings), &INTERRUPTED)
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use modelsoup::engine::plan;
 use modelsoup::search::candidate::{Base, Change, Kitchen};
-use modelsoup::search::evaluate::{Evaluate, Evaluator, Options};
+use modelsoup::search::evaluate::{Evaluate, Evaluator, Options, GRAD_PLACEHOLDER};
 use modelsoup::search::journal::Journal;
 use modelsoup::search::process::Stop;
 use modelsoup::search::report::{format_score, Report};
@@ -112,6 +112,11 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         scorer.template.clone_from(key);
     }
     scorer.keep_candidates = args.keep_candidates;
+    if let Method::Learned(learned::Settings { gradient: Some(gradient), .. }) = method {
+        scorer.temperature = gradient.temperature;
+    } else if args.eval.as_deref().is_some_and(|t| t.contains(GRAD_PLACEHOLDER)) {
+        bail!("--eval uses {GRAD_PLACEHOLDER}, which only `soup learned --gradient` fills in");
+    }
     scorer.retry_failures = args.retries > 0;
     scorer.observer = Some(&observer);
     let policy = Policy {
@@ -131,11 +136,10 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     if let Method::Learned(settings) = method {
         // Fail before paying for anything when the baselines alone use the budget.
         let baselines = to_score + usize::from(settings.init_greedy);
-        if settings.budget <= baselines {
+        if let Some(budget) = settings.budget().filter(|&budget| budget <= baselines) {
             anyhow::bail!(
-                "--budget {} is used up by the {baselines} evaluations before the search \
+                "--budget {budget} is used up by the {baselines} evaluations before the search \
                  (individual scores{}): raise it, or give --scores",
-                settings.budget,
                 if settings.init_greedy { ", greedy soup" } else { "" }
             );
         }
@@ -146,7 +150,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     status.expect(Some(match method {
         Method::Greedy => to_score + n.saturating_sub(1),
         Method::Pruned { .. } => to_score + 1 + n,
-        Method::Learned(settings) => settings.budget - (n - to_score),
+        Method::Learned(settings) => to_score + settings.expected(n),
     }));
     let report_individual = |i: usize, s: &Scored| say(format!("  {}: {}", labels[i], describe(s)));
     say(format!("scoring {} on their own", plural(to_score, "ingredient")));
@@ -245,13 +249,11 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
             else {
                 return no_soup("no learned candidate could be scored", &run_dir);
             };
-            let report = Report::learned(
+            let report = learned.report(
                 &evaluator_name,
                 args.minimize,
                 &labels,
                 &individual,
-                learned.uniform,
-                &learned.result,
                 counts(&scorer),
             );
             let weights = all.iter().map(|&i| learned.best.setting(i)).collect();

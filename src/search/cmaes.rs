@@ -529,14 +529,14 @@ fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
 /// Normal deviates from xoshiro256** (seeded by SplitMix64) through Marsaglia's
 /// polar method. Bit-identical on every platform.
 #[derive(Debug, Clone)]
-struct NormalRng {
+pub(crate) struct NormalRng {
     state: [u64; 4],
     /// The polar method makes deviates in pairs; the second waits here.
     spare: Option<f64>,
 }
 
 impl NormalRng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         let mut sm = seed;
         let mut next = || {
             sm = sm.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -569,7 +569,7 @@ impl NormalRng {
     }
 
     /// A standard normal deviate (Marsaglia's polar method).
-    fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         if let Some(z) = self.spare.take() {
             return z;
         }

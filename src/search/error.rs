@@ -30,6 +30,22 @@ pub enum Error {
     #[error("journal")]
     Journal(#[from] JournalError),
 
+    /// An evaluation of a search that learns the temperature reported no usable
+    /// `"grad_temperature"`.
+    #[error(
+        "candidate {candidate}: {problem}; with --temperature the evaluator reports \
+         \"grad_temperature\", ∂loss/∂β, a finite number, beside the score (see {})",
+        log.display()
+    )]
+    GradTemperature {
+        /// The candidate.
+        candidate: String,
+        /// What is wrong.
+        problem: String,
+        /// The evaluation's stdout log.
+        log: PathBuf,
+    },
+
     /// The report could not be encoded as JSON.
     #[error("cannot encode the report")]
     Report(#[source] serde_json::Error),

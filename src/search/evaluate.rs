@@ -52,6 +52,10 @@ pub const SLOT_PLACEHOLDER: &str = "{slot}";
 /// `--devices` only).
 pub const DEVICES_PLACEHOLDER: &str = "{devices}";
 
+/// The placeholder replaced by the path the gradient is to be written to,
+/// shell-quoted (learned soups by gradient), or by `''` when none is wanted.
+pub const GRAD_PLACEHOLDER: &str = "{grad}";
+
 /// How many bytes at the end of a stderr log [`log_tail`] reads.
 const LOG_TAIL: u64 = 4096;
 
@@ -282,6 +286,12 @@ pub struct Request<'a> {
     pub members: &'a [String],
     /// One weight per member.
     pub weights: &'a [f64],
+    /// Where the evaluator writes the gradient of its loss (learned soups by
+    /// gradient: `SOUP_GRAD`, `{grad}`, `"grad"`); `None` when none is wanted.
+    pub gradient: Option<&'a Path>,
+    /// The logit temperature β to score the candidate at (`SOUP_TEMPERATURE`,
+    /// `"temperature"`), when the search learns one.
+    pub temperature: Option<f64>,
 }
 
 /// Something that scores candidates: a command run per candidate
@@ -362,10 +372,18 @@ impl Evaluator {
 
     /// The shell command run for `model_dir` in slot `slot` with `devices`: the
     /// template with every `{model}` replaced by the absolute path, shell-quoted,
-    /// `{slot}` by the slot number and `{devices}` by the devices. The template is
-    /// read once, left to right, so nothing substituted is ever read again.
-    pub fn command_line(&self, model_dir: &Path, slot: usize, devices: &str) -> OsString {
+    /// `{slot}` by the slot number, `{devices}` by the devices and `{grad}` by the
+    /// gradient's path, shell-quoted (`''` without one). The template is read
+    /// once, left to right, so nothing substituted is ever read again.
+    pub fn command_line(
+        &self,
+        model_dir: &Path,
+        slot: usize,
+        devices: &str,
+        gradient: Option<&Path>,
+    ) -> OsString {
         let quoted = quote_bytes(model_dir.as_os_str().as_bytes());
+        let grad = quote_bytes(gradient.map_or(&[][..], |g| g.as_os_str().as_bytes()));
         let slot = slot.to_string();
         OsString::from_vec(substitute(
             &self.template,
@@ -373,6 +391,7 @@ impl Evaluator {
                 (PLACEHOLDER, quoted.as_slice()),
                 (SLOT_PLACEHOLDER, slot.as_bytes()),
                 (DEVICES_PLACEHOLDER, devices.as_bytes()),
+                (GRAD_PLACEHOLDER, grad.as_slice()),
             ],
         ))
     }
@@ -387,6 +406,25 @@ impl Evaluator {
         model_dir: &Path,
         cancel: Option<&AtomicBool>,
     ) -> Result<Evaluation, EvalError> {
+        let request = Request {
+            candidate,
+            model_dir,
+            members: &[],
+            weights: &[],
+            gradient: None,
+            temperature: None,
+        };
+        self.evaluate_request(&request, cancel)
+    }
+
+    /// [`Evaluator::evaluate`] with everything a request carries: the gradient's
+    /// path and the temperature as well.
+    fn evaluate_request(
+        &self,
+        request: &Request<'_>,
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Evaluation, EvalError> {
+        let (candidate, model_dir) = (request.candidate, request.model_dir);
         check_candidate(candidate)?;
         let model_dir =
             std::path::absolute(model_dir).map_err(EvalError::io("resolve", model_dir))?;
@@ -397,7 +435,8 @@ impl Evaluator {
             return Ok(Evaluation { outcome, seconds: 0.0, attempts: 0, stdout_log, stderr_log });
         };
         let devices = slot.devices();
-        let command = self.command_line(&model_dir, slot.index(), devices.as_deref().unwrap_or(""));
+        let devices = devices.as_deref().unwrap_or("");
+        let command = self.command_line(&model_dir, slot.index(), devices, request.gradient);
         let mut attempts = 0u32;
         loop {
             if is_raised(cancel) {
@@ -415,6 +454,7 @@ impl Evaluator {
                 model_dir: &model_dir,
                 command: &command,
                 slot: &slot,
+                request,
                 stdout_log,
                 stderr_log,
             };
@@ -452,6 +492,7 @@ impl Evaluator {
             .stdout(stdout)
             .stderr(stderr);
         slot_environment(&mut shell, &self.run_dir, attempt.slot);
+        gradient_environment(&mut shell, attempt.request);
         process::isolate(&mut shell);
         let mut child = match shell.spawn() {
             Ok(child) => child,
@@ -485,7 +526,7 @@ impl Evaluate for Evaluator {
         request: &Request<'_>,
         cancel: Option<&AtomicBool>,
     ) -> Result<Evaluation, EvalError> {
-        Evaluator::evaluate(self, request.candidate, request.model_dir, cancel)
+        self.evaluate_request(request, cancel)
     }
 
     /// The template itself, so that journals written before servers existed keep
@@ -509,6 +550,25 @@ pub(crate) fn slot_environment(command: &mut Command, run_dir: &Path, slot: &Slo
     if let Some(devices) = slot.devices() {
         command.env("CUDA_VISIBLE_DEVICES", devices);
     }
+}
+
+/// `SOUP_GRAD` and `SOUP_TEMPERATURE` when the request carries them; removed
+/// otherwise, so that none is inherited from `soup`'s own environment.
+fn gradient_environment(command: &mut Command, request: &Request<'_>) {
+    match request.gradient {
+        Some(path) => command.env("SOUP_GRAD", path),
+        None => command.env_remove("SOUP_GRAD"),
+    };
+    match request.temperature {
+        Some(beta) => command.env("SOUP_TEMPERATURE", format_float(beta)),
+        None => command.env_remove("SOUP_TEMPERATURE"),
+    };
+}
+
+/// A float as the shortest text that reads back as the same `f64` (`0.5`, `2`,
+/// `1e-7`): what `SOUP_TEMPERATURE` carries.
+pub(crate) fn format_float(x: f64) -> String {
+    serde_json::to_string(&x).unwrap_or_else(|_| x.to_string())
 }
 
 /// `template` with each placeholder replaced by its value, in one left-to-right
@@ -568,6 +628,7 @@ struct Attempt<'a> {
     model_dir: &'a Path,
     command: &'a OsStr,
     slot: &'a Slot<'a>,
+    request: &'a Request<'a>,
     stdout_log: PathBuf,
     stderr_log: PathBuf,
 }
@@ -589,7 +650,8 @@ fn check_template(template: &str, slots: &Slots) -> Result<(), EvalError> {
     Ok(())
 }
 
-/// What any command template must satisfy: not empty, no NUL, `{model}` unquoted.
+/// What any command template must satisfy: not empty, no NUL, `{model}` and
+/// `{grad}` unquoted.
 pub(crate) fn check_command(template: &str) -> Result<(), EvalError> {
     let reason = if template.trim().is_empty() {
         "is empty"
@@ -598,6 +660,9 @@ pub(crate) fn check_command(template: &str) -> Result<(), EvalError> {
     } else if ["'{model}'", "\"{model}\""].iter().any(|q| template.contains(q)) {
         "{model} must not be quoted: soup quotes the path itself (write {model} bare, \
          or use \"$SOUP_MODEL\" inside quotes)"
+    } else if ["'{grad}'", "\"{grad}\""].iter().any(|q| template.contains(q)) {
+        "{grad} must not be quoted: soup quotes the path itself (write {grad} bare, \
+         or use \"$SOUP_GRAD\" inside quotes)"
     } else {
         return Ok(());
     };
@@ -1061,6 +1126,33 @@ mod tests {
     }
 
     #[test]
+    fn a_request_for_a_gradient_gives_its_path_and_the_temperature() {
+        let tmp = TempDir::new().unwrap();
+        let run = tmp.path().join("run");
+        let template = r#"printf '%s|%s|%s|%s\n' {grad} "${SOUP_GRAD-unset}" "${SOUP_TEMPERATURE-unset}" "$SOUP_CANDIDATE"; echo 1"#;
+        let eval = Evaluator::new(template, &run, Options::default()).unwrap();
+        let grad = tmp.path().join("it's.grad.safetensors");
+        let request = Request {
+            candidate: "c1",
+            model_dir: &model_dir(&tmp),
+            members: &[],
+            weights: &[],
+            gradient: Some(&grad),
+            temperature: Some(0.1),
+        };
+        let e = Evaluate::evaluate(&eval, &request, None).unwrap();
+        let g = grad.display();
+        assert_eq!(fs::read_to_string(&e.stdout_log).unwrap(), format!("{g}|{g}|0.1|c1\n1\n"));
+        // Without them, {grad} is an empty word and neither variable is set,
+        // even when soup's own environment has one.
+        let request = Request { candidate: "c2", gradient: None, temperature: None, ..request };
+        let e = Evaluate::evaluate(&eval, &request, None).unwrap();
+        assert_eq!(fs::read_to_string(&e.stdout_log).unwrap(), "|unset|unset|c2\n1\n");
+        assert_eq!(format_float(2.0), "2.0");
+        assert_eq!(format_float(1e-7).parse::<f64>().unwrap(), 1e-7);
+    }
+
+    #[test]
     fn concurrent_evaluations_keep_their_logs_apart() {
         let template = r#"i=0; while [ $i -lt 300 ]; do echo "$SOUP_CANDIDATE $i"; echo "$SOUP_CANDIDATE err" >&2; i=$((i+1)); done; cat {model}/score"#;
         let (tmp, eval) = setup(template, Some(Duration::from_secs(10)), 0);
@@ -1093,7 +1185,7 @@ mod tests {
         fs::write(&file, "").unwrap();
         let err = Evaluator::new("echo 1", &file, Options::default()).unwrap_err();
         assert!(matches!(err, EvalError::Io { action: "create", .. }), "{err}");
-        for bad in ["", "  ", "eval '{model}'", "eval \"{model}\"", "a\0b"] {
+        for bad in ["", "  ", "eval '{model}'", "eval \"{model}\"", "a\0b", "e \"{grad}\""] {
             let err = Evaluator::new(bad, tmp.path(), Options::default()).unwrap_err();
             assert!(matches!(err, EvalError::Template { .. }), "{bad:?}");
         }
@@ -1107,8 +1199,12 @@ mod tests {
     #[test]
     fn command_line_quotes_every_placeholder() {
         let (_tmp, eval) = setup("run {model} --also {model}/x", None, 0);
-        let line = eval.command_line(Path::new("/m o'd"), 0, "");
+        let line = eval.command_line(Path::new("/m o'd"), 0, "", None);
         assert_eq!(line, OsString::from(r"run '/m o'\''d' --also '/m o'\''d'/x"));
+        let (_tmp, eval) = setup("run {model} --grad {grad}", None, 0);
+        let line = eval.command_line(Path::new("/m"), 0, "", Some(Path::new("/g $x'.st")));
+        assert_eq!(line, OsString::from(r"run '/m' --grad '/g $x'\''.st'"));
+        assert_eq!(eval.command_line(Path::new("/m"), 0, "", None), "run '/m' --grad ''");
     }
 
     /// An evaluation stopped by `options` (after a 200 ms timeout) whose command
@@ -1187,7 +1283,7 @@ mod tests {
         let options = Options { slots, ..Options::default() };
         let eval =
             Evaluator::new("x {model} {slot} {devices} {other}", tmp.path(), options).unwrap();
-        let line = eval.command_line(Path::new("/a/{slot}/{devices}"), 3, "{model}");
+        let line = eval.command_line(Path::new("/a/{slot}/{devices}"), 3, "{model}", None);
         assert_eq!(line, OsString::from("x '/a/{slot}/{devices}' 3 {model} {other}"));
     }
 

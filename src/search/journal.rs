@@ -14,7 +14,8 @@
 //! ```
 //!
 //! The fields are those of [`Record`], in that order, except that the outcome is
-//! either `"score": <number>` or `"failure": "<reason>"`. The last member of every
+//! either `"score": <number>` or `"failure": "<reason>"`, and that `"gradient"`
+//! (learned soups by gradient, [`Gradient`]) appears only in records that have one. The last member of every
 //! line is `"crc32"`, and the rule is:
 //!
 //! - **Writing.** Let `B` be the record serialised as compact JSON without the
@@ -179,6 +180,11 @@ pub struct Record {
     /// Further metrics the evaluator reported. (`serde_json::Value` cannot hold NaN
     /// or infinity: converting one gives `null`.)
     pub metrics: Map<String, Value>,
+    /// Learned soups by gradient: the loss's gradient with respect to the
+    /// candidate's coefficients, so that a resumed search replays its steps.
+    /// Absent from other records (and from lines written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradient: Option<Gradient>,
     /// Seconds spent writing the candidate soup.
     pub materialise_seconds: f64,
     /// Seconds spent in the evaluation command.
@@ -187,6 +193,22 @@ pub struct Record {
     pub attempts: u32,
     /// When the evaluation finished, e.g. from [`utc_timestamp`].
     pub timestamp: String,
+}
+
+/// The gradient a record of a learned search by gradient keeps: what the next
+/// step is computed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gradient {
+    /// `⟨∇θL, θᵢ⟩` for every coefficient, in the order of the record's members
+    /// (layer group by layer group, ingredients in the order given; the base and
+    /// the temperature, which are members too, have none): the derivative of the
+    /// loss with respect to each member's weight as journaled.
+    pub dots: Vec<f64>,
+    /// `‖∇θL‖`, the norm of the gradient the evaluator wrote.
+    pub norm: f64,
+    /// `∂L/∂β`, when the search learns the temperature β.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
 }
 
 /// The result of an evaluation.
@@ -441,7 +463,13 @@ fn check(record: &Record) -> Result<(), JournalError> {
         ("materialise_seconds".to_owned(), record.materialise_seconds),
         ("evaluate_seconds".to_owned(), record.evaluate_seconds),
     ];
-    match weights.chain(score).chain(seconds).find(|(_, value)| !value.is_finite()) {
+    let gradient = record.gradient.iter().flat_map(|g| {
+        let dots = g.dots.iter().enumerate().map(|(i, &d)| (format!("gradient.dots[{i}]"), d));
+        let temperature = g.temperature.map(|t| ("gradient.temperature".to_owned(), t));
+        dots.chain([("gradient.norm".to_owned(), g.norm)]).chain(temperature)
+    });
+    let mut numbers = weights.chain(score).chain(seconds).chain(gradient);
+    match numbers.find(|(_, value)| !value.is_finite()) {
         Some((field, value)) => {
             Err(JournalError::NonFinite { candidate: candidate(), field, value })
         }
@@ -493,6 +521,7 @@ mod tests {
             evaluator: "python eval.py {soup}".to_owned(),
             outcome,
             metrics: Map::new(),
+            gradient: None,
             materialise_seconds: 1.5,
             evaluate_seconds: 93.25,
             attempts: 1,
@@ -555,11 +584,16 @@ mod tests {
                 Outcome::Score(-1e-300),
             ),
         ];
+        let mut written = written;
+        written[2].gradient =
+            Some(Gradient { dots: vec![1.0 / 3.0, -2e-310], norm: 0.1, temperature: Some(-7.5) });
         for r in &written {
             journal.append(r.clone()).unwrap();
         }
         assert_eq!(journal.records(), written);
         assert_eq!(lines(&journal).len(), 3);
+        // A record without a gradient is written as before the field existed.
+        assert!(!lines(&journal)[0].contains("gradient"));
         let (journal, stats) = reopen(&run);
         assert_eq!(stats, JournalStats { records: 3, damaged_lines: vec![] });
         assert_eq!(journal.records(), written);
@@ -840,10 +874,17 @@ mod tests {
         inf_weight.weights[1] = f64::INFINITY;
         let mut nan_seconds = scored("c3", 0.5);
         nan_seconds.evaluate_seconds = f64::NAN;
+        let gradient = |dots: Vec<f64>, temperature| Gradient { dots, norm: 1.0, temperature };
+        let mut nan_dot = scored("c5", 0.5);
+        nan_dot.gradient = Some(gradient(vec![0.5, f64::NAN], None));
+        let mut inf_temperature = scored("c6", 0.5);
+        inf_temperature.gradient = Some(gradient(vec![0.5, 1.5], Some(f64::NEG_INFINITY)));
         for (r, field) in [
             (&mut nan_score, "score"),
             (&mut inf_weight, "weights[1]"),
             (&mut nan_seconds, "evaluate_seconds"),
+            (&mut nan_dot, "gradient.dots[1]"),
+            (&mut inf_temperature, "gradient.temperature"),
         ] {
             match journal.append(r.clone()) {
                 Err(JournalError::NonFinite { field: f, .. }) => assert_eq!(f, field),

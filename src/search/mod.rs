@@ -7,6 +7,7 @@
 
 pub mod candidate;
 pub mod cmaes;
+pub mod descent;
 mod error;
 pub mod evaluate;
 pub mod groups;

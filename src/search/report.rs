@@ -52,6 +52,10 @@ pub struct Report {
     /// Learned soups: the score of every evaluation and the best so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub curve: Option<Vec<CurvePoint>>,
+    /// Learned soups by gradient: Adam's settings, every step's loss, gradient
+    /// norms and coefficients, the temperature and the gradient check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gradient: Option<crate::search::descent::DescentReport>,
     /// The figure's file name beside `report.md`, once written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub figure: Option<String>,
@@ -174,6 +178,7 @@ impl Report {
             evaluations: counts,
             coefficients: None,
             curve: None,
+            gradient: None,
             figure: None,
         }
     }
@@ -238,6 +243,7 @@ impl Report {
             evaluations: counts,
             coefficients,
             curve: Some(curve),
+            gradient: None,
             figure: None,
         }
     }
@@ -296,6 +302,9 @@ impl Report {
                 let _ = writeln!(md, "| {} | {} |", cell(group), cells.join(", "));
             }
             md += "\n";
+        }
+        if let Some(gradient) = &self.gradient {
+            md += &gradient.markdown();
         }
         let metrics: BTreeSet<&String> = self.steps.iter().flat_map(|s| s.metrics.keys()).collect();
         md += "| step | candidate | proposal | score | accepted | size |";
@@ -369,7 +378,7 @@ pub fn format_score(v: f64) -> String {
 }
 
 /// `text` made safe for one Markdown table cell.
-fn cell(text: &str) -> String {
+pub(crate) fn cell(text: &str) -> String {
     text.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
@@ -494,6 +503,7 @@ mod tests {
                 ("head".into(), vec![1.0, 0.0]),
             ]),
             curve: None,
+            gradient: None,
             figure: Some(FIGURE.into()),
         }
     }

@@ -14,11 +14,14 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::analysis::gradient::gradient_dots;
+use crate::engine::execute::RunOptions;
 use crate::engine::merge::Destination;
 use crate::recipe::Recipe;
 use crate::search::candidate::{Change, Kitchen, Mix, Soup};
 use crate::search::evaluate::{self, Evaluate, Request};
-use crate::search::journal::{self, Journal, Record};
+use crate::search::groups::Grouping;
+use crate::search::journal::{self, Gradient, Journal, Record};
 use crate::search::sequential::{Scored, Scorer};
 use crate::search::Result;
 
@@ -112,6 +115,10 @@ pub struct EvalScorer<'a> {
     pub retry_failures: bool,
     /// Told when evaluations start and end.
     pub observer: Option<Observer<'a>>,
+    /// The logit temperature every candidate is scored at, when the search learns
+    /// one (a learned search by gradient gives each of its own); it is part of
+    /// every journal key.
+    pub temperature: Option<f64>,
     next_id: AtomicUsize,
     tally: Tally,
 }
@@ -137,6 +144,7 @@ impl<'a> EvalScorer<'a> {
             keep_candidates: false,
             retry_failures: false,
             observer: None,
+            temperature: None,
             next_id: AtomicUsize::new(next_free_id(journal, method)),
             tally: Tally::default(),
         }
@@ -163,7 +171,8 @@ impl<'a> EvalScorer<'a> {
         let labels: Vec<String> = members.iter().map(|&i| self.labels[i].clone()).collect();
         let weights = vec![1.0 / labels.len() as f64; labels.len()];
         let (labels, weights) = self.kitchen.key(labels, weights);
-        self.journal.find(&labels, &weights, &self.template).map(reused)
+        let (labels, weights) = with_temperature(labels, weights, self.temperature);
+        self.journal.find(&labels, &weights, &self.template).map(|r| reused(r).0)
     }
 
     fn observe(&self, event: Event<'_>) {
@@ -183,8 +192,27 @@ impl EvalScorer<'_> {
     /// Scores the learned soup `mix`. Its journal key lists every ingredient with
     /// its weight; with several layer groups, each member is `GROUP|INGREDIENT`.
     pub fn score_mix(&self, mix: &Mix, cancel: &AtomicBool) -> Result<Scored> {
+        let ask = Ask { gradient: None, temperature: self.temperature };
+        self.score_point(mix, ask, cancel).map(|(scored, _)| scored)
+    }
+
+    /// Scores the learned soup `mix` at `ask.temperature` and, when `ask` has a
+    /// grouping, takes the gradient of its loss with respect to the coefficients:
+    /// the evaluator writes `∇θL` to a file beside the candidate, one streaming
+    /// pass takes its dot products with the ingredients per group of `mix`
+    /// ([`gradient_dots`]), and the file is deleted (kept with
+    /// `keep_candidates`). The gradient is journaled with the score, so a
+    /// journaled result is reused only when it has one. A gradient file that
+    /// cannot be used, or a missing `"grad_temperature"`, is an error: the score
+    /// is journaled (without a gradient) and the search stops.
+    pub fn score_point(
+        &self,
+        mix: &Mix,
+        ask: Ask<'_>,
+        cancel: &AtomicBool,
+    ) -> Result<(Scored, Option<Gradient>)> {
         let (members, weights) = self.mix_key(mix);
-        self.evaluate(members, weights, "coefficients", cancel, |dest, metadata| {
+        self.evaluate(members, weights, "coefficients", ask, cancel, |dest, metadata| {
             self.kitchen.materialise_mix(mix, dest, metadata).map(|_| ())
         })
     }
@@ -209,42 +237,58 @@ impl EvalScorer<'_> {
     /// The result journaled for these members, weights and command, or else a new
     /// evaluation: `write` materialises the candidate into scratch, the evaluator
     /// scores it, the journal records it, and the candidate is deleted.
+    #[allow(clippy::too_many_arguments)]
     fn evaluate(
         &self,
         members: Vec<String>,
         weights: Vec<f64>,
         proposal: &str,
+        ask: Ask<'_>,
         cancel: &AtomicBool,
         write: impl FnOnce(&Destination, BTreeMap<String, String>) -> crate::Result<()>,
-    ) -> Result<Scored> {
+    ) -> Result<(Scored, Option<Gradient>)> {
         let (members, weights) = self.kitchen.key(members, weights);
-        let journaled = self.journal.find(&members, &weights, &self.template);
-        // A journaled failure is run again only when retries were asked for.
-        if let Some(record) =
-            journaled.filter(|r| r.outcome.score().is_some() || !self.retry_failures)
-        {
+        let (key_members, key_weights) =
+            with_temperature(members.clone(), weights.clone(), ask.temperature);
+        let journaled = self.journal.find(&key_members, &key_weights, &self.template);
+        // A journaled failure is run again only when retries were asked for; a
+        // score, only when it lacks the gradient asked for.
+        let usable = |r: &Record| match r.outcome.score() {
+            Some(_) => ask.gradient.is_none() || r.gradient.is_some(),
+            None => !self.retry_failures,
+        };
+        if let Some(record) = journaled.filter(usable) {
             self.tally.reused.fetch_add(1, Ordering::SeqCst);
             self.tally
                 .failed
                 .fetch_add(usize::from(record.outcome.score().is_none()), Ordering::SeqCst);
-            let scored = reused(record);
+            let (scored, gradient) = reused(record);
             self.observe(Event::Reused { scored: &scored });
-            return Ok(scored);
+            return Ok((scored, gradient.filter(|_| ask.gradient.is_some())));
         }
         let id = format!("{}-{:04}", self.method, self.next_id.fetch_add(1, Ordering::SeqCst));
         let dir = self.kitchen.scratch().join(&id);
+        let grad_file =
+            ask.gradient.map(|_| self.kitchen.scratch().join(format!("{id}.grad.safetensors")));
         let started = Instant::now();
         let dest =
             Destination { path: &dir, force: true, support_files_from: None, durable: false };
         write(&dest, self.recipe(&members, &weights))?;
         let materialise_seconds = started.elapsed().as_secs_f64();
         self.observe(Event::Started { candidate: &id, proposal });
-        let request =
-            Request { candidate: &id, model_dir: &dir, members: &members, weights: &weights };
+        let request = Request {
+            candidate: &id,
+            model_dir: &dir,
+            members: &members,
+            weights: &weights,
+            gradient: grad_file.as_deref(),
+            temperature: ask.temperature,
+        };
         let evaluation = self.evaluator.evaluate(&request, Some(cancel));
         if !self.keep_candidates {
             let _ = fs::remove_dir_all(&dir);
         }
+        let (members, weights) = (key_members, key_weights);
         let evaluation = match evaluation {
             Ok(evaluation) => evaluation,
             Err(e) => {
@@ -257,7 +301,7 @@ impl EvalScorer<'_> {
             self.tally.started.fetch_add(1, Ordering::SeqCst);
         }
         let mut log = None;
-        let (outcome, metrics) = match evaluation.outcome {
+        let (outcome, mut metrics) = match evaluation.outcome {
             evaluate::Outcome::Score { score, metrics } => {
                 (journal::Outcome::Score(score), metrics)
             }
@@ -270,16 +314,28 @@ impl EvalScorer<'_> {
                     self.tally.cancelled.fetch_add(1, Ordering::SeqCst);
                 }
                 self.observe(Event::Cancelled { candidate: &id });
-                return Ok(Scored {
+                self.drop_gradient_file(grad_file.as_deref());
+                let scored = Scored {
                     candidate: id,
                     score: Err("cancelled".into()),
                     reused: false,
                     cancelled: true,
                     metrics: Default::default(),
                     log: None,
-                });
+                };
+                return Ok((scored, None));
             }
         };
+        // The gradient, when one was asked for and the evaluation gave a score;
+        // why it cannot be used, otherwise.
+        let gradient = match (ask.gradient, &grad_file, outcome.score()) {
+            (Some(grouping), Some(file), Some(_)) => {
+                let taken = self.take_gradient(file, grouping, &mut metrics, ask, cancel);
+                Some(taken.map_err(|e| (e, evaluation.stdout_log.clone())))
+            }
+            _ => None,
+        };
+        self.drop_gradient_file(grad_file.as_deref());
         self.tally.finished.fetch_add(1, Ordering::SeqCst);
         self.tally.failed.fetch_add(usize::from(outcome.score().is_none()), Ordering::SeqCst);
         let record = Record {
@@ -289,6 +345,7 @@ impl EvalScorer<'_> {
             evaluator: self.template.clone(),
             outcome: outcome.clone(),
             metrics: metrics.clone(),
+            gradient: gradient.as_ref().and_then(|g| g.as_ref().ok().cloned()),
             materialise_seconds,
             evaluate_seconds: evaluation.seconds,
             attempts: evaluation.attempts,
@@ -296,6 +353,18 @@ impl EvalScorer<'_> {
         };
         self.journal.append(record)?;
         self.tally.journaled.fetch_add(1, Ordering::SeqCst);
+        let gradient = match gradient {
+            Some(Err((problem, log))) => {
+                return Err(match problem {
+                    Taken::File(e) => e.into(),
+                    Taken::Temperature(problem) => {
+                        crate::search::Error::GradTemperature { candidate: id, problem, log }
+                    }
+                })
+            }
+            Some(Ok(g)) => Some(g),
+            None => None,
+        };
         let scored = Scored {
             candidate: id,
             score: outcome.score().ok_or_else(|| failure_reason(&outcome)),
@@ -306,9 +375,95 @@ impl EvalScorer<'_> {
         };
         let seconds = materialise_seconds + evaluation.seconds;
         self.observe(Event::Finished { scored: &scored, proposal, seconds });
-        Ok(scored)
+        Ok((scored, gradient))
+    }
+
+    /// The dot products of the gradient in `file` with the ingredients, per group
+    /// of `grouping`, and `"grad_temperature"` (taken out of `metrics`) when the
+    /// temperature is learned.
+    fn take_gradient(
+        &self,
+        file: &std::path::Path,
+        grouping: &Grouping,
+        metrics: &mut evaluate::Metrics,
+        ask: Ask<'_>,
+        cancel: &AtomicBool,
+    ) -> std::result::Result<Gradient, Taken> {
+        let temperature = match ask.temperature {
+            None => None,
+            Some(_) => match metrics.remove("grad_temperature") {
+                Some(serde_json::Value::Number(n)) => match n.as_f64() {
+                    Some(g) if g.is_finite() => Some(g),
+                    _ => return Err(Taken::Temperature(format!("\"grad_temperature\" is {n}"))),
+                },
+                Some(other) => {
+                    let problem = format!("\"grad_temperature\" is {other}, not a number");
+                    return Err(Taken::Temperature(problem));
+                }
+                None => {
+                    let problem = "the result has no \"grad_temperature\"".to_owned();
+                    return Err(Taken::Temperature(problem));
+                }
+            },
+        };
+        let run = RunOptions {
+            threads: self.kitchen.threads,
+            chunk_elements: self.kitchen.chunk_elements,
+            progress: None,
+            cancel: Some(cancel),
+        };
+        let groups = grouping.names.len();
+        let group_of = |name: &str| Some(grouping.group(name));
+        let found = gradient_dots(file, self.kitchen.ingredients(), groups, &group_of, &run)
+            .map_err(Taken::File)?;
+        Ok(Gradient {
+            dots: found.dots.into_iter().flatten().collect(),
+            norm: found.norm_sq.sqrt(),
+            temperature,
+        })
+    }
+
+    /// Deletes a gradient file once used (unless candidates are kept).
+    fn drop_gradient_file(&self, file: Option<&std::path::Path>) {
+        if let (Some(file), false) = (file, self.keep_candidates) {
+            let _ = fs::remove_file(file);
+        }
     }
 }
+
+/// What a learned search by gradient asks of an evaluation beyond its score.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ask<'a> {
+    /// Take the gradient with respect to the coefficients of these groups.
+    pub gradient: Option<&'a Grouping>,
+    /// Score the candidate at this logit temperature.
+    pub temperature: Option<f64>,
+}
+
+/// Why a gradient could not be taken.
+enum Taken {
+    /// The gradient file (or the pass over it) failed.
+    File(crate::Error),
+    /// `"grad_temperature"` is missing or not a finite number.
+    Temperature(String),
+}
+
+/// A journal key with the temperature as one more member (`temperature:`, with
+/// β as its weight), when there is one.
+fn with_temperature(
+    mut members: Vec<String>,
+    mut weights: Vec<f64>,
+    temperature: Option<f64>,
+) -> (Vec<String>, Vec<f64>) {
+    if let Some(beta) = temperature {
+        members.push(TEMPERATURE_MEMBER.to_owned());
+        weights.push(beta);
+    }
+    (members, weights)
+}
+
+/// The journal member that records the temperature a candidate was scored at.
+pub const TEMPERATURE_MEMBER: &str = "temperature:";
 
 impl Scorer for EvalScorer<'_> {
     fn score(&self, soup: &Soup, change: Change, cancel: &AtomicBool) -> Result<Scored> {
@@ -321,22 +476,26 @@ impl Scorer for EvalScorer<'_> {
             Change::Remove(i) => format!("remove {}", self.labels[i]),
             Change::Same => format!("soup of {}", members.len()),
         };
-        self.evaluate(members, weights, &proposal, cancel, |dest, metadata| {
-            self.kitchen.materialise(soup, change, dest, metadata).map(|_| ())
-        })
+        let ask = Ask { gradient: None, temperature: self.temperature };
+        let evaluated =
+            self.evaluate(members, weights, &proposal, ask, cancel, |dest, metadata| {
+                self.kitchen.materialise(soup, change, dest, metadata).map(|_| ())
+            });
+        evaluated.map(|(scored, _)| scored)
     }
 }
 
-/// A journaled result, as a score taken from the journal.
-fn reused(record: Record) -> Scored {
-    Scored {
+/// A journaled result, as a score taken from the journal, and its gradient.
+fn reused(record: Record) -> (Scored, Option<Gradient>) {
+    let scored = Scored {
         candidate: record.candidate,
         score: record.outcome.score().ok_or_else(|| failure_reason(&record.outcome)),
         reused: true,
         cancelled: false,
         metrics: record.metrics,
         log: None,
-    }
+    };
+    (scored, record.gradient)
 }
 
 /// One more than the highest `METHOD-NNNN` id in the journal.

@@ -43,8 +43,8 @@ use serde_json::Value;
 
 use crate::search::evaluate::{
     self, check_command, excerpt, exit_failure, slot_environment, substitute, EvalError, Evaluate,
-    Evaluation, Failure, Metrics, Options, Outcome, Request, DEVICES_PLACEHOLDER, PLACEHOLDER,
-    SLOT_PLACEHOLDER,
+    Evaluation, Failure, Metrics, Options, Outcome, Request, DEVICES_PLACEHOLDER, GRAD_PLACEHOLDER,
+    PLACEHOLDER, SLOT_PLACEHOLDER,
 };
 use crate::search::process;
 use crate::search::slots::Slot;
@@ -101,6 +101,12 @@ struct RequestLine<'a> {
     attempt: u32,
     members: &'a [String],
     weights: &'a [f64],
+    /// Where to write the gradient (learned soups by gradient), when wanted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grad: Option<&'a str>,
+    /// The logit temperature β, when the search learns one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
 }
 
 impl Server {
@@ -109,10 +115,10 @@ impl Server {
     /// Nothing is started until the first request.
     pub fn new(template: &str, run_dir: &Path, options: Options) -> Result<Server, EvalError> {
         check_command(template)?;
-        let reason = if template.contains(PLACEHOLDER) {
+        let reason = if template.contains(PLACEHOLDER) || template.contains(GRAD_PLACEHOLDER) {
             Some(
-                "an evaluation server serves every candidate, so it cannot take {model}: \
-                  each request names the candidate's directory",
+                "an evaluation server serves every candidate, so it cannot take {model} or \
+                  {grad}: each request names the candidate's directory and gradient file",
             )
         } else if template.contains(DEVICES_PLACEHOLDER) && !options.slots.has_devices() {
             Some("uses {devices}, but no devices were given (--devices)")
@@ -160,7 +166,7 @@ impl Server {
         instance: &mut Instance,
         slot: &Slot<'_>,
         request: &Request<'_>,
-        model: &str,
+        (model, grad): (&str, Option<&str>),
         attempt: u32,
         cancel: Option<&AtomicBool>,
     ) -> Result<Outcome, EvalError> {
@@ -176,6 +182,8 @@ impl Server {
             attempt,
             members: request.members,
             weights: request.weights,
+            grad,
+            temperature: request.temperature,
         };
         let mut bytes = serde_json::to_vec(&line).map_err(|source| EvalError::Request {
             candidate: request.candidate.to_owned(),
@@ -290,6 +298,14 @@ impl Evaluate for Server {
         let Some(model) = model_dir.to_str() else {
             return Err(EvalError::NotUtf8 { path: model_dir });
         };
+        let grad = match request.gradient {
+            Some(path) => Some(std::path::absolute(path).map_err(EvalError::io("resolve", path))?),
+            None => None,
+        };
+        let grad = match &grad {
+            Some(path) => Some(path.to_str().ok_or(EvalError::NotUtf8 { path: path.clone() })?),
+            None => None,
+        };
         let started = Instant::now();
         let (mut outcome, mut attempts) = (Outcome::Cancelled, 0u32);
         let mut logs = None;
@@ -301,7 +317,8 @@ impl Evaluate for Server {
                     break;
                 }
                 attempts = attempts.saturating_add(1);
-                outcome = self.attempt(&mut instance, &slot, request, model, attempts, cancel)?;
+                let paths = (model, grad);
+                outcome = self.attempt(&mut instance, &slot, request, paths, attempts, cancel)?;
                 logs.clone_from(&instance.logs);
                 if !matches!(outcome, Outcome::Failed { .. }) || attempts > self.options.retries {
                     break;

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test target uses a different part of this module
 
 pub mod cli;
+pub mod mixture;
 pub mod process;
 
 use std::collections::BTreeMap;

@@ -12,7 +12,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use super::data::Spec;
-use super::mlp::{Dense, Mlp};
+use super::mlp::{Dense, Grad, Mlp};
 
 /// `model_type` in config.json.
 const MODEL_TYPE: &str = "modelsoup-demo-mlp";
@@ -28,12 +28,31 @@ struct Config {
 /// Writes `model` into the new directory `dir`.
 pub fn save(model: &Mlp, spec: &Spec, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let layers: Vec<(&[f32], &[f32])> =
+        model.layers.iter().map(|l| (l.w.as_slice(), l.b.as_slice())).collect();
+    write_layers(model, &layers, &dir.join("model.safetensors"))?;
+    let config = Config { model_type: MODEL_TYPE.to_owned(), sizes: model.sizes(), task: *spec };
+    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")?;
+    Ok(())
+}
+
+/// Writes a gradient of `model`'s loss (one weight and bias gradient per layer)
+/// to the safetensors file `path`, under the checkpoint's tensor names.
+pub fn save_gradient(model: &Mlp, gradient: &[Grad], path: &Path) -> anyhow::Result<()> {
+    let layers: Vec<(&[f32], &[f32])> =
+        gradient.iter().map(|(w, b)| (w.as_slice(), b.as_slice())).collect();
+    write_layers(model, &layers, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// `fcN.weight` and `fcN.bias` for each of `layers` (weights and biases shaped
+/// like `model`'s), F32, into the file `path`.
+fn write_layers(model: &Mlp, layers: &[(&[f32], &[f32])], path: &Path) -> anyhow::Result<()> {
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let mut owned = Vec::new();
-    for (n, layer) in model.layers.iter().enumerate() {
+    for (n, (layer, (w, b))) in model.layers.iter().zip(layers).enumerate() {
         let outputs = layer.b.len();
-        owned.push((format!("fc{n}.weight"), vec![outputs, layer.inputs], bytes(&layer.w)));
-        owned.push((format!("fc{n}.bias"), vec![outputs], bytes(&layer.b)));
+        owned.push((format!("fc{n}.weight"), vec![outputs, layer.inputs], bytes(w)));
+        owned.push((format!("fc{n}.bias"), vec![outputs], bytes(b)));
     }
     let views = owned
         .iter()
@@ -42,9 +61,7 @@ pub fn save(model: &Mlp, spec: &Spec, dir: &Path) -> anyhow::Result<()> {
         })
         .collect::<Result<Vec<_>, safetensors::SafeTensorError>>()?;
     let metadata = HashMap::from([("format".to_owned(), "pt".to_owned())]);
-    safetensors::serialize_to_file(views, Some(metadata), &dir.join("model.safetensors"))?;
-    let config = Config { model_type: MODEL_TYPE.to_owned(), sizes: model.sizes(), task: *spec };
-    std::fs::write(dir.join("config.json"), serde_json::to_string_pretty(&config)? + "\n")?;
+    safetensors::serialize_to_file(views, Some(metadata), path)?;
     Ok(())
 }
 

@@ -39,7 +39,7 @@ use train::Plan;
 struct Size {
     spec: Spec,
     plan: Plan,
-    /// CMA-ES evaluations of the learned soup, beyond the baselines.
+    /// Evaluations of each learned soup (CMA-ES, gradient) beyond the baselines.
     learned_evaluations: usize,
 }
 
@@ -273,11 +273,29 @@ fn check(interrupted: &AtomicBool) -> anyhow::Result<()> {
 }
 
 /// Runs `soup demo-eval`: the accuracy of a demo checkpoint (or a soup of them) on
-/// one split, printed as the evaluator protocol asks.
+/// one split, printed as the evaluator protocol asks; or its loss, with the
+/// loss's gradient written where `--grad` says (docs/EVALUATOR.md, "Gradients").
 pub fn eval(args: &DemoEvalArgs) -> anyhow::Result<Exit> {
     let (model, spec) = checkpoint::load(&args.model)?;
-    let accuracy = model.accuracy(&generate(&spec, split_of(args.split)));
-    outln!("{}", serde_json::json!({ "score": accuracy }));
+    let data = generate(&spec, split_of(args.split));
+    let grad = args.grad.as_deref().filter(|g| !g.as_os_str().is_empty());
+    if !(args.loss || args.grad.is_some() || args.temperature.is_some()) {
+        outln!("{}", serde_json::json!({ "score": model.accuracy(&data) }));
+        return Ok(Exit::Success);
+    }
+    let beta = args.temperature.unwrap_or(1.0);
+    if !(beta.is_finite() && beta > 0.0) {
+        bail!("--temperature must be a positive number, got {beta}");
+    }
+    let found = model.loss_gradient(&data, beta);
+    if let Some(path) = grad {
+        checkpoint::save_gradient(&model, &found.gradient, path)?;
+    }
+    let mut line = serde_json::json!({ "score": found.loss, "accuracy": found.accuracy });
+    if args.temperature.is_some() {
+        line["grad_temperature"] = found.grad_temperature.into();
+    }
+    outln!("{line}");
     Ok(Exit::Success)
 }
 

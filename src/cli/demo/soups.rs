@@ -51,8 +51,9 @@ pub struct Runner<'a> {
 }
 
 /// The searches, after the uniform soup: method, output directory, command,
-/// extra arguments (`{seed}` is the demo's seed).
-const SEARCHES: [(&str, &str, &str, &[&str]); 5] = [
+/// extra arguments (`{seed}` is the demo's seed). The learned soups by CMA-ES
+/// and by gradient get the same budget.
+const SEARCHES: [(&str, &str, &str, &[&str]); 6] = [
     ("greedy", "greedy", "greedy", &[]),
     (
         "greedy (random order)",
@@ -68,6 +69,7 @@ const SEARCHES: [(&str, &str, &str, &[&str]); 5] = [
         &["--passes", "2", "--order", "random", "--seed", "{seed}"],
     ),
     ("learned", "learned", "learned", &[]),
+    ("learned (gradient)", "learned-gradient", "learned", &["--gradient"]),
 ];
 
 impl<'a> Runner<'a> {
@@ -115,6 +117,8 @@ impl<'a> Runner<'a> {
 
         let template =
             format!("{} demo-eval {{model}} --split val", quote(&self.exe.to_string_lossy()));
+        // By gradient, the score is the loss, and steps write its gradient.
+        let loss_template = format!("{template} --loss --grad {{grad}}");
         let mut greedy_path = Vec::new();
         for (method, slug, command, extra) in SEARCHES {
             check(self.interrupted)?;
@@ -122,7 +126,8 @@ impl<'a> Runner<'a> {
             let out = soups.join(slug);
             let mut args: Vec<OsString> = vec![command.into(), "--quiet".into(), "--json".into()];
             args.extend(["--jobs", "2", "--eval"].map(OsString::from));
-            args.push(template.clone().into());
+            let by_gradient = extra.contains(&"--gradient");
+            args.push(if by_gradient { &loss_template } else { &template }.into());
             args.extend([
                 OsString::from("-o"),
                 out.clone().into(),
