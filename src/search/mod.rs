@@ -14,6 +14,7 @@ pub mod journal;
 pub mod learned;
 pub mod process;
 pub mod report;
+pub mod score_file;
 pub mod scorer;
 pub mod sequential;
 pub mod server;
