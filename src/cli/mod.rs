@@ -5,6 +5,7 @@ pub mod args;
 mod convert;
 mod demo;
 mod duration;
+mod evaluate;
 mod init_check;
 mod inspect;
 mod learned;
@@ -76,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Inspect(args) => inspect::run(&args, &INTERRUPTED),
         Command::Demo(args) => demo::run(&args, &INTERRUPTED),
         Command::DemoEval(args) => demo::eval(&args),
+        Command::Evaluate(args) => evaluate::run(&args, &INTERRUPTED),
         Command::Learned(args) => {
             let settings = learned::Settings {
                 budget: args.budget,

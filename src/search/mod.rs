@@ -5,6 +5,7 @@
 //! evaluator command ([`evaluate`]), the resumable journal ([`journal`]), and its
 //! own [`Error`], which wraps the engine's.
 
+pub mod bench;
 pub mod candidate;
 pub mod cmaes;
 mod error;
@@ -19,5 +20,7 @@ pub mod scorer;
 pub mod sequential;
 pub mod server;
 pub mod slots;
+pub mod suite;
+pub mod table;
 
 pub use error::{Error, Result};

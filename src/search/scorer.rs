@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::engine::merge::Destination;
 use crate::recipe::Recipe;
 use crate::search::candidate::{Change, Kitchen, Mix, Soup};
-use crate::search::evaluate::{self, Evaluate, Request};
+use crate::search::evaluate::{self, Evaluate, Evaluation, Request};
 use crate::search::journal::{self, Journal, Record};
 use crate::search::sequential::{Scored, Scorer};
 use crate::search::Result;
@@ -80,14 +80,112 @@ pub enum Event<'a> {
 /// Receives [`Event`]s, from any evaluation thread.
 pub type Observer<'a> = &'a (dyn Fn(Event<'_>) + Sync);
 
+/// The counts behind [`Counts`], and the bookkeeping every evaluation shares,
+/// whether a search or a benchmark suite ([`crate::search::bench`]) runs it.
 #[derive(Debug, Default)]
-struct Tally {
+pub(crate) struct Tally {
     started: AtomicUsize,
     finished: AtomicUsize,
     journaled: AtomicUsize,
     cancelled: AtomicUsize,
     reused: AtomicUsize,
     failed: AtomicUsize,
+}
+
+/// An evaluation that was run, before it is counted and journaled.
+pub(crate) struct Ran<'a> {
+    /// The candidate's id.
+    pub id: String,
+    /// Its journal key: members, weights and the evaluator's key.
+    pub members: Vec<String>,
+    pub weights: Vec<f64>,
+    pub evaluator: &'a str,
+    /// Seconds spent writing the candidate.
+    pub materialise_seconds: f64,
+    /// What the evaluator returned.
+    pub evaluation: Evaluation,
+}
+
+impl Tally {
+    /// The counts so far (`given` is the caller's to fill).
+    pub(crate) fn counts(&self, server_restarts: usize) -> Counts {
+        let get = |n: &AtomicUsize| n.load(Ordering::SeqCst);
+        Counts {
+            started: get(&self.started),
+            finished: get(&self.finished),
+            journaled: get(&self.journaled),
+            cancelled: get(&self.cancelled),
+            reused: get(&self.reused),
+            given: 0,
+            failed: get(&self.failed),
+            server_restarts,
+        }
+    }
+
+    /// Counts a result taken from the journal and returns it as a score.
+    pub(crate) fn reuse(&self, record: Record) -> Scored {
+        self.reused.fetch_add(1, Ordering::SeqCst);
+        self.failed.fetch_add(usize::from(record.outcome.score().is_none()), Ordering::SeqCst);
+        reused(record)
+    }
+
+    /// Counts an evaluation that ran and journals its result; a cancelled one is
+    /// counted (when its command had started) but never journaled, and comes back
+    /// with [`Scored::cancelled`] set.
+    pub(crate) fn settle(&self, journal: &Journal, ran: Ran<'_>) -> Result<Scored> {
+        let Ran { id, members, weights, evaluator, materialise_seconds, evaluation } = ran;
+        // Counted only when the evaluator did start: a cancel can come first.
+        if evaluation.attempts > 0 {
+            self.started.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut log = None;
+        let (outcome, metrics) = match evaluation.outcome {
+            evaluate::Outcome::Score { score, metrics } => {
+                (journal::Outcome::Score(score), metrics)
+            }
+            evaluate::Outcome::Failed { reason } => {
+                log = Some(evaluation.stderr_log.clone());
+                (journal::Outcome::Failure(reason.to_string()), Default::default())
+            }
+            evaluate::Outcome::Cancelled => {
+                if evaluation.attempts > 0 {
+                    self.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+                return Ok(Scored {
+                    candidate: id,
+                    score: Err("cancelled".into()),
+                    reused: false,
+                    cancelled: true,
+                    metrics: Default::default(),
+                    log: None,
+                });
+            }
+        };
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        self.failed.fetch_add(usize::from(outcome.score().is_none()), Ordering::SeqCst);
+        let record = Record {
+            candidate: id.clone(),
+            members,
+            weights,
+            evaluator: evaluator.to_owned(),
+            outcome: outcome.clone(),
+            metrics: metrics.clone(),
+            materialise_seconds,
+            evaluate_seconds: evaluation.seconds,
+            attempts: evaluation.attempts,
+            timestamp: journal::utc_timestamp(),
+        };
+        journal.append(record)?;
+        self.journaled.fetch_add(1, Ordering::SeqCst);
+        Ok(Scored {
+            candidate: id,
+            score: outcome.score().ok_or_else(|| failure_reason(&outcome)),
+            reused: false,
+            cancelled: false,
+            metrics,
+            log,
+        })
+    }
 }
 
 /// Scores candidates with an external evaluator, journaling every evaluation.
@@ -144,17 +242,7 @@ impl<'a> EvalScorer<'a> {
 
     /// The evaluations of this scorer so far (`given` is the caller's to fill).
     pub fn counts(&self) -> Counts {
-        let get = |n: &AtomicUsize| n.load(Ordering::SeqCst);
-        Counts {
-            started: get(&self.tally.started),
-            finished: get(&self.tally.finished),
-            journaled: get(&self.tally.journaled),
-            cancelled: get(&self.tally.cancelled),
-            reused: get(&self.tally.reused),
-            given: 0,
-            failed: get(&self.tally.failed),
-            server_restarts: self.evaluator.restarts(),
-        }
+        self.tally.counts(self.evaluator.restarts())
     }
 
     /// Looks up the journal for the soup `members` × `weights` under this
@@ -223,11 +311,7 @@ impl EvalScorer<'_> {
         if let Some(record) =
             journaled.filter(|r| r.outcome.score().is_some() || !self.retry_failures)
         {
-            self.tally.reused.fetch_add(1, Ordering::SeqCst);
-            self.tally
-                .failed
-                .fetch_add(usize::from(record.outcome.score().is_none()), Ordering::SeqCst);
-            let scored = reused(record);
+            let scored = self.tally.reuse(record);
             self.observe(Event::Reused { scored: &scored });
             return Ok(scored);
         }
@@ -252,59 +336,20 @@ impl EvalScorer<'_> {
                 return Err(e.into());
             }
         };
-        // Counted only when the evaluator did start: a cancel can come first.
-        if evaluation.attempts > 0 {
-            self.tally.started.fetch_add(1, Ordering::SeqCst);
-        }
-        let mut log = None;
-        let (outcome, metrics) = match evaluation.outcome {
-            evaluate::Outcome::Score { score, metrics } => {
-                (journal::Outcome::Score(score), metrics)
-            }
-            evaluate::Outcome::Failed { reason } => {
-                log = Some(evaluation.stderr_log.clone());
-                (journal::Outcome::Failure(reason.to_string()), Default::default())
-            }
-            evaluate::Outcome::Cancelled => {
-                if evaluation.attempts > 0 {
-                    self.tally.cancelled.fetch_add(1, Ordering::SeqCst);
-                }
-                self.observe(Event::Cancelled { candidate: &id });
-                return Ok(Scored {
-                    candidate: id,
-                    score: Err("cancelled".into()),
-                    reused: false,
-                    cancelled: true,
-                    metrics: Default::default(),
-                    log: None,
-                });
-            }
-        };
-        self.tally.finished.fetch_add(1, Ordering::SeqCst);
-        self.tally.failed.fetch_add(usize::from(outcome.score().is_none()), Ordering::SeqCst);
-        let record = Record {
-            candidate: id.clone(),
+        let seconds = materialise_seconds + evaluation.seconds;
+        let ran = Ran {
+            id,
             members,
             weights,
-            evaluator: self.template.clone(),
-            outcome: outcome.clone(),
-            metrics: metrics.clone(),
+            evaluator: &self.template,
             materialise_seconds,
-            evaluate_seconds: evaluation.seconds,
-            attempts: evaluation.attempts,
-            timestamp: journal::utc_timestamp(),
+            evaluation,
         };
-        self.journal.append(record)?;
-        self.tally.journaled.fetch_add(1, Ordering::SeqCst);
-        let scored = Scored {
-            candidate: id,
-            score: outcome.score().ok_or_else(|| failure_reason(&outcome)),
-            reused: false,
-            cancelled: false,
-            metrics,
-            log,
-        };
-        let seconds = materialise_seconds + evaluation.seconds;
+        let scored = self.tally.settle(self.journal, ran)?;
+        if scored.cancelled {
+            self.observe(Event::Cancelled { candidate: &scored.candidate });
+            return Ok(scored);
+        }
         self.observe(Event::Finished { scored: &scored, proposal, seconds });
         Ok(scored)
     }
@@ -340,7 +385,7 @@ fn reused(record: Record) -> Scored {
 }
 
 /// One more than the highest `METHOD-NNNN` id in the journal.
-fn next_free_id(journal: &Journal, method: &str) -> usize {
+pub(crate) fn next_free_id(journal: &Journal, method: &str) -> usize {
     let prefix = format!("{method}-");
     journal
         .records()
