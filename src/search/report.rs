@@ -15,6 +15,7 @@ use serde::{Serialize, Serializer};
 use crate::search::learned::Learned;
 use crate::search::scorer::Counts;
 use crate::search::sequential::{Finish, Scored};
+use crate::search::table::Table;
 use crate::search::{Error, Result};
 
 /// The file name of the search's figure beside `report.md`.
@@ -55,6 +56,22 @@ pub struct Report {
     /// The figure's file name beside `report.md`, once written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub figure: Option<String>,
+    /// With `--report-suite`: the final soup, the best individual and the
+    /// uniform soup scored on a benchmark suite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suite: Option<SuiteReport>,
+}
+
+/// A benchmark suite's table in a search's report.
+#[derive(Debug, Serialize)]
+pub struct SuiteReport {
+    /// The suite file, as given.
+    pub file: String,
+    /// The scores (its fields appear at this level in `report.json`).
+    #[serde(flatten)]
+    pub table: Table,
+    /// What happened to the suite's evaluations.
+    pub evaluations: Counts,
 }
 
 /// One evaluation of a learned search.
@@ -175,6 +192,7 @@ impl Report {
             coefficients: None,
             curve: None,
             figure: None,
+            suite: None,
         }
     }
 
@@ -239,6 +257,7 @@ impl Report {
             coefficients,
             curve: Some(curve),
             figure: None,
+            suite: None,
         }
     }
 
@@ -296,6 +315,16 @@ impl Report {
                 let _ = writeln!(md, "| {} | {} |", cell(group), cells.join(", "));
             }
             md += "\n";
+        }
+        if let Some(suite) = &self.suite {
+            let _ = write!(
+                md,
+                "## Benchmark suite\n\nThe soups scored on every evaluator of `{}` \
+                 (evaluations: {}):\n\n{}\n",
+                suite.file,
+                suite.evaluations.describe(),
+                suite.table.markdown()
+            );
         }
         let metrics: BTreeSet<&String> = self.steps.iter().flat_map(|s| s.metrics.keys()).collect();
         md += "| step | candidate | proposal | score | accepted | size |";
@@ -495,6 +524,7 @@ mod tests {
             ]),
             curve: None,
             figure: Some(FIGURE.into()),
+            suite: None,
         }
     }
 
