@@ -358,3 +358,71 @@ fn firsts(models: &[Model<'_>]) -> Vec<usize> {
         .map(|m| (0..m).find(|&k| models[k].same_as(&models[m])).unwrap_or(m))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::search::evaluate::Options;
+    use crate::search::slots::Slots;
+    use std::sync::Arc;
+
+    fn suite(text: &str) -> Suite {
+        Suite::parse(text, Path::new("suite.yaml")).unwrap()
+    }
+
+    #[test]
+    fn a_model_written_on_demand_is_written_once_a_twin_evaluated_once_and_both_cleaned_up() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let (journal, _) = Journal::open(tmp.path()).unwrap();
+        let suite = suite(
+            "evaluators:\n  a: {eval: \"cat {model}/x\"}\n  b: {eval: \"cat {model}/x; echo 1\"}\n",
+        );
+        let options = Options { slots: Arc::new(Slots::new(3)), ..Options::default() };
+        let bench = Bench::new(&suite, tmp.path(), &options, &journal).unwrap();
+        let writes = AtomicUsize::new(0);
+        let soup = tmp.path().join("soup");
+        let write = |dir: &Path| {
+            writes.fetch_add(1, Ordering::SeqCst);
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("x"), "0.25\n").unwrap();
+            Ok(())
+        };
+        let model = |label: &str, weights: Vec<f64>| Model {
+            label: label.into(),
+            dir: soup.clone(),
+            members: vec!["p".into(), "q".into()],
+            weights,
+            write: Some(&write),
+        };
+        let models = [model("soup", vec![0.5, 0.5]), model("twin", vec![0.5, 0.5])];
+        assert_eq!(bench.pending(&models), 2);
+        let table = bench.run(&models, &AtomicBool::new(false)).unwrap();
+        assert_eq!(table.cells, vec![vec![Ok(0.25), Ok(1.0)]; 2]);
+        assert_eq!(writes.load(Ordering::SeqCst), 1);
+        assert!(!soup.exists());
+        let counts = bench.counts();
+        assert_eq!((counts.started, counts.journaled, counts.reused), (2, 2, 0));
+        // Another weight is another model; the journal answers the first.
+        let other = [model("soup", vec![0.5, 0.5]), model("other", vec![0.25, 0.75])];
+        assert_eq!(bench.pending(&other), 2);
+        bench.run(&other, &AtomicBool::new(false)).unwrap();
+        assert_eq!(writes.load(Ordering::SeqCst), 2);
+        assert_eq!(bench.counts().reused, 2);
+    }
+
+    #[test]
+    fn a_raised_cancel_flag_gives_cancelled_and_journals_nothing() {
+        let tmp = tempfile::TempDir::new().unwrap();
+        let (journal, _) = Journal::open(tmp.path()).unwrap();
+        let bench = Bench::new(
+            &suite("evaluators:\n  a: {eval: \"echo 1\"}\n"),
+            tmp.path(),
+            &Options::default(),
+            &journal,
+        )
+        .unwrap();
+        let err = bench.run(&[Model::at(tmp.path())], &AtomicBool::new(true)).unwrap_err();
+        assert!(err.is_cancelled(), "{err}");
+        assert!(journal.is_empty());
+    }
+}
