@@ -12,11 +12,9 @@ use modelsoup::FloatDtype;
 /// multi-gigabyte models need no more than a few megabytes of RAM per thread.
 #[derive(Debug, Parser)]
 #[command(name = "soup", version, propagate_version = true, max_term_width = 100)]
-#[command(
-    after_help = "Exit status: 0 success, 1 a search found no soup to keep or inspect found \
-                  checkpoints that cannot be souped, 2 error (message on stderr), 130 \
-                  interrupted."
-)]
+#[command(after_help = "Exit status: 0 success, 1 a search found no soup to keep, inspect found \
+                  checkpoints that cannot be souped or evaluate had failed evaluations, 2 \
+                  error (message on stderr), 130 interrupted.")]
 pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
@@ -402,7 +400,7 @@ const EVALUATE_EXAMPLES: &str = "\
 Examples:
   soup evaluate runs/*/ soup/ --suite suite.yaml                table on stdout
   soup evaluate runs/*/ soup/ --suite suite.yaml -o table.md --jobs 4
-  soup evaluate a/ b/ --suite suite.yaml --json                 {\"evaluators\", \"models\", \"scores\", \"failures\"}
+  soup evaluate a/ b/ --suite suite.yaml --json                 the scores as JSON on stdout
   soup evaluate a/ b/ --suite suite.yaml --csv -o table.csv
 
 suite.yaml names the evaluators, each a command as for --eval (or a server, as
@@ -412,7 +410,7 @@ suite.yaml names the evaluators, each a command as for --eval (or a server, as
     val:    {eval: \"python eval.py {model} --split val\"}
     sketch: {eval: \"python eval.py {model} --split sketch\"}
     harness:                    # a tool that writes its results to a file
-      eval: \"lm_eval --model hf --model_args pretrained={model} --tasks arc_easy --output_path {out}\"
+      eval: \"lm_eval --model_args pretrained={model} --tasks arc_easy --output_path {out}\"
       score_file: \"{out}/**/results_*.json\"
       score: [\"results.arc_easy.acc,none\"]     # dotted paths, averaged; \\. is a dot in a key
 

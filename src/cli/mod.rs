@@ -31,8 +31,9 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 pub enum Exit {
     /// The command did what was asked.
     Success = 0,
-    /// A search finished without a soup to keep (nothing could be scored), or
-    /// `inspect` found checkpoints that cannot be souped or hold NaN/inf.
+    /// A search finished without a soup to keep (nothing could be scored),
+    /// `inspect` found checkpoints that cannot be souped or hold NaN/inf, or
+    /// `evaluate` had failed evaluations.
     NoSoup = 1,
     /// Bad input, bad arguments or an I/O failure.
     Error = 2,
