@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use crate::search::evaluate::{Evaluate, Evaluator, Options, Request};
 use crate::search::journal::Journal;
-use crate::search::scorer::{next_free_id, Counts, Event, Observer, Ran, Tally};
+use crate::search::scorer::{next_free_id, Counts, Event, Job, Observer, Tally};
 use crate::search::sequential::Scored;
 use crate::search::server::Server;
 use crate::search::suite::{Command, Suite};
@@ -304,36 +304,20 @@ impl<'a> Bench<'a> {
         };
         let id = format!("{}-{:04}", runner.name, runner.next_id.fetch_add(1, Ordering::SeqCst));
         let proposal = format!("{} on {}", model.label, runner.name);
-        self.observe(Event::Started { candidate: &id, proposal: &proposal });
         let request = Request {
             candidate: &id,
             model_dir: &model.dir,
             members: &model.members,
             weights: &model.weights,
         };
-        let evaluation = match runner.evaluator().evaluate(&request, Some(cancel)) {
-            Ok(evaluation) => evaluation,
-            Err(e) => {
-                self.observe(Event::Cancelled { candidate: &id });
-                return Err(e.into());
-            }
-        };
-        let seconds = materialise_seconds + evaluation.seconds;
-        let ran = Ran {
-            id,
-            members: model.members.clone(),
-            weights: model.weights.clone(),
-            evaluator: &runner.key,
+        let job = Job {
+            request,
+            evaluator: runner.evaluator(),
+            key: &runner.key,
+            proposal: &proposal,
             materialise_seconds,
-            evaluation,
         };
-        let scored = self.tally.settle(self.journal, ran)?;
-        if scored.cancelled {
-            self.observe(Event::Cancelled { candidate: &scored.candidate });
-        } else {
-            self.observe(Event::Finished { scored: &scored, proposal: &proposal, seconds });
-        }
-        Ok(scored)
+        self.tally.run(self.journal, job, cancel, || {}, &|event| self.observe(event))
     }
 
     fn observe(&self, event: Event<'_>) {

@@ -92,18 +92,18 @@ pub(crate) struct Tally {
     failed: AtomicUsize,
 }
 
-/// An evaluation that was run, before it is counted and journaled.
-pub(crate) struct Ran<'a> {
-    /// The candidate's id.
-    pub id: String,
-    /// Its journal key: members, weights and the evaluator's key.
-    pub members: Vec<String>,
-    pub weights: Vec<f64>,
-    pub evaluator: &'a str,
+/// One evaluation to run on a written candidate.
+pub(crate) struct Job<'a> {
+    /// The candidate: id, directory, and its journal key's members and weights.
+    pub request: Request<'a>,
+    /// What scores it.
+    pub evaluator: &'a dyn Evaluate,
+    /// The journal key of its evaluator.
+    pub key: &'a str,
+    /// What it is, for the observer.
+    pub proposal: &'a str,
     /// Seconds spent writing the candidate.
     pub materialise_seconds: f64,
-    /// What the evaluator returned.
-    pub evaluation: Evaluation,
 }
 
 impl Tally {
@@ -129,11 +129,43 @@ impl Tally {
         reused(record)
     }
 
-    /// Counts an evaluation that ran and journals its result; a cancelled one is
-    /// counted (when its command had started) but never journaled, and comes back
-    /// with [`Scored::cancelled`] set.
-    pub(crate) fn settle(&self, journal: &Journal, ran: Ran<'_>) -> Result<Scored> {
-        let Ran { id, members, weights, evaluator, materialise_seconds, evaluation } = ran;
+    /// Runs `job`, then `after` (to delete the candidate, say), counts the
+    /// evaluation, journals its result and tells `observe` when it starts and
+    /// ends: what every evaluation goes through once its candidate is written, in
+    /// a search or a suite. A cancelled one is counted (when its command had
+    /// started) but never journaled, and comes back with [`Scored::cancelled`].
+    pub(crate) fn run(
+        &self,
+        journal: &Journal,
+        job: Job<'_>,
+        cancel: &AtomicBool,
+        after: impl FnOnce(),
+        observe: &dyn Fn(Event<'_>),
+    ) -> Result<Scored> {
+        let id = job.request.candidate;
+        observe(Event::Started { candidate: id, proposal: job.proposal });
+        let evaluation = job.evaluator.evaluate(&job.request, Some(cancel));
+        after();
+        let evaluation = match evaluation {
+            Ok(evaluation) => evaluation,
+            Err(e) => {
+                observe(Event::Cancelled { candidate: id });
+                return Err(e.into());
+            }
+        };
+        let seconds = job.materialise_seconds + evaluation.seconds;
+        let scored = self.settle(journal, &job, evaluation)?;
+        if scored.cancelled {
+            observe(Event::Cancelled { candidate: id });
+        } else {
+            observe(Event::Finished { scored: &scored, proposal: job.proposal, seconds });
+        }
+        Ok(scored)
+    }
+
+    /// Counts an evaluation that ran and journals its result (unless cancelled).
+    fn settle(&self, journal: &Journal, job: &Job<'_>, evaluation: Evaluation) -> Result<Scored> {
+        let id = job.request.candidate.to_owned();
         // Counted only when the evaluator did start: a cancel can come first.
         if evaluation.attempts > 0 {
             self.started.fetch_add(1, Ordering::SeqCst);
@@ -165,12 +197,12 @@ impl Tally {
         self.failed.fetch_add(usize::from(outcome.score().is_none()), Ordering::SeqCst);
         let record = Record {
             candidate: id.clone(),
-            members,
-            weights,
-            evaluator: evaluator.to_owned(),
+            members: job.request.members.to_vec(),
+            weights: job.request.weights.to_vec(),
+            evaluator: job.key.to_owned(),
             outcome: outcome.clone(),
             metrics: metrics.clone(),
-            materialise_seconds,
+            materialise_seconds: job.materialise_seconds,
             evaluate_seconds: evaluation.seconds,
             attempts: evaluation.attempts,
             timestamp: journal::utc_timestamp(),
@@ -322,36 +354,21 @@ impl EvalScorer<'_> {
             Destination { path: &dir, force: true, support_files_from: None, durable: false };
         write(&dest, self.recipe(&members, &weights))?;
         let materialise_seconds = started.elapsed().as_secs_f64();
-        self.observe(Event::Started { candidate: &id, proposal });
         let request =
             Request { candidate: &id, model_dir: &dir, members: &members, weights: &weights };
-        let evaluation = self.evaluator.evaluate(&request, Some(cancel));
-        if !self.keep_candidates {
-            let _ = fs::remove_dir_all(&dir);
-        }
-        let evaluation = match evaluation {
-            Ok(evaluation) => evaluation,
-            Err(e) => {
-                self.observe(Event::Cancelled { candidate: &id });
-                return Err(e.into());
+        let job = Job {
+            request,
+            evaluator: self.evaluator,
+            key: &self.template,
+            proposal,
+            materialise_seconds,
+        };
+        let after = || {
+            if !self.keep_candidates {
+                let _ = fs::remove_dir_all(&dir);
             }
         };
-        let seconds = materialise_seconds + evaluation.seconds;
-        let ran = Ran {
-            id,
-            members,
-            weights,
-            evaluator: &self.template,
-            materialise_seconds,
-            evaluation,
-        };
-        let scored = self.tally.settle(self.journal, ran)?;
-        if scored.cancelled {
-            self.observe(Event::Cancelled { candidate: &scored.candidate });
-            return Ok(scored);
-        }
-        self.observe(Event::Finished { scored: &scored, proposal, seconds });
-        Ok(scored)
+        self.tally.run(self.journal, job, cancel, after, &|event| self.observe(event))
     }
 }
 
