@@ -431,3 +431,24 @@ fn a_report_suite_scores_the_final_soup_the_best_individual_and_the_uniform_soup
     assert_eq!(again["suite"]["evaluations"]["reused"], 9);
     assert_eq!(again["suite"]["evaluations"]["started"], 0);
 }
+
+#[test]
+fn a_learned_search_reports_its_soup_on_the_suite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (paths, target) = ingredients(dir);
+    let eval = format!("python3 {} {{model}} {}", sh_quote(DISTANCE), sh_quote(&p(&target)));
+    fs::write(dir.join("suite.yaml"), format!("evaluators:\n  dist: {{eval: {eval:?}}}\n")).unwrap();
+    let mut a = args(&["learned", "--json", "-q", "--budget", "10", "--report-suite", "suite.yaml"]);
+    a.extend(["--eval".into(), eval, "-o".into(), "soup".into()]);
+    a.extend(paths.iter().cloned());
+    let report = stdout_json(&soup_ok_in(dir, &a));
+    let suite = &report["suite"];
+    assert_eq!(suite["models"][0], "learned soup");
+    assert_eq!(suite["models"][2], "uniform soup");
+    let learned = suite["scores"]["learned soup"]["dist"].as_f64().unwrap();
+    assert!((learned - report["score"].as_f64().unwrap()).abs() < 1e-6, "{report}");
+    // The uniform soup was evaluation 0 of the search: the same score.
+    let uniform = suite["scores"]["uniform soup"]["dist"].as_f64().unwrap();
+    assert_eq!(uniform, report["uniform"]["score"].as_f64().unwrap());
+}
