@@ -138,6 +138,25 @@ fn the_small_demo_prints_its_tables_as_json_and_tells_the_robust_part_of_the_sto
     for entry in scratch_files.flatten() {
         assert!(!entry.path().to_string_lossy().ends_with(".grad.safetensors"), "{entry:?}");
     }
+
+    // The ID and shift columns come from `soup evaluate` on the demo's suite (one
+    // evaluator per split), whose journal holds every score of the tables.
+    let suite = std::fs::read_to_string(dir.join("suite.yaml")).unwrap();
+    assert!(
+        suite.contains("heavy-style: {eval:") && suite.contains("demo-eval {model} --split test")
+    );
+    let journal = std::fs::read_to_string(dir.join("suite.run/journal.jsonl")).unwrap();
+    let records: Vec<Value> = journal.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len() % 6, 0);
+    let greedy_test = records
+        .iter()
+        .find(|r| {
+            r["members"] == serde_json::json!(["fine-tuned/soups/greedy"])
+                && r["candidate"].as_str().unwrap().starts_with("test-")
+        })
+        .unwrap();
+    assert_eq!(greedy_test["score"], row(tuned, "greedy")["test"]);
+
     // The evaluator speaks the protocol on its own too, on a shifted split.
     let eval = Command::new(env!("CARGO_BIN_EXE_soup"))
         .args(["demo-eval", "--split", "heavy-style"])

@@ -12,12 +12,10 @@ use modelsoup::FloatDtype;
 /// multi-gigabyte models need no more than a few megabytes of RAM per thread.
 #[derive(Debug, Parser)]
 #[command(name = "soup", version, propagate_version = true, max_term_width = 100)]
-#[command(
-    after_help = "Exit status: 0 success, 1 a search found no soup to keep or inspect found \
-                  checkpoints that cannot be souped, 2 error (message on stderr), 130, 143 \
-                  or 129 stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP, with nothing partial \
-                  left (docs/FAILURES.md)."
-)]
+#[command(after_help = "Exit status: 0 success, 1 a search found no soup to keep, inspect found \
+                  checkpoints that cannot be souped or evaluate had failed evaluations, 2 error \
+                  (message on stderr), 130, 143 or 129 stopped by SIGINT (Ctrl-C), SIGTERM or \
+                  SIGHUP, with nothing partial left (docs/FAILURES.md).")]
 pub struct Cli {
     /// The command to run.
     #[command(subcommand)]
@@ -47,6 +45,10 @@ pub enum Command {
     /// with CMA-ES against your evaluator.
     #[command(after_long_help = LEARNED_EXAMPLES)]
     Learned(LearnedArgs),
+    /// Score models on a benchmark suite (several evaluators) and print the table:
+    /// models x benchmarks, plus their average.
+    #[command(after_long_help = EVALUATE_EXAMPLES)]
+    Evaluate(EvaluateArgs),
     /// Angles between fine-tuned deltas (θᵢ − θ₀), their sizes, and the
     /// shared-init check: look before you soup.
     #[command(after_long_help = ANGLES_EXAMPLES)]
@@ -459,6 +461,94 @@ pub enum Init {
     Greedy,
 }
 
+const EVALUATE_EXAMPLES: &str = "\
+Examples:
+  soup evaluate runs/*/ soup/ --suite suite.yaml                table on stdout
+  soup evaluate runs/*/ soup/ --suite suite.yaml -o table.md --jobs 4
+  soup evaluate a/ b/ --suite suite.yaml --json                 the scores as JSON on stdout
+  soup evaluate a/ b/ --suite suite.yaml --csv -o table.csv
+
+suite.yaml names the evaluators, each a command as for --eval (or a server, as
+--eval-server), in the order of the columns:
+
+  evaluators:
+    val:    {eval: \"python eval.py {model} --split val\"}
+    sketch: {eval: \"python eval.py {model} --split sketch\"}
+    harness:                    # a tool that writes its results to a file
+      eval: \"lm_eval --model_args pretrained={model} --tasks arc_easy --output_path {out}\"
+      score_file: \"{out}/**/results_*.json\"
+      score: [\"results.arc_easy.acc,none\"]     # dotted paths, averaged; \\. is a dot in a key
+
+{out} is a fresh directory per evaluation. Every evaluation is journaled in the
+run directory (default: SUITE.run beside the suite file, e.g. suite.run/), so a
+rerun, or a run with more models, only evaluates what is missing. A failed
+evaluation leaves its cell empty (null in JSON, its reason under \"failures\")
+and the row without an average. See docs/EVALUATOR.md.
+
+Exit status: 0 every evaluation scored, 1 some failed (the table is still
+written), 2 error, 130 interrupted.";
+
+/// Arguments of `soup evaluate`.
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Models to score: checkpoint directories or files, each handed to every
+    /// evaluator as {model}.
+    #[arg(required = true, value_name = "MODEL")]
+    pub models: Vec<PathBuf>,
+
+    /// The benchmark suite: a YAML file naming the evaluators.
+    #[arg(long, value_name = "FILE")]
+    pub suite: PathBuf,
+
+    /// Write the table to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// The table as CSV instead of Markdown.
+    #[arg(long)]
+    pub csv: bool,
+
+    /// Print the scores as JSON on stdout (the table then goes only to -o).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Run directory for the journal and the logs [default: SUITE.run beside the
+    /// suite file].
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+
+    /// Evaluations to run at once, all benchmarks together.
+    #[arg(short = 'j', long, value_name = "N", default_value_t = 1, value_parser = parse_jobs)]
+    pub jobs: usize,
+
+    /// Devices for the jobs, as for the searches: `0,1,2,3` or `0,1:2,3`. Sets
+    /// --jobs.
+    #[arg(long, value_name = "LIST", conflicts_with = "jobs")]
+    pub devices: Option<String>,
+
+    /// Kill an evaluation (and its children) after this long: 90, 90s, 15m, 2h.
+    #[arg(long, value_name = "DURATION", value_parser = super::duration::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+
+    /// Re-run a failed evaluation up to N more times (journaled failures too).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+
+    /// How long a stopped evaluation gets to end after the stop signal, before
+    /// SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "10s",
+          value_parser = super::duration::parse_duration_or_zero)]
+    pub kill_grace: std::time::Duration,
+
+    /// The signal that asks an evaluation to stop: TERM, INT, HUP, USR1 or USR2.
+    #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
+    pub stop_signal: modelsoup::search::process::StopSignal,
+
+    /// No progress lines (errors are still printed).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
 /// Arguments of `soup greedy`.
 #[derive(Debug, Args)]
 pub struct GreedyArgs {
@@ -605,6 +695,24 @@ pub struct SearchArgs {
     /// script and its --eval-server twin).
     #[arg(long, value_name = "KEY")]
     pub journal_key: Option<String>,
+
+    // Results files and benchmark suites (docs/EVALUATOR.md).
+    /// Read each score from the JSON file matching this glob (which the --eval
+    /// command writes) instead of stdout; {out} is a fresh directory per
+    /// evaluation, in the command too.
+    #[arg(long, value_name = "PATTERN", requires = "score", conflicts_with = "eval_server")]
+    pub score_file: Option<String>,
+
+    /// A dotted path to the score in --score-file, e.g. results.arc_easy.acc,none
+    /// (\. is a dot inside a key); repeat it to average several.
+    #[arg(long = "score", value_name = "PATH", requires = "score_file")]
+    pub score: Vec<String>,
+
+    /// After the search, score the final soup, the best individual and the
+    /// uniform soup on this benchmark suite (as `soup evaluate`); the table goes
+    /// into report.md and report.json.
+    #[arg(long, value_name = "FILE")]
+    pub report_suite: Option<PathBuf>,
 }
 
 /// The order in which ingredients are proposed.

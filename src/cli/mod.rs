@@ -35,6 +35,7 @@ pub mod args;
 mod convert;
 mod demo;
 mod duration;
+mod evaluate;
 mod guard;
 mod init_check;
 mod inspect;
@@ -63,8 +64,9 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 pub enum Exit {
     /// The command did what was asked.
     Success = 0,
-    /// A search finished without a soup to keep (nothing could be scored), or
-    /// `inspect` found checkpoints that cannot be souped or hold NaN/inf.
+    /// A search finished without a soup to keep (nothing could be scored),
+    /// `inspect` found checkpoints that cannot be souped or hold NaN/inf, or
+    /// `evaluate` had failed evaluations.
     NoSoup = 1,
     /// Bad input, bad arguments or an I/O failure.
     Error = 2,
@@ -119,6 +121,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Inspect(args) => inspect::run(&args, &INTERRUPTED),
         Command::Demo(args) => demo::run(&args, &INTERRUPTED),
         Command::DemoEval(args) => demo::eval(&args),
+        Command::Evaluate(args) => evaluate::run(&args, &INTERRUPTED),
         Command::Learned(mut args) => {
             let settings = learned::Settings::from_args(&args)?;
             // A learned soup by gradient minimises the loss.

@@ -4,28 +4,28 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-use std::sync::Arc;
-
 use anyhow::{bail, Context};
 use modelsoup::engine::plan;
+use modelsoup::search::bench::Model;
 use modelsoup::search::candidate::{Base, Change, Kitchen};
-use modelsoup::search::evaluate::{Evaluate, Evaluator, Options, GRAD_PLACEHOLDER};
+use modelsoup::search::evaluate::{Evaluate, Evaluator, GRAD_PLACEHOLDER};
 use modelsoup::search::journal::Journal;
-use modelsoup::search::process::Stop;
-use modelsoup::search::report::{format_score, Report};
+use modelsoup::search::report::{format_score, Report, SuiteReport};
+use modelsoup::search::score_file::ScoreFile;
 use modelsoup::search::scorer::{Counts, EvalScorer, Event};
 use modelsoup::search::sequential::{
     greedy_order, score_individuals, Finish, Policy, Scored, Scorer, Search, Step, Tie,
 };
 use modelsoup::search::server::Server;
-use modelsoup::search::slots::{parse_devices, Slots};
+use modelsoup::search::suite::Suite;
+use modelsoup::search::table::Table;
 use modelsoup::{Checkpoint, Destination, NonFloatPolicy, Recipe};
 
 use super::args::{NonFloat, Order, SearchArgs, TieArg};
 use super::merge::{ingredient_from, recorded_path};
 use super::status::Status;
 use super::text::plural;
-use super::{learned, search_svg, Exit};
+use super::{evaluate, learned, search_svg, Exit};
 
 /// Which search to run.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +51,11 @@ impl Method {
 /// Runs a search end to end: individual scores, the search, the final soup, the
 /// reports.
 pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
+    let score_file = match &args.score_file {
+        Some(pattern) => Some(ScoreFile::new(pattern, &args.score)?),
+        None => None,
+    };
+    let report_suite = args.report_suite.as_deref().map(Suite::load).transpose()?;
     let labels: Vec<String> = args.ingredients.iter().map(|p| p.display().to_string()).collect();
     let recorded_labels: Vec<String> = args.ingredients.iter().map(|p| recorded_path(p)).collect();
     let base = match &args.base {
@@ -78,11 +83,16 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     )?;
     super::init_check::warn_if_independent(&ingredients, &labels, args.write.no_init_check);
     let (journal, stats) = Journal::open(&run_dir)?;
-    let slots = match &args.devices {
-        Some(list) => Slots::with_devices(parse_devices(list)?),
-        None => Slots::new(args.jobs),
+    let running = evaluate::Running {
+        jobs: args.jobs,
+        devices: args.devices.as_deref(),
+        timeout: args.timeout,
+        retries: args.retries,
+        stop_signal: args.stop_signal,
+        kill_grace: args.kill_grace,
     };
-    let jobs = slots.len();
+    let options = running.options()?;
+    let jobs = options.slots.len();
     let status = Status::new(args.quiet, args.minimize, jobs);
     let say = |line: String| status.say(&line);
     if stats.damaged() > 0 {
@@ -93,14 +103,14 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         let records = plural(journal.len(), "evaluation");
         say(format!("resuming: {records} in {}", journal.path().display()));
     }
-    let options = Options {
-        timeout: args.timeout,
-        retries: args.retries,
-        stop: Stop { signal: args.stop_signal, grace: args.kill_grace },
-        slots: Arc::new(slots),
-    };
     let evaluator: Box<dyn Evaluate> = match (&args.eval, &args.eval_server) {
-        (Some(template), None) => Box::new(Evaluator::new(template, &run_dir, options)?),
+        (Some(template), None) => {
+            let evaluator = Evaluator::new(template, &run_dir, options)?;
+            Box::new(match score_file {
+                Some(file) => evaluator.with_score_file(file),
+                None => evaluator,
+            })
+        }
         (None, Some(template)) => Box::new(Server::new(template, &run_dir, options)?),
         _ => bail!("give one of --eval and --eval-server"),
     };
@@ -202,7 +212,7 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
     let all: Vec<usize> = (0..labels.len()).collect();
     let counts =
         |scorer: &EvalScorer| Counts { given: known.iter().flatten().count(), ..scorer.counts() };
-    let mut report = match method {
+    let (mut report, final_key) = match method {
         Method::Greedy | Method::Pruned { .. } => {
             let (finish, uniform) = match method {
                 Method::Pruned { passes } => {
@@ -240,7 +250,9 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
             let recipe =
                 recorded(kitchen.recipe(method.name(), &recorded_labels, &members, None), args)?;
             kitchen.write_recipe(&recipe, &members, &dest)?;
-            report
+            let names: Vec<String> = members.iter().map(|&i| labels[i].clone()).collect();
+            let weights = vec![1.0 / names.len() as f64; names.len()];
+            (report, kitchen.key(names, weights))
         }
         Method::Learned(mut settings) => {
             settings.given = known.iter().flatten().count();
@@ -260,11 +272,23 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
             let recipe =
                 recorded(kitchen.recipe("learned", &recorded_labels, &all, Some(weights)), args)?;
             kitchen.write_recipe(&recipe, &all, &dest)?;
-            report
+            let (members, weights) = scorer.mix_key(&learned.best);
+            (report, kitchen.key(members, weights))
         }
     };
     drop(evaluator); // evaluation servers are shut down here
     status.finish();
+    if let (Some(suite), Some(file)) = (&report_suite, &args.report_suite) {
+        let soup = SuiteSoups { kitchen: &kitchen, labels: &labels, method, final_key };
+        let (table, evaluations) =
+            soup.score(suite, &run_dir, &args.output, &report, &running, args.quiet, interrupted)?;
+        if !table.failures().is_empty() {
+            let failed = plural(table.failures().len(), "evaluation");
+            say(format!("warning: {failed} of the report suite failed (see report.md)"));
+        }
+        let file = file.display().to_string();
+        report.suite = Some(SuiteReport { file, table, evaluations });
+    }
     let figure = search_svg::plot(&report);
     report.write(&run_dir, Some(&figure))?;
     if args.json {
@@ -280,6 +304,80 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         run_dir.join("report.md").display()
     ));
     Ok(Exit::Success)
+}
+
+/// What a search's `--report-suite` scores: the final soup (already written),
+/// the best individual and the uniform soup (written on demand, as the search's
+/// candidates are), each known in the suite's journal by its members and weights.
+struct SuiteSoups<'a> {
+    kitchen: &'a Kitchen,
+    labels: &'a [String],
+    method: Method,
+    /// The final soup's journal key.
+    final_key: (Vec<String>, Vec<f64>),
+}
+
+impl SuiteSoups<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn score(
+        self,
+        suite: &Suite,
+        run_dir: &Path,
+        output: &Path,
+        report: &Report,
+        running: &evaluate::Running<'_>,
+        quiet: bool,
+        interrupted: &AtomicBool,
+    ) -> anyhow::Result<(Table, Counts)> {
+        let kitchen = self.kitchen;
+        let all: Vec<usize> = (0..self.labels.len()).collect();
+        let best = report.best_individual.members.first();
+        let best = best.and_then(|b| self.labels.iter().position(|l| l == b));
+        let write = |dir: &Path, soup: &modelsoup::search::candidate::Soup, change: Change| {
+            let members: Vec<String> =
+                soup.members_after(change).iter().map(|&i| self.labels[i].clone()).collect();
+            let weights = vec![1.0 / members.len() as f64; members.len()];
+            let mut recipe = Recipe::linear(&members, &weights);
+            recipe.search = Some(self.method.name().to_owned());
+            let dest =
+                Destination { path: dir, force: true, support_files_from: None, durable: false };
+            kitchen.materialise(soup, change, &dest, recipe.to_metadata()).map(drop)?;
+            Ok(())
+        };
+        let write_best = |dir: &Path| match best {
+            Some(i) => write(dir, &kitchen.single(i), Change::Alone(i)),
+            None => Ok(()),
+        };
+        let write_uniform = |dir: &Path| write(dir, &kitchen.soup_of(&all)?, Change::Same);
+        let uniform_key =
+            kitchen.key(self.labels.to_vec(), vec![1.0 / all.len() as f64; all.len()]);
+        let (members, weights) = self.final_key;
+        let mut models = vec![Model {
+            label: format!("{} soup", self.method.name()),
+            dir: std::path::absolute(output)?,
+            members,
+            weights,
+            write: None,
+        }];
+        if let Some(i) = best {
+            let (members, weights) = kitchen.key(vec![self.labels[i].clone()], vec![1.0]);
+            models.push(Model {
+                label: format!("best individual ({})", self.labels[i]),
+                dir: kitchen.scratch().join("suite-best-individual"),
+                members,
+                weights,
+                write: Some(&write_best),
+            });
+        }
+        models.push(Model {
+            label: "uniform soup".into(),
+            dir: kitchen.scratch().join("suite-uniform"),
+            members: uniform_key.0,
+            weights: uniform_key.1,
+            write: Some(&write_uniform),
+        });
+        evaluate::score(suite, &run_dir.join("suite"), running, &models, quiet, interrupted)
+    }
 }
 
 /// The final soup's recipe with the base's path absolute, like the ingredients'

@@ -40,6 +40,7 @@ use rustix::process::Signal;
 use serde_json::{Map, Value};
 
 use crate::search::process::{self, Stop};
+use crate::search::score_file::{ScoreFile, OUT_PLACEHOLDER};
 use crate::search::slots::{Slot, Slots};
 
 /// The placeholder replaced by the candidate's directory, shell-quoted.
@@ -345,6 +346,7 @@ pub struct Evaluator {
     run_dir: PathBuf,
     logs_dir: PathBuf,
     options: Options,
+    score_file: Option<ScoreFile>,
 }
 
 impl Evaluator {
@@ -357,7 +359,28 @@ impl Evaluator {
     pub fn new(template: &str, run_dir: &Path, options: Options) -> Result<Self, EvalError> {
         check_template(template, &options.slots)?;
         let (run_dir, logs_dir) = logs_dir(run_dir)?;
-        Ok(Evaluator { template: template.to_owned(), run_dir, logs_dir, options })
+        Ok(Evaluator {
+            template: template.to_owned(),
+            run_dir,
+            logs_dir,
+            options,
+            score_file: None,
+        })
+    }
+
+    /// Reads every score from `score_file` instead of stdout (the journal key
+    /// says so: [`ScoreFile::describe`]).
+    pub fn with_score_file(mut self, score_file: ScoreFile) -> Self {
+        self.score_file = Some(score_file);
+        self
+    }
+
+    /// `RUN_DIR/out/ID/`, the candidate's `{out}`, when the template or the
+    /// score file uses one.
+    fn out_dir(&self, candidate: &str) -> Option<PathBuf> {
+        let used = self.template.contains(OUT_PLACEHOLDER)
+            || self.score_file.as_ref().is_some_and(ScoreFile::uses_out);
+        used.then(|| self.run_dir.join("out").join(candidate))
     }
 
     /// The absolute run directory (`SOUP_RUN_DIR`).
@@ -372,18 +395,21 @@ impl Evaluator {
 
     /// The shell command run for `model_dir` in slot `slot` with `devices`: the
     /// template with every `{model}` replaced by the absolute path, shell-quoted,
-    /// `{slot}` by the slot number, `{devices}` by the devices and `{grad}` by the
-    /// gradient's path, shell-quoted (`''` without one). The template is read
-    /// once, left to right, so nothing substituted is ever read again.
+    /// `{slot}` by the slot number, `{devices}` by the devices, `{grad}` by the
+    /// gradient's path, shell-quoted (`''` without one), and `{out}` by the output
+    /// directory `out`, shell-quoted. The template is read once, left to right, so
+    /// nothing substituted is ever read again.
     pub fn command_line(
         &self,
         model_dir: &Path,
         slot: usize,
         devices: &str,
         gradient: Option<&Path>,
+        out: Option<&Path>,
     ) -> OsString {
         let quoted = quote_bytes(model_dir.as_os_str().as_bytes());
         let grad = quote_bytes(gradient.map_or(&[][..], |g| g.as_os_str().as_bytes()));
+        let out = out.map(|o| quote_bytes(o.as_os_str().as_bytes())).unwrap_or_default();
         let slot = slot.to_string();
         OsString::from_vec(substitute(
             &self.template,
@@ -392,6 +418,7 @@ impl Evaluator {
                 (SLOT_PLACEHOLDER, slot.as_bytes()),
                 (DEVICES_PLACEHOLDER, devices.as_bytes()),
                 (GRAD_PLACEHOLDER, grad.as_slice()),
+                (OUT_PLACEHOLDER, out.as_slice()),
             ],
         ))
     }
@@ -435,8 +462,15 @@ impl Evaluator {
             return Ok(Evaluation { outcome, seconds: 0.0, attempts: 0, stdout_log, stderr_log });
         };
         let devices = slot.devices();
+        let out_dir = self.out_dir(candidate);
         let devices = devices.as_deref().unwrap_or("");
-        let command = self.command_line(&model_dir, slot.index(), devices, request.gradient);
+        let command = self.command_line(
+            &model_dir,
+            slot.index(),
+            devices,
+            request.gradient,
+            out_dir.as_deref(),
+        );
         let mut attempts = 0u32;
         loop {
             if is_raised(cancel) {
@@ -452,6 +486,7 @@ impl Evaluator {
                 candidate,
                 number: attempts,
                 model_dir: &model_dir,
+                out_dir: out_dir.as_deref(),
                 command: &command,
                 slot: &slot,
                 request,
@@ -479,9 +514,19 @@ impl Evaluator {
     /// One run of the command, from spawn to score.
     fn run(&self, attempt: &Attempt, cancel: Option<&AtomicBool>) -> Result<Outcome, EvalError> {
         let (stdout_log, stderr_log) = (&attempt.stdout_log, &attempt.stderr_log);
+        let mut shell = Command::new(SHELL);
+        if let Some(out) = attempt.out_dir {
+            // Fresh for every attempt: nothing an earlier one left can be read.
+            match fs::remove_dir_all(out) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(EvalError::io("empty", out)(e))
+                }
+                _ => fs::create_dir_all(out).map_err(EvalError::io("create", out))?,
+            }
+            shell.env("SOUP_OUT", out);
+        }
         let stdout = File::create(stdout_log).map_err(EvalError::io("create", stdout_log))?;
         let stderr = File::create(stderr_log).map_err(EvalError::io("create", stderr_log))?;
-        let mut shell = Command::new(SHELL);
         shell
             .arg("-c")
             .arg(attempt.command)
@@ -512,6 +557,12 @@ impl Evaluator {
         if let Some(failure) = exit_failure(status) {
             return Ok(failed(failure));
         }
+        if let Some(score_file) = &self.score_file {
+            return Ok(match score_file.read(attempt.out_dir, attempt.model_dir) {
+                Ok((score, metrics)) => Outcome::Score { score, metrics },
+                Err(reason) => failed(reason),
+            });
+        }
         let tail = read_tail(stdout_log).map_err(EvalError::io("read", stdout_log))?;
         Ok(match parse_score(&tail) {
             Ok((score, metrics)) => Outcome::Score { score, metrics },
@@ -530,9 +581,12 @@ impl Evaluate for Evaluator {
     }
 
     /// The template itself, so that journals written before servers existed keep
-    /// their meaning.
+    /// their meaning; with a score file, followed by what it reads.
     fn journal_key(&self) -> String {
-        self.template.clone()
+        match &self.score_file {
+            Some(file) => format!("{} {}", self.template, file.describe()),
+            None => self.template.clone(),
+        }
     }
 }
 
@@ -626,6 +680,8 @@ struct Attempt<'a> {
     /// 1 for the first run, 2 for the first retry, ...
     number: u32,
     model_dir: &'a Path,
+    /// The fresh `{out}` directory, when the evaluator uses one.
+    out_dir: Option<&'a Path>,
     command: &'a OsStr,
     slot: &'a Slot<'a>,
     request: &'a Request<'a>,
@@ -645,6 +701,10 @@ fn check_template(template: &str, slots: &Slots) -> Result<(), EvalError> {
     check_command(template)?;
     if template.contains(DEVICES_PLACEHOLDER) && !slots.has_devices() {
         let reason = "uses {devices}, but no devices were given (--devices)";
+        return Err(EvalError::Template { template: template.to_owned(), reason });
+    }
+    if ["'{out}'", "\"{out}\""].iter().any(|q| template.contains(q)) {
+        let reason = "{out} must not be quoted: soup quotes the path itself";
         return Err(EvalError::Template { template: template.to_owned(), reason });
     }
     Ok(())
@@ -1199,12 +1259,12 @@ mod tests {
     #[test]
     fn command_line_quotes_every_placeholder() {
         let (_tmp, eval) = setup("run {model} --also {model}/x", None, 0);
-        let line = eval.command_line(Path::new("/m o'd"), 0, "", None);
+        let line = eval.command_line(Path::new("/m o'd"), 0, "", None, None);
         assert_eq!(line, OsString::from(r"run '/m o'\''d' --also '/m o'\''d'/x"));
         let (_tmp, eval) = setup("run {model} --grad {grad}", None, 0);
-        let line = eval.command_line(Path::new("/m"), 0, "", Some(Path::new("/g $x'.st")));
+        let line = eval.command_line(Path::new("/m"), 0, "", Some(Path::new("/g $x'.st")), None);
         assert_eq!(line, OsString::from(r"run '/m' --grad '/g $x'\''.st'"));
-        assert_eq!(eval.command_line(Path::new("/m"), 0, "", None), "run '/m' --grad ''");
+        assert_eq!(eval.command_line(Path::new("/m"), 0, "", None, None), "run '/m' --grad ''");
     }
 
     /// An evaluation stopped by `options` (after a 200 ms timeout) whose command
@@ -1283,7 +1343,7 @@ mod tests {
         let options = Options { slots, ..Options::default() };
         let eval =
             Evaluator::new("x {model} {slot} {devices} {other}", tmp.path(), options).unwrap();
-        let line = eval.command_line(Path::new("/a/{slot}/{devices}"), 3, "{model}", None);
+        let line = eval.command_line(Path::new("/a/{slot}/{devices}"), 3, "{model}", None, None);
         assert_eq!(line, OsString::from("x '/a/{slot}/{devices}' 3 {model} {other}"));
     }
 

@@ -5,6 +5,7 @@
 //! evaluator command ([`evaluate`]), the resumable journal ([`journal`]), and its
 //! own [`Error`], which wraps the engine's.
 
+pub mod bench;
 pub mod candidate;
 pub mod cmaes;
 pub mod descent;
@@ -15,9 +16,12 @@ pub mod journal;
 pub mod learned;
 pub mod process;
 pub mod report;
+pub mod score_file;
 pub mod scorer;
 pub mod sequential;
 pub mod server;
 pub mod slots;
+pub mod suite;
+pub mod table;
 
 pub use error::{Error, Result};

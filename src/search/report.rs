@@ -15,6 +15,7 @@ use serde::{Serialize, Serializer};
 use crate::search::learned::Learned;
 use crate::search::scorer::Counts;
 use crate::search::sequential::{Finish, Scored};
+use crate::search::table::Table;
 use crate::search::{Error, Result};
 
 /// The file name of the search's figure beside `report.md`.
@@ -59,6 +60,22 @@ pub struct Report {
     /// The figure's file name beside `report.md`, once written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub figure: Option<String>,
+    /// With `--report-suite`: the final soup, the best individual and the
+    /// uniform soup scored on a benchmark suite.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suite: Option<SuiteReport>,
+}
+
+/// A benchmark suite's table in a search's report.
+#[derive(Debug, Serialize)]
+pub struct SuiteReport {
+    /// The suite file, as given.
+    pub file: String,
+    /// The scores (its fields appear at this level in `report.json`).
+    #[serde(flatten)]
+    pub table: Table,
+    /// What happened to the suite's evaluations.
+    pub evaluations: Counts,
 }
 
 /// One evaluation of a learned search.
@@ -180,6 +197,7 @@ impl Report {
             curve: None,
             gradient: None,
             figure: None,
+            suite: None,
         }
     }
 
@@ -245,6 +263,7 @@ impl Report {
             curve: Some(curve),
             gradient: None,
             figure: None,
+            suite: None,
         }
     }
 
@@ -305,6 +324,16 @@ impl Report {
         }
         if let Some(gradient) = &self.gradient {
             md += &gradient.markdown();
+        }
+        if let Some(suite) = &self.suite {
+            let _ = write!(
+                md,
+                "## Benchmark suite\n\nThe soups scored on every evaluator of `{}` \
+                 (evaluations: {}):\n\n{}\n",
+                suite.file,
+                suite.evaluations.describe(),
+                suite.table.markdown()
+            );
         }
         let metrics: BTreeSet<&String> = self.steps.iter().flat_map(|s| s.metrics.keys()).collect();
         md += "| step | candidate | proposal | score | accepted | size |";
@@ -505,6 +534,7 @@ mod tests {
             curve: None,
             gradient: None,
             figure: Some(FIGURE.into()),
+            suite: None,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::engine::execute::RunOptions;
 use crate::engine::merge::Destination;
 use crate::recipe::Recipe;
 use crate::search::candidate::{Change, Kitchen, Mix, Soup};
-use crate::search::evaluate::{self, Evaluate, Request};
+use crate::search::evaluate::{self, Evaluate, Evaluation, Request};
 use crate::search::groups::Grouping;
 use crate::search::journal::{self, Gradient, Journal, Record};
 use crate::search::sequential::{Scored, Scorer};
@@ -83,14 +83,170 @@ pub enum Event<'a> {
 /// Receives [`Event`]s, from any evaluation thread.
 pub type Observer<'a> = &'a (dyn Fn(Event<'_>) + Sync);
 
+/// The counts behind [`Counts`], and the bookkeeping every evaluation shares,
+/// whether a search or a benchmark suite ([`crate::search::bench`]) runs it.
 #[derive(Debug, Default)]
-struct Tally {
+pub(crate) struct Tally {
     started: AtomicUsize,
     finished: AtomicUsize,
     journaled: AtomicUsize,
     cancelled: AtomicUsize,
     reused: AtomicUsize,
     failed: AtomicUsize,
+}
+
+/// One evaluation to run on a written candidate.
+pub(crate) struct Job<'a> {
+    /// The candidate: id, directory, members and weights as the evaluator sees
+    /// them.
+    pub request: Request<'a>,
+    /// The journal key's members and weights: the request's, with the
+    /// temperature as one more member when there is one.
+    pub key_members: &'a [String],
+    /// One weight per key member.
+    pub key_weights: &'a [f64],
+    /// What scores it.
+    pub evaluator: &'a dyn Evaluate,
+    /// The journal key of its evaluator.
+    pub key: &'a str,
+    /// What it is, for the observer.
+    pub proposal: &'a str,
+    /// Seconds spent writing the candidate.
+    pub materialise_seconds: f64,
+}
+
+impl Tally {
+    /// The counts so far (`given` is the caller's to fill).
+    pub(crate) fn counts(&self, server_restarts: usize) -> Counts {
+        let get = |n: &AtomicUsize| n.load(Ordering::SeqCst);
+        Counts {
+            started: get(&self.started),
+            finished: get(&self.finished),
+            journaled: get(&self.journaled),
+            cancelled: get(&self.cancelled),
+            reused: get(&self.reused),
+            given: 0,
+            failed: get(&self.failed),
+            server_restarts,
+        }
+    }
+
+    /// Counts a result taken from the journal and returns it as a score, with
+    /// its gradient.
+    pub(crate) fn reuse(&self, record: Record) -> (Scored, Option<Gradient>) {
+        self.reused.fetch_add(1, Ordering::SeqCst);
+        self.failed.fetch_add(usize::from(record.outcome.score().is_none()), Ordering::SeqCst);
+        reused(record)
+    }
+
+    /// Runs `job`, then `after` (to delete the candidate, say), counts the
+    /// evaluation, journals its result and tells `observe` when it starts and
+    /// ends: what every evaluation goes through once its candidate is written, in
+    /// a search or a suite. A cancelled one is counted (when its command had
+    /// started) but never journaled, and comes back with [`Scored::cancelled`].
+    /// `take` is called on the metrics of a scored evaluation, before it is
+    /// journaled, to take what else the evaluation gave (a learned search's
+    /// gradient): its gradient is journaled with the score, and its error, after
+    /// the score is journaled, is the result.
+    pub(crate) fn run(
+        &self,
+        journal: &Journal,
+        job: Job<'_>,
+        cancel: &AtomicBool,
+        after: impl FnOnce(),
+        take: impl FnOnce(&mut evaluate::Metrics, &Evaluation) -> Option<Result<Gradient>>,
+        observe: &dyn Fn(Event<'_>),
+    ) -> Result<(Scored, Option<Gradient>)> {
+        let id = job.request.candidate;
+        observe(Event::Started { candidate: id, proposal: job.proposal });
+        let evaluation = job.evaluator.evaluate(&job.request, Some(cancel));
+        after();
+        let evaluation = match evaluation {
+            Ok(evaluation) => evaluation,
+            Err(e) => {
+                observe(Event::Cancelled { candidate: id });
+                return Err(e.into());
+            }
+        };
+        let seconds = job.materialise_seconds + evaluation.seconds;
+        let (scored, gradient) = self.settle(journal, &job, evaluation, take)?;
+        if scored.cancelled {
+            observe(Event::Cancelled { candidate: id });
+        } else {
+            observe(Event::Finished { scored: &scored, proposal: job.proposal, seconds });
+        }
+        Ok((scored, gradient))
+    }
+
+    /// Counts an evaluation that ran and journals its result (unless cancelled).
+    fn settle(
+        &self,
+        journal: &Journal,
+        job: &Job<'_>,
+        evaluation: Evaluation,
+        take: impl FnOnce(&mut evaluate::Metrics, &Evaluation) -> Option<Result<Gradient>>,
+    ) -> Result<(Scored, Option<Gradient>)> {
+        let id = job.request.candidate.to_owned();
+        // Counted only when the evaluator did start: a cancel can come first.
+        if evaluation.attempts > 0 {
+            self.started.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut log = None;
+        let (outcome, mut metrics) = match &evaluation.outcome {
+            evaluate::Outcome::Score { score, metrics } => {
+                (journal::Outcome::Score(*score), metrics.clone())
+            }
+            evaluate::Outcome::Failed { reason } => {
+                log = Some(evaluation.stderr_log.clone());
+                (journal::Outcome::Failure(reason.to_string()), Default::default())
+            }
+            evaluate::Outcome::Cancelled => {
+                if evaluation.attempts > 0 {
+                    self.cancelled.fetch_add(1, Ordering::SeqCst);
+                }
+                let scored = Scored {
+                    candidate: id,
+                    score: Err("cancelled".into()),
+                    reused: false,
+                    cancelled: true,
+                    metrics: Default::default(),
+                    log: None,
+                };
+                return Ok((scored, None));
+            }
+        };
+        let gradient = match outcome.score() {
+            Some(_) => take(&mut metrics, &evaluation),
+            None => None,
+        };
+        self.finished.fetch_add(1, Ordering::SeqCst);
+        self.failed.fetch_add(usize::from(outcome.score().is_none()), Ordering::SeqCst);
+        let record = Record {
+            candidate: id.clone(),
+            members: job.key_members.to_vec(),
+            weights: job.key_weights.to_vec(),
+            evaluator: job.key.to_owned(),
+            outcome: outcome.clone(),
+            metrics: metrics.clone(),
+            gradient: gradient.as_ref().and_then(|g| g.as_ref().ok().cloned()),
+            materialise_seconds: job.materialise_seconds,
+            evaluate_seconds: evaluation.seconds,
+            attempts: evaluation.attempts,
+            timestamp: journal::utc_timestamp(),
+        };
+        journal.append(record)?;
+        self.journaled.fetch_add(1, Ordering::SeqCst);
+        let gradient = gradient.transpose()?;
+        let scored = Scored {
+            candidate: id,
+            score: outcome.score().ok_or_else(|| failure_reason(&outcome)),
+            reused: false,
+            cancelled: false,
+            metrics,
+            log,
+        };
+        Ok((scored, gradient))
+    }
 }
 
 /// Scores candidates with an external evaluator, journaling every evaluation.
@@ -152,17 +308,7 @@ impl<'a> EvalScorer<'a> {
 
     /// The evaluations of this scorer so far (`given` is the caller's to fill).
     pub fn counts(&self) -> Counts {
-        let get = |n: &AtomicUsize| n.load(Ordering::SeqCst);
-        Counts {
-            started: get(&self.tally.started),
-            finished: get(&self.tally.finished),
-            journaled: get(&self.tally.journaled),
-            cancelled: get(&self.tally.cancelled),
-            reused: get(&self.tally.reused),
-            given: 0,
-            failed: get(&self.tally.failed),
-            server_restarts: self.evaluator.restarts(),
-        }
+        self.tally.counts(self.evaluator.restarts())
     }
 
     /// Looks up the journal for the soup `members` × `weights` under this
@@ -258,11 +404,7 @@ impl EvalScorer<'_> {
             None => !self.retry_failures,
         };
         if let Some(record) = journaled.filter(usable) {
-            self.tally.reused.fetch_add(1, Ordering::SeqCst);
-            self.tally
-                .failed
-                .fetch_add(usize::from(record.outcome.score().is_none()), Ordering::SeqCst);
-            let (scored, gradient) = reused(record);
+            let (scored, gradient) = self.tally.reuse(record);
             self.observe(Event::Reused { scored: &scored });
             return Ok((scored, gradient.filter(|_| ask.gradient.is_some())));
         }
@@ -275,7 +417,6 @@ impl EvalScorer<'_> {
             Destination { path: &dir, force: true, support_files_from: None, durable: false };
         write(&dest, self.recipe(&members, &weights))?;
         let materialise_seconds = started.elapsed().as_secs_f64();
-        self.observe(Event::Started { candidate: &id, proposal });
         let request = Request {
             candidate: &id,
             model_dir: &dir,
@@ -284,98 +425,37 @@ impl EvalScorer<'_> {
             gradient: grad_file.as_deref(),
             temperature: ask.temperature,
         };
-        let evaluation = self.evaluator.evaluate(&request, Some(cancel));
-        if !self.keep_candidates {
-            let _ = fs::remove_dir_all(&dir);
-        }
-        let (members, weights) = (key_members, key_weights);
-        let evaluation = match evaluation {
-            Ok(evaluation) => evaluation,
-            Err(e) => {
-                self.observe(Event::Cancelled { candidate: &id });
-                return Err(e.into());
-            }
-        };
-        // Counted only when the evaluator did start: a cancel can come first.
-        if evaluation.attempts > 0 {
-            self.tally.started.fetch_add(1, Ordering::SeqCst);
-        }
-        let mut log = None;
-        let (outcome, mut metrics) = match evaluation.outcome {
-            evaluate::Outcome::Score { score, metrics } => {
-                (journal::Outcome::Score(score), metrics)
-            }
-            evaluate::Outcome::Failed { reason } => {
-                log = Some(evaluation.stderr_log.clone());
-                (journal::Outcome::Failure(reason.to_string()), Default::default())
-            }
-            evaluate::Outcome::Cancelled => {
-                if evaluation.attempts > 0 {
-                    self.tally.cancelled.fetch_add(1, Ordering::SeqCst);
-                }
-                self.observe(Event::Cancelled { candidate: &id });
-                self.drop_gradient_file(grad_file.as_deref());
-                let scored = Scored {
-                    candidate: id,
-                    score: Err("cancelled".into()),
-                    reused: false,
-                    cancelled: true,
-                    metrics: Default::default(),
-                    log: None,
-                };
-                return Ok((scored, None));
-            }
-        };
-        // The gradient, when one was asked for and the evaluation gave a score;
-        // why it cannot be used, otherwise.
-        let gradient = match (ask.gradient, &grad_file, outcome.score()) {
-            (Some(grouping), Some(file), Some(_)) => {
-                let taken = self.take_gradient(file, grouping, &mut metrics, ask, cancel);
-                Some(taken.map_err(|e| (e, evaluation.stdout_log.clone())))
-            }
-            _ => None,
-        };
-        self.drop_gradient_file(grad_file.as_deref());
-        self.tally.finished.fetch_add(1, Ordering::SeqCst);
-        self.tally.failed.fetch_add(usize::from(outcome.score().is_none()), Ordering::SeqCst);
-        let record = Record {
-            candidate: id.clone(),
-            members,
-            weights,
-            evaluator: self.template.clone(),
-            outcome: outcome.clone(),
-            metrics: metrics.clone(),
-            gradient: gradient.as_ref().and_then(|g| g.as_ref().ok().cloned()),
+        let job = Job {
+            request,
+            key_members: &key_members,
+            key_weights: &key_weights,
+            evaluator: self.evaluator,
+            key: &self.template,
+            proposal,
             materialise_seconds,
-            evaluate_seconds: evaluation.seconds,
-            attempts: evaluation.attempts,
-            timestamp: journal::utc_timestamp(),
         };
-        self.journal.append(record)?;
-        self.tally.journaled.fetch_add(1, Ordering::SeqCst);
-        let gradient = match gradient {
-            Some(Err((problem, log))) => {
-                return Err(match problem {
-                    Taken::File(e) => e.into(),
-                    Taken::Temperature(problem) => {
-                        crate::search::Error::GradTemperature { candidate: id, problem, log }
-                    }
-                })
+        let after = || {
+            if !self.keep_candidates {
+                let _ = fs::remove_dir_all(&dir);
             }
-            Some(Ok(g)) => Some(g),
-            None => None,
         };
-        let scored = Scored {
-            candidate: id,
-            score: outcome.score().ok_or_else(|| failure_reason(&outcome)),
-            reused: false,
-            cancelled: false,
-            metrics,
-            log,
+        // The gradient, when one was asked for and the evaluation gave a score.
+        let take = |metrics: &mut evaluate::Metrics, evaluation: &Evaluation| {
+            let (grouping, file) = (ask.gradient?, grad_file.as_deref()?);
+            let taken = self.take_gradient(file, grouping, metrics, ask, cancel);
+            Some(taken.map_err(|problem| match problem {
+                Taken::File(e) => e.into(),
+                Taken::Temperature(problem) => crate::search::Error::GradTemperature {
+                    candidate: id.clone(),
+                    problem,
+                    log: evaluation.stdout_log.clone(),
+                },
+            }))
         };
-        let seconds = materialise_seconds + evaluation.seconds;
-        self.observe(Event::Finished { scored: &scored, proposal, seconds });
-        Ok((scored, gradient))
+        let observe = |event: Event<'_>| self.observe(event);
+        let result = self.tally.run(self.journal, job, cancel, after, take, &observe);
+        self.drop_gradient_file(grad_file.as_deref());
+        result
     }
 
     /// The dot products of the gradient in `file` with the ingredients, per group
@@ -499,7 +579,7 @@ fn reused(record: Record) -> (Scored, Option<Gradient>) {
 }
 
 /// One more than the highest `METHOD-NNNN` id in the journal.
-fn next_free_id(journal: &Journal, method: &str) -> usize {
+pub(crate) fn next_free_id(journal: &Journal, method: &str) -> usize {
     let prefix = format!("{method}-");
     journal
         .records()

@@ -1,21 +1,22 @@
-//! Scoring the demo's models on every split, each score from its own evaluator
-//! process: `soup demo-eval MODEL --split NAME`, one run per model and split, as a
-//! suite of benchmarks is run (validation, the in-distribution test set, and one
-//! evaluator per shifted test set). The searches choose on `val`; the tables
-//! report every split from these same processes, so no number in them is computed
-//! in the demo's own process.
+//! Scoring the demo's models on every split with `soup evaluate`: a benchmark
+//! suite with one evaluator per split (validation, the in-distribution test set,
+//! and each shifted test set), each `soup demo-eval MODEL --split NAME`, one
+//! process per model and split. The searches choose on `val`; the tables report
+//! every split from these same processes, so no number in them is computed in the
+//! demo's own process.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{bail, Context};
-use rayon::prelude::*;
+use anyhow::Context;
+use modelsoup::search::evaluate::shell_quote;
 use serde_json::Value;
 
 use super::check;
 use super::data::Shift;
+use super::soups::Runner;
 
 /// A model's accuracy on every split.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,51 +41,44 @@ pub fn splits() -> Vec<&'static str> {
     ["val", "test"].into_iter().chain(Shift::ALL.map(Shift::name)).collect()
 }
 
-/// Scores every model in `models` (paths relative to `work_dir`, where the
-/// evaluators run) on every split.
+/// Scores every model in `models` (paths relative to `work_dir`) on every split
+/// with `soup evaluate`, one evaluator per split in the suite `work_dir/suite.yaml`
+/// (journaled in `work_dir/suite.run/`), as many at once as there are cores.
 pub fn score_all(
-    exe: &Path,
+    runner: &Runner,
     work_dir: &Path,
     models: &[PathBuf],
     interrupted: &AtomicBool,
 ) -> anyhow::Result<HashMap<PathBuf, Scores>> {
-    let splits = splits();
-    let pairs: Vec<(&PathBuf, &str)> =
-        models.iter().flat_map(|m| splits.iter().map(move |&s| (m, s))).collect();
-    let scores = pairs
-        .par_iter()
-        .map(|&(model, split)| {
-            check(interrupted)?;
-            evaluate(exe, work_dir, model, split)
-        })
-        .collect::<anyhow::Result<Vec<f64>>>()?;
-    Ok(models
-        .iter()
-        .zip(scores.chunks_exact(splits.len()))
-        .map(|(model, s)| {
-            let scores = Scores { val: s[0], test: s[1], shifts: s[2..].to_vec() };
-            (model.clone(), scores)
-        })
-        .collect())
-}
-
-/// Runs one evaluation and reads the score it prints.
-fn evaluate(exe: &Path, work_dir: &Path, model: &Path, split: &str) -> anyhow::Result<f64> {
-    let output = Command::new(exe)
-        .current_dir(work_dir)
-        .arg("demo-eval")
-        .arg(model)
-        .args(["--split", split])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {}", exe.display()))?;
-    let what = || format!("soup demo-eval {} --split {split}", model.display());
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        bail!("{} failed ({}): {}", what(), output.status, stderr.trim());
+    check(interrupted)?;
+    let exe = shell_quote(&runner.exe().to_string_lossy());
+    let mut suite = String::from("evaluators:\n");
+    for split in splits() {
+        let command = format!("{exe} demo-eval {{model}} --split {split}");
+        suite += &format!("  {split}: {{eval: {}}}\n", serde_json::to_string(&command)?);
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line: Value = serde_json::from_str(stdout.trim())
-        .with_context(|| format!("{} printed {:?}, not a score", what(), stdout.trim()))?;
-    line["score"].as_f64().with_context(|| format!("{} printed no score", what()))
+    std::fs::write(work_dir.join("suite.yaml"), suite).context("cannot write suite.yaml")?;
+    let jobs = std::thread::available_parallelism().map_or(2, usize::from);
+    let mut args: Vec<OsString> =
+        ["evaluate", "--suite", "suite.yaml", "--json", "--quiet"].map(OsString::from).to_vec();
+    args.extend([OsString::from("--jobs"), jobs.to_string().into()]);
+    args.extend(models.iter().map(|m| m.clone().into_os_string()));
+    let output = runner.soup(&args, &mut Vec::new());
+    check(interrupted)?;
+    let table: Value = serde_json::from_str(&output?).context("soup evaluate printed no table")?;
+    models
+        .iter()
+        .map(|model| {
+            let label = model.display().to_string();
+            let score = |split: &str| {
+                table["scores"][&label][split].as_f64().with_context(|| {
+                    let reason = &table["failures"][&label][split];
+                    format!("{label} was not scored on {split}: {reason}")
+                })
+            };
+            let shifts =
+                Shift::ALL.map(|s| score(s.name())).into_iter().collect::<Result<_, _>>()?;
+            Ok((model.clone(), Scores { val: score("val")?, test: score("test")?, shifts }))
+        })
+        .collect()
 }

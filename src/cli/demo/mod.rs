@@ -155,7 +155,7 @@ pub fn run(args: &DemoArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit> {
         Shift::ALL.len(),
         models.len() * evaluate::splits().len()
     ));
-    let scores = evaluate::score_all(&exe, &dir, &models, interrupted)?;
+    let scores = evaluate::score_all(&runner, &dir, &models, interrupted)?;
     let sets = builds
         .iter()
         .map(|(name, build, ingredients)| set_result(name, build, ingredients, &scores))

@@ -216,10 +216,15 @@ impl<'a> Runner<'a> {
         self.soup(&args, warnings).map(drop)
     }
 
+    /// This executable.
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
     /// Runs `soup ARGS` in the work directory; returns its stdout and collects the
     /// warnings it printed, each whole (its first line and the indented or
     /// continued lines after it).
-    fn soup(&self, args: &[OsString], warnings: &mut Vec<String>) -> anyhow::Result<String> {
+    pub fn soup(&self, args: &[OsString], warnings: &mut Vec<String>) -> anyhow::Result<String> {
         let output = Command::new(&self.exe)
             .current_dir(&self.dir)
             .args(args)
