@@ -100,7 +100,11 @@ class Merge(TempDir):
         self.assertEqual(summary["output"], str(out))
         self.assertEqual(summary["output_files"], [str(out / "model.safetensors")])
         self.assertEqual(summary["tensors"], 7)
-        self.assertEqual(sorted(summary["support_files"]), ["config.json", "tokenizer_config.json"])
+        # The first ingredient's config and tokenizer, and the model card soup writes.
+        self.assertEqual(
+            sorted(summary["support_files"]), ["README.md", "config.json", "tokenizer_config.json"]
+        )
+        self.assertIn("## Method", (out / "README.md").read_text())
         self.assertEqual([i["path"] for i in summary["recipe"]["ingredients"]], [str(p) for p in TINY])
         self.assertTrue((out / "config.json").is_file())
 
