@@ -500,6 +500,7 @@ fn boundary_pass(
     let chunks = chunks(jobs, list, run);
     let mut collected: Vec<Vec<Vec<(u64, u64)>>> =
         list.iter().map(|(_, which)| vec![Vec::new(); which.len()]).collect();
+    let mut settled: Vec<Option<Vec<State>>> = vec![None; list.len()];
     let wanted: Vec<Vec<u64>> = list
         .iter()
         .map(|(job, which)| {
@@ -538,36 +539,54 @@ fn boundary_pass(
             Ok(found)
         },
         |i, found| {
-            for (all, mine) in collected[chunks[i].job].iter_mut().zip(found) {
+            let j = chunks[i].job;
+            for (all, mine) in collected[j].iter_mut().zip(found) {
                 all.extend(mine);
+            }
+            // A job's chunks come in order, one after the other: after its last,
+            // its keys are settled and freed, so memory holds the boundary
+            // buckets of the tensors in flight, not of the model.
+            if chunks.get(i + 1).is_none_or(|next| next.job != j) {
+                settled[j] = Some(settle(&list[j], states, std::mem::take(&mut collected[j])));
             }
         },
         |range| release(jobs, list, &chunks[range]),
     )?;
-    Ok(list
-        .iter()
+    // Jobs without chunks (empty tensors) have nothing collected.
+    Ok(settled
+        .into_iter()
+        .zip(list)
         .zip(collected)
-        .map(|((job, which), found)| {
-            which
-                .iter()
-                .zip(found)
-                .map(|(&t, mut keys)| match states[*job][t] {
-                    State::Boundary { need, .. } => {
-                        // Largest first; positions ascend within a key (the
-                        // entries arrived in order and the sort is stable).
-                        keys.sort_by_key(|k| std::cmp::Reverse(k.0));
-                        match keys.get(need as usize - 1) {
-                            Some(&(threshold, last_tie)) => {
-                                State::Done(Keep::Above { threshold, last_tie })
-                            }
-                            None => State::Done(Keep::All),
-                        }
-                    }
-                    other => other,
-                })
-                .collect()
-        })
+        .map(|((done, entry), found)| done.unwrap_or_else(|| settle(entry, states, found)))
         .collect())
+}
+
+/// The states of one job's targets `which` from the keys collected of their
+/// boundary buckets: the `need`-th largest key is the threshold and its position
+/// the last tie.
+fn settle(
+    (job, which): &(usize, Vec<usize>),
+    states: &[Vec<State>],
+    found: Vec<Vec<(u64, u64)>>,
+) -> Vec<State> {
+    which
+        .iter()
+        .zip(found)
+        .map(|(&t, mut keys)| match states[*job][t] {
+            State::Boundary { need, .. } => {
+                // Largest first; positions ascend within a key (the entries
+                // arrived in order and the sort is stable).
+                keys.sort_by_key(|k| std::cmp::Reverse(k.0));
+                match keys.get(need as usize - 1) {
+                    Some(&(threshold, last_tie)) => {
+                        State::Done(Keep::Above { threshold, last_tie })
+                    }
+                    None => State::Done(Keep::All),
+                }
+            }
+            other => other,
+        })
+        .collect()
 }
 
 /// Reports the bytes a chunk read.
