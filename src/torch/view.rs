@@ -299,6 +299,9 @@ impl Matrix<'_> {
 
     /// Whole rows `row..row + rows` into `dst`, column by column.
     fn block<const E: usize>(&self, row: usize, rows: usize, dst: &mut [u8]) {
+        if self.row_stride == 1 && rows <= TILE_ROWS {
+            return self.tiles::<E>(row, rows, dst);
+        }
         let first = self.offset + row * self.row_stride;
         let row_bytes = self.cols * E;
         for c in 0..self.cols {
@@ -310,7 +313,43 @@ impl Matrix<'_> {
             }
         }
     }
+
+    /// [`Matrix::block`] for a view whose rows are adjacent in storage
+    /// (`row_stride == 1`, a transposed matrix): for each tile of [`TILE_COLS`]
+    /// columns, the `rows` elements of each column are one contiguous read into a
+    /// small tile on the stack, which is then written out as `rows` contiguous runs
+    /// of output row. Every storage byte read and every output byte written is part
+    /// of a whole run, so the loops have no per-element index arithmetic.
+    fn tiles<const E: usize>(&self, row: usize, rows: usize, dst: &mut [u8]) {
+        let row_bytes = self.cols * E;
+        let first = self.offset + row;
+        // tile[r][c]: output row r, column c0 + c.
+        let mut tile = [[[0u8; E]; TILE_COLS]; TILE_ROWS];
+        let mut c0 = 0;
+        while c0 < self.cols {
+            let n = TILE_COLS.min(self.cols - c0);
+            for c in 0..n {
+                let at = (first + (c0 + c) * self.col_stride) * E;
+                let column = &self.storage[at..at + rows * E];
+                for (t, e) in tile.iter_mut().zip(column.chunks_exact(E)) {
+                    t[c].copy_from_slice(e);
+                }
+            }
+            for (r, t) in tile[..rows].iter().enumerate() {
+                let to = r * row_bytes + c0 * E;
+                dst[to..to + n * E].copy_from_slice(t[..n].as_flattened());
+            }
+            c0 += n;
+        }
+    }
 }
+
+/// Columns per tile of [`Matrix::tiles`].
+const TILE_COLS: usize = 16;
+
+/// Most rows per tile of [`Matrix::tiles`]: the most [`Matrix::gather`] puts in a
+/// block (one cache line of 1-byte elements).
+const TILE_ROWS: usize = 64;
 
 /// Copies `dst.len() / esize` elements starting at storage element `first`, `stride`
 /// elements apart.
@@ -455,6 +494,7 @@ mod tests {
     fn gathers_large_transposes_in_blocks() {
         for esize in [1, 2, 4, 8, 3] {
             check_large(esize, 0, &[70, 9], &[1, 70]); // transposed, many blocks
+            check_large(esize, 3, &[70, 37], &[1, 73]); // column tiles of 16, 16 and 5
             check_large(esize, 5, &[70, 9], &[1, 80]); // a transposed slice at an offset
             check_large(esize, 0, &[70, 9], &[2, 150]); // rows strided by 2
             check_large(esize, 0, &[33, 3, 5], &[1, 165, 33]); // 3-D, not a matrix
