@@ -1267,25 +1267,42 @@ mod tests {
         assert_eq!(eval.command_line(Path::new("/m"), 0, "", None, None), "run '/m' --grad ''");
     }
 
-    /// An evaluation stopped by `options` (after a 200 ms timeout) whose command
-    /// is `template`; returns the evaluation and how long it took.
-    fn stopped(template: &str, stop: Stop) -> (TempDir, Evaluator, Evaluation, Duration) {
+    /// An evaluation of `template` stopped with `stop` by cancelling it once the
+    /// command has written `$SOUP_RUN_DIR/ready` (after setting its traps: a
+    /// timeout could fire before a slow shell has set them); returns how long
+    /// stopping it took, from the cancel on. The
+    /// timeout, the cancel flag and a signal to soup all stop a command alike
+    /// (`supervise`).
+    fn stopped(template: &str, stop: Stop) -> (TempDir, Evaluator, Duration) {
         let tmp = TempDir::new().unwrap();
-        let options =
-            Options { timeout: Some(Duration::from_millis(200)), stop, ..Options::default() };
+        let options = Options { stop, ..Options::default() };
         let eval = Evaluator::new(template, &tmp.path().join("run"), options).unwrap();
-        let started = Instant::now();
-        let e = eval.evaluate("c0001", &model_dir(&tmp), None).unwrap();
-        (tmp, eval, e, started.elapsed())
+        let ready = eval.run_dir().join("ready");
+        let cancel = AtomicBool::new(false);
+        let cancelled_at = std::sync::Mutex::new(None);
+        let e = thread::scope(|s| {
+            s.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !ready.exists() && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(5));
+                }
+                *cancelled_at.lock().unwrap() = Some(Instant::now());
+                cancel.store(true, Ordering::SeqCst);
+            });
+            eval.evaluate("c0001", &model_dir(&tmp), Some(&cancel)).unwrap()
+        });
+        assert!(ready.exists(), "the command never got ready");
+        let elapsed = cancelled_at.lock().unwrap().expect("cancelled").elapsed();
+        assert!(matches!(e.outcome, Outcome::Cancelled), "{:?}", e.outcome);
+        (tmp, eval, elapsed)
     }
 
     #[test]
-    fn a_timed_out_command_gets_the_grace_period_to_clean_up() {
+    fn a_stopped_command_gets_the_grace_period_to_clean_up() {
         let template = r#"trap 'sleep 0.3; echo done > "$SOUP_RUN_DIR/cleaned"; exit 0' TERM;
-            sleep 30 & wait"#;
+            : > "$SOUP_RUN_DIR/ready"; sleep 30 & wait"#;
         let stop = Stop { signal: process::StopSignal::Term, grace: Duration::from_secs(20) };
-        let (_tmp, eval, e, _) = stopped(template, stop);
-        assert_eq!(failure(&e), &Failure::Timeout(Duration::from_millis(200)));
+        let (_tmp, eval, _) = stopped(template, stop);
         let cleaned = fs::read_to_string(eval.run_dir().join("cleaned")).unwrap_or_default();
         assert_eq!(cleaned, "done\n", "the TERM trap did not finish");
     }
@@ -1293,22 +1310,22 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_command_ignoring_the_stop_signal_is_killed_after_the_grace_period() {
-        let template = r#"trap '' TERM; sleep 30 & echo $! > "$SOUP_RUN_DIR/bg.pid"; sleep 30"#;
+        let template = r#"trap '' TERM; sleep 30 & echo $! > "$SOUP_RUN_DIR/bg.pid";
+            : > "$SOUP_RUN_DIR/ready"; sleep 30"#;
         let grace = Duration::from_millis(400);
         let stop = Stop { signal: process::StopSignal::Term, grace };
-        let (_tmp, eval, e, elapsed) = stopped(template, stop);
-        assert_eq!(failure(&e), &Failure::Timeout(Duration::from_millis(200)));
-        assert!(elapsed >= Duration::from_millis(200) + grace, "no grace given: {elapsed:?}");
+        let (_tmp, eval, elapsed) = stopped(template, stop);
+        assert!(elapsed >= grace, "no grace given: {elapsed:?}");
         assert!(dies(&read_pid(&eval.run_dir().join("bg.pid"))));
     }
 
     #[test]
     fn the_stop_signal_can_be_sigint() {
         let template = r#"trap 'echo int > "$SOUP_RUN_DIR/got"; exit 0' INT;
-            trap 'echo term > "$SOUP_RUN_DIR/got"; exit 0' TERM; sleep 30 & wait"#;
+            trap 'echo term > "$SOUP_RUN_DIR/got"; exit 0' TERM;
+            : > "$SOUP_RUN_DIR/ready"; sleep 30 & wait"#;
         let stop = Stop { signal: process::StopSignal::Int, grace: Duration::from_secs(20) };
-        let (_tmp, eval, e, _) = stopped(template, stop);
-        assert!(matches!(failure(&e), Failure::Timeout(_)));
+        let (_tmp, eval, _) = stopped(template, stop);
         assert_eq!(fs::read_to_string(eval.run_dir().join("got")).unwrap(), "int\n");
     }
 
