@@ -1321,9 +1321,14 @@ mod tests {
 
     #[test]
     fn the_stop_signal_can_be_sigint() {
+        // Even when soup was started with SIGINT ignored, as a shell's `&` starts
+        // things: the evaluator gets it back at its default, so it can trap it.
+        // (Left ignored in this test process, whose other evaluators reset it too.)
+        // SAFETY: SIG_IGN installs no handler; no code of ours runs on a signal.
+        unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
         let template = r#"trap 'echo int > "$SOUP_RUN_DIR/got"; exit 0' INT;
             trap 'echo term > "$SOUP_RUN_DIR/got"; exit 0' TERM;
-            : > "$SOUP_RUN_DIR/ready"; sleep 30 & wait"#;
+            : > "$SOUP_RUN_DIR/ready"; while :; do sleep 0.1; done"#;
         let stop = Stop { signal: process::StopSignal::Int, grace: Duration::from_secs(20) };
         let (_tmp, eval, _) = stopped(template, stop);
         assert_eq!(fs::read_to_string(eval.run_dir().join("got")).unwrap(), "int\n");

@@ -117,31 +117,47 @@ impl Default for Stop {
     }
 }
 
-/// Makes `command` start in a new process group and, on Linux, receive SIGTERM
-/// when the thread that starts it ends (see the module docs).
+/// Makes `command` start in a new process group with SIGINT, SIGTERM and SIGHUP
+/// at their default actions and, on Linux, receive SIGTERM when the thread that
+/// starts it ends (see the module docs).
+///
+/// A signal ignored when `soup` started (a shell's `&` ignores SIGINT in what it
+/// starts, `nohup` SIGHUP) would otherwise stay ignored in the evaluator, where a
+/// shell cannot even trap it: `--stop-signal INT` would never reach a trap, only
+/// the SIGKILL after the grace period.
 pub(crate) fn isolate(command: &mut Command) {
     use std::os::unix::process::CommandExt;
     command.process_group(0);
     #[cfg(target_os = "linux")]
-    {
-        let parent = rustix::process::getpid();
-        let hook = move || -> io::Result<()> {
+    let parent = rustix::process::getpid();
+    let hook = move || -> io::Result<()> {
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: `signal` with `SIG_DFL` installs no handler, so no code of
+            // ours can run in the child; it is async-signal-safe (a `sigaction`
+            // system call), as the `pre_exec` hook requires.
+            if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        #[cfg(target_os = "linux")]
+        {
             rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
             // The parent may have died between fork and prctl, in which case the
             // child was re-parented already and no signal will come: give up.
             if rustix::process::getppid() != Some(parent) {
                 return Err(io::Error::from_raw_os_error(rustix::io::Errno::SRCH.raw_os_error()));
             }
-            Ok(())
-        };
-        // SAFETY: `pre_exec` runs the hook in the child between fork and exec, where
-        // only async-signal-safe operations are allowed. The hook makes two system
-        // calls through rustix (prctl, getppid), which neither allocate nor take
-        // locks, and builds its error from a raw OS code, which does not allocate;
-        // it captures a `Pid` by value and touches no other state of the parent.
-        unsafe {
-            command.pre_exec(hook);
         }
+        Ok(())
+    };
+    // SAFETY: `pre_exec` runs the hook in the child between fork and exec, where
+    // only async-signal-safe operations are allowed. The hook makes system calls
+    // only (sigaction through `signal`, prctl and getppid through rustix), which
+    // neither allocate nor take locks, and builds its errors from raw OS codes,
+    // which does not allocate (`last_os_error` reads errno); it captures a `Pid`
+    // by value and touches no other state of the parent.
+    unsafe {
+        command.pre_exec(hook);
     }
 }
 
