@@ -98,6 +98,9 @@ pub fn check_shared_init(ingredients: &[Checkpoint]) -> InitCheck {
     let Some(first) = ingredients.first() else {
         return summarise(k, cosines, 0, 0);
     };
+    // A few windows per matrix: without readahead, which would bring megabytes
+    // around each from a cold disk, most of the model, ahead of the pass.
+    ingredients.iter().for_each(|ck| ck.expect_samples(true));
     for entry in first.tensors() {
         let numel = entry.numel();
         if entry.shape.len() < 2 || numel < MIN_ELEMENTS {
@@ -117,7 +120,7 @@ pub fn check_shared_init(ingredients: &[Checkpoint]) -> InitCheck {
             for &(start, len) in &windows {
                 let at = sample.len();
                 sample.resize(at + len, 0.0);
-                let bytes = ck.bytes(t, start * dtype.size(), len * dtype.size());
+                let bytes = ck.sample(t, start * dtype.size(), len * dtype.size());
                 widen_into(*dtype, &bytes, &mut sample[at..]);
             }
             // The kernel maps whole readahead windows around each sample; drop them,
@@ -137,6 +140,7 @@ pub fn check_shared_init(ingredients: &[Checkpoint]) -> InitCheck {
             }
         }
     }
+    ingredients.iter().for_each(|ck| ck.expect_samples(false));
     summarise(k, cosines, matrices, sampled)
 }
 

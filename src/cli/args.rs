@@ -197,7 +197,7 @@ Examples:
 PyTorch files are read without running their pickle: only state dicts of tensors
 are accepted (a whole pickled model, or a legacy pre-1.6 file, is refused with
 advice on re-saving it). Every archive entry's CRC is checked before its data is
-used. Transposed or sliced views are written as plain tensors. safetensors files
+used (a storage when it is first read). Transposed or sliced views are written as plain tensors. safetensors files
 cannot alias, so names sharing one storage get their own copies, except a tied
 output head stored on the input embedding's storage, which is left out when
 config.json ties the embeddings (as save_pretrained does; the loader ties it back).

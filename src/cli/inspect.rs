@@ -32,6 +32,13 @@ pub fn run(args: &InspectArgs, interrupted: &AtomicBool) -> anyhow::Result<Exit>
         None => None,
     };
     let checkpoints = open_all(&args.checkpoints, &read, base.as_ref())?;
+    if !args.check_values {
+        // Counting values checks each PyTorch storage as it reads it; without
+        // that, check them here, so a corrupt file is never vouched for.
+        for ck in &checkpoints {
+            ck.verify()?;
+        }
+    }
     let mut non_finite: Vec<Option<Vec<NonFinite>>> = vec![None; checkpoints.len()];
     if args.check_values {
         let total: u64 = checkpoints.iter().map(Checkpoint::float_bytes).sum();

@@ -71,6 +71,11 @@ pub fn run(args: &SearchArgs, method: Method, interrupted: &AtomicBool) -> anyho
         base.as_ref(),
     )?);
     plan::check_compatible(&ingredients)?;
+    // A search reads its ingredients' bytes only when it writes a soup, after
+    // evaluations have been paid for: check PyTorch files whole before the first.
+    for ck in base.iter().chain(&ingredients) {
+        ck.verify()?;
+    }
     super::merge::warn_repeated(&ingredients, &labels);
     let run_dir = args.run_dir.clone().unwrap_or_else(|| sibling_with_suffix(&args.output, ".run"));
     // Output and run directory checked and locked before anything is paid for.

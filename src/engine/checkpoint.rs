@@ -10,7 +10,8 @@
 //! that are not contiguous (a transposed or sliced weight) are gathered a chunk at a
 //! time when read. After [`Checkpoint::open`] succeeds, every tensor's bytes are
 //! known to lie inside its mapped file and to match its dtype and shape, so later
-//! reads cannot go out of bounds.
+//! reads cannot go out of bounds. A PyTorch storage is checked against its CRC-32
+//! when first read (`engine::storage_check`), or by [`Checkpoint::verify`].
 //!
 //! [`Checkpoint::open_with`] also reads ingredients as training pipelines leave
 //! them ([`OpenOptions`]): the state dict at a dotted key of a PyTorch training
@@ -30,6 +31,7 @@ use safetensors::{Dtype, SafeTensorError, SafeTensors};
 use serde::Deserialize;
 
 use crate::engine::mapped::{self, Mapping};
+use crate::engine::storage_check::StorageChecks;
 use crate::error::{Error, Result};
 
 /// The file name of a single-file checkpoint in a directory.
@@ -89,11 +91,21 @@ pub struct Shard {
     path: PathBuf,
     map: Mapping,
     metadata: BTreeMap<String, String>,
-    /// The state dict of a PyTorch file, for gathering its strided views.
-    torch: Option<crate::torch::StateDict>,
+    /// The state dict of a PyTorch file, for gathering its strided views, and
+    /// which of its storages have been checked against their CRC-32.
+    torch: Option<(crate::torch::StateDict, StorageChecks)>,
 }
 
 impl Shard {
+    /// Fails with the error for a PyTorch storage of this file that did not match
+    /// its CRC-32 when it was first read.
+    fn check_storages(&self) -> Result<()> {
+        match &self.torch {
+            Some((state, checks)) => checks.failure(state, &self.path).map_or(Ok(()), Err),
+            None => Ok(()),
+        }
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -438,17 +450,36 @@ impl Checkpoint {
 
     /// The bytes of `len` bytes of `tensor` starting `start` bytes into its data
     /// (in row-major order): borrowed from the mapping, or gathered into a new
-    /// buffer for a strided PyTorch view.
+    /// buffer for a strided PyTorch view. The first read of a PyTorch storage
+    /// checks it against its CRC-32 (`engine::storage_check`); a mismatch fails
+    /// the pass that read it.
     ///
     /// # Panics
     /// If the range lies outside the tensor; callers slice within validated sizes.
     pub(crate) fn bytes(&self, tensor: &TensorEntry, start: usize, len: usize) -> Cow<'_, [u8]> {
+        self.read(tensor, start, len, true)
+    }
+
+    /// [`Checkpoint::bytes`] without the first-read check of a PyTorch storage: for
+    /// samples that only inform a warning, so that sampling a file does not read it
+    /// all ahead of the pass that will.
+    pub(crate) fn sample(&self, tensor: &TensorEntry, start: usize, len: usize) -> Cow<'_, [u8]> {
+        self.read(tensor, start, len, false)
+    }
+
+    fn read(&self, tensor: &TensorEntry, start: usize, len: usize, check: bool) -> Cow<'_, [u8]> {
         assert!(start + len <= tensor.len, "chunk outside tensor {:?}", tensor.name);
         if let Some(i) = tensor.computed {
             return Cow::Owned(self.computed[i].bytes(self, start, len));
         }
         let shard = &self.shards[tensor.shard];
-        let (Some(i), Some(state)) = (tensor.strided, &shard.torch) else {
+        let Some((state, checks)) = &shard.torch else {
+            return Cow::Borrowed(&shard.map[tensor.offset + start..tensor.offset + start + len]);
+        };
+        if check && len > 0 {
+            checks.ensure(state, &shard.map, tensor.offset);
+        }
+        let Some(i) = tensor.strided else {
             return Cow::Borrowed(&shard.map[tensor.offset + start..tensor.offset + start + len]);
         };
         // Whole elements covering the range, then the range within them.
@@ -461,17 +492,45 @@ impl Checkpoint {
         Cow::Owned(out)
     }
 
+    /// Tells the kernel whether the next reads are samples here and there (no
+    /// readahead) or, as usual, passes front to back.
+    pub(crate) fn expect_samples(&self, sampling: bool) {
+        let advice = if sampling { mapped::Advice::Random } else { mapped::Advice::Sequential };
+        for shard in self.shards.iter() {
+            mapped::advise(&shard.map, advice);
+        }
+    }
+
+    /// Checks every PyTorch storage not read yet against its CRC-32, reading it
+    /// all now (passes check each storage as they first read it anyway): for
+    /// commands that vouch for a file without streaming it.
+    pub fn verify(&self) -> Result<()> {
+        for shard in self.shards.iter() {
+            if let Some((state, checks)) = &shard.torch {
+                checks.ensure_all(state, &shard.map);
+            }
+        }
+        self.check_unchanged()
+    }
+
     /// Fails with [`Error::InputChanged`] when a shard file changed (size or
-    /// modification time) since it was opened, or a fault hit its mapping: what was
-    /// read from it cannot be trusted.
+    /// modification time) since it was opened, or a fault hit its mapping, and
+    /// with [`Error::Torch`] when a PyTorch storage read so far did not match its
+    /// CRC-32: what was read from it cannot be trusted.
     pub(crate) fn check_unchanged(&self) -> Result<()> {
-        self.shards.iter().try_for_each(|s| s.map.check())
+        self.shards.iter().try_for_each(|s| {
+            s.map.check()?;
+            s.check_storages()
+        })
     }
 
     /// [`Checkpoint::check_unchanged`] for the shards a fault hit, only: cheap
     /// enough for every chunk once [`mapped::faults`] has moved.
     pub(crate) fn check_faulted(&self) -> Result<()> {
-        self.shards.iter().try_for_each(|s| s.map.check_faulted())
+        self.shards.iter().try_for_each(|s| {
+            s.map.check_faulted()?;
+            s.check_storages()
+        })
     }
 
     /// Drops this process's mapping of bytes `start..end` of shard `shard` (see
@@ -499,22 +558,36 @@ fn open_shard(path: PathBuf, options: &OpenOptions) -> Result<(Shard, Vec<Tensor
     // which would fail the format checks for the wrong reason: say what happened.
     map.check()?;
     let (metadata, torch, tensors) = parsed?;
+    let torch = torch.map(|state| {
+        let checks = StorageChecks::new(&state);
+        (state, checks)
+    });
     Ok((Shard { path, map, metadata, torch }, tensors))
 }
 
-/// Reads a PyTorch file's state dict (at `options.key` in a training checkpoint),
-/// checking every entry it uses by CRC, which reads it all once, and lists its
-/// tensors in the dict's order.
+/// Reads a PyTorch file's state dict (at `options.key` in a training checkpoint)
+/// and lists its tensors in the dict's order.
 fn read_torch(
     map: &Mapping,
     path: &Path,
     options: &OpenOptions,
 ) -> Result<(crate::torch::StateDict, Vec<TensorEntry>)> {
-    // The CRC pass reads every byte once; its pages are dropped window by window
-    // (the merge maps them back as it goes), so RSS does not grow with the file.
-    let state = crate::torch::read_state_dict_at(map, path, options.key.as_deref(), &mut |r| {
-        mapped::release(map, r.start, r.end)
-    })?;
+    // Storages are checked against their CRC-32 when first read, not here
+    // (`engine::storage_check`): opening reads the archive's directory and pickle.
+    // Finding each storage's data reads its local header, a page here and there:
+    // without readahead, which would bring megabytes of the storage after it from
+    // the disk, and with what the read mapped dropped at once (the kernel maps a
+    // whole cached folio, up to 2 MiB, around a page read; a few hundred
+    // storages would hold ~100 MB of RSS).
+    mapped::advise(map, mapped::Advice::Random);
+    let mut touched = |r: Range<usize>| {
+        const FOLIO: usize = 2 << 20;
+        mapped::release(map, r.start / FOLIO * FOLIO, r.end.div_ceil(FOLIO) * FOLIO);
+    };
+    let state = crate::torch::read_state_dict_at(map, path, options.key.as_deref(), &mut touched);
+    mapped::release(map, 0, map.len());
+    mapped::advise(map, mapped::Advice::Sequential);
+    let state = state?;
     check_views(&state, map.len() as u64, path, options)?;
     let tensors = state
         .tensors()

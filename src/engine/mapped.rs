@@ -34,7 +34,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 use std::time::SystemTime;
 
-use memmap2::{Advice, Mmap, UncheckedAdvice};
+pub(crate) use memmap2::Advice;
+use memmap2::{Mmap, UncheckedAdvice};
 
 use crate::error::{Error, Result};
 
@@ -157,6 +158,13 @@ pub(crate) fn faults() -> usize {
     FAULTS.load(Ordering::Acquire)
 }
 
+/// Moves the counter [`faults`] without a fault: an input found damaged some
+/// other way (a PyTorch storage that fails its CRC-32 on first read) makes every
+/// running pass check its inputs after its next chunk.
+pub(crate) fn note_damage() {
+    FAULTS.fetch_add(1, Ordering::AcqRel);
+}
+
 /// Maps `path` read-only, hints the kernel that it will be read front to back,
 /// and watches the mapping for faults.
 pub(crate) fn map_file(path: &Path) -> Result<Mapping> {
@@ -177,6 +185,13 @@ pub(crate) fn map_file(path: &Path) -> Result<Mapping> {
     let _ = map.advise(Advice::Sequential);
     let slot = register(map.as_ptr() as usize, map.len());
     Ok(Mapping { map, file, path: path.to_path_buf(), opened, slot })
+}
+
+/// Tells the kernel how `map` will be read next: front to back
+/// ([`Advice::Sequential`], what [`map_file`] starts with, reading well ahead), or
+/// a page here and there ([`Advice::Random`], no readahead). Only a hint.
+pub(crate) fn advise(map: &Mapping, advice: Advice) {
+    let _ = map.map.advise(advice);
 }
 
 /// Tells the kernel this process no longer needs the pages wholly inside

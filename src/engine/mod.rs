@@ -27,6 +27,7 @@ pub mod merge;
 pub mod output;
 pub mod plan;
 pub mod rename;
+pub(crate) mod storage_check;
 pub(crate) mod stream;
 pub mod task_vectors;
 pub mod tied;

@@ -1,6 +1,7 @@
 //! The zip container of a torch checkpoint: finding `<prefix>/data.pkl` and the
 //! storages under `<prefix>/data/`, and proving each entry is a stored
-//! (uncompressed) byte range inside the file whose CRC-32 matches.
+//! (uncompressed) byte range inside the file; the CRC-32 of each entry is checked
+//! when its bytes are read (`data.pkl` at once, storages when first streamed).
 //!
 //! The central directory is read by the `zip` crate from the in-memory bytes; each
 //! entry's data then starts at the end of its local header (`data_start`), and since
@@ -17,7 +18,7 @@ use super::{EntryProblem, TorchError};
 
 /// Bytes checksummed between two reports to the caller: small enough that the
 /// pages of a multi-GB storage need not all be mapped at once.
-const CRC_WINDOW: usize = 16 << 20;
+const CRC_WINDOW: usize = 4 << 20;
 
 /// An opened archive: the central directory and the folder the records are in.
 pub(crate) struct Archive<'a> {
@@ -57,16 +58,17 @@ impl<'a> Archive<'a> {
         Ok(Archive { bytes, zip, prefix })
     }
 
-    /// The byte range of a stored entry in the file, if the entry exists, after
-    /// checking that it is stored, unencrypted, inside the file and that its CRC-32
-    /// matches. The CRC is computed a window at a time, and `read` is told each
-    /// window once it has been read (the caller may drop its pages).
-    pub(crate) fn checked_entry(
+    /// A stored entry's byte range in the file and the CRC-32 the central
+    /// directory records for it, if the entry exists, after checking that it is
+    /// stored, unencrypted and inside the file. Its bytes are not read here
+    /// ([`Archive::checked_entry`] also checks them), only its local header, whose
+    /// byte range `touched` is told.
+    pub(crate) fn entry(
         &mut self,
         name: &str,
         path: &Path,
-        read: &mut dyn FnMut(Range<usize>),
-    ) -> Result<Option<Range<usize>>, TorchError> {
+        touched: &mut dyn FnMut(Range<usize>),
+    ) -> Result<Option<Entry>, TorchError> {
         let Some(index) = self.zip.index_for_name(name) else {
             return Ok(None);
         };
@@ -96,30 +98,67 @@ impl<'a> Archive<'a> {
             }));
         }
         let start = file.data_start().ok_or_else(|| problem(EntryProblem::OutsideFile))?;
+        if let (Ok(header), Ok(end)) =
+            (usize::try_from(file.header_start()), usize::try_from(start))
+        {
+            touched(header..end);
+        }
         let range = usize::try_from(start)
             .ok()
             .zip(usize::try_from(file.size()).ok())
             .and_then(|(start, len)| Some(start..start.checked_add(len)?))
             .filter(|r| r.end <= self.bytes.len())
             .ok_or_else(|| problem(EntryProblem::OutsideFile))?;
-        let expected = file.crc32();
-        let mut hasher = crc32fast::Hasher::new();
-        for start in range.clone().step_by(CRC_WINDOW) {
-            let window = start..range.end.min(start + CRC_WINDOW);
-            hasher.update(&self.bytes[window.clone()]);
-            read(window);
-        }
-        let actual = hasher.finalize();
-        if actual != expected {
-            return Err(TorchError::Crc {
-                path: path.to_path_buf(),
-                entry: name.to_owned(),
-                expected,
-                actual,
-            });
-        }
-        Ok(Some(range))
+        Ok(Some(Entry { range, crc32: file.crc32() }))
     }
+
+    /// [`Archive::entry`], with its bytes checked against the CRC-32 at once.
+    pub(crate) fn checked_entry(
+        &mut self,
+        name: &str,
+        path: &Path,
+    ) -> Result<Option<Range<usize>>, TorchError> {
+        let Some(entry) = self.entry(name, path, &mut |_| {})? else { return Ok(None) };
+        check_crc(self.bytes, name, &entry, path)?;
+        Ok(Some(entry.range))
+    }
+}
+
+/// Where a stored entry's bytes are, and the CRC-32 they must have.
+pub(crate) struct Entry {
+    pub(crate) range: Range<usize>,
+    pub(crate) crc32: u32,
+}
+
+/// The CRC-32 of `bytes[range]`, computed a window at a time; `read` is told each
+/// window once it has been read (the caller may drop its pages).
+pub(crate) fn crc32_of(
+    bytes: &[u8],
+    range: Range<usize>,
+    read: &mut dyn FnMut(Range<usize>),
+) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    for start in range.clone().step_by(CRC_WINDOW) {
+        let window = start..range.end.min(start + CRC_WINDOW);
+        hasher.update(&bytes[window.clone()]);
+        read(window);
+    }
+    hasher.finalize()
+}
+
+/// Fails with [`TorchError::Crc`] when the bytes of entry `name` (of the file
+/// at `path`, whose bytes are `bytes`) do not match its CRC-32.
+fn check_crc(bytes: &[u8], name: &str, entry: &Entry, path: &Path) -> Result<(), TorchError> {
+    let actual = crc32_of(bytes, entry.range.clone(), &mut |_| {});
+    if actual != entry.crc32 {
+        return Err(TorchError::Crc {
+            path: path.to_path_buf(),
+            entry: name.to_owned(),
+            expected: entry.crc32,
+            actual,
+        });
+    }
+    Ok(())
 }
 
 /// The first entry name the central directory lists twice, if any: the zip

@@ -14,9 +14,12 @@
 //!    calls nothing ([`parse_pickle`]); the result must be one flat dict of tensors,
 //!    or hold one at a dotted key (a training checkpoint's `state_dict`,
 //!    [`read_state_dict_at`]), whatever else it holds beside it;
-//! 3. each storage is found in the archive, checked to be stored, inside the file, of
-//!    the size the pickle declares, and CRC-checked (one pass over every byte); every
-//!    tensor's view was already checked to lie inside its storage.
+//! 3. each storage is found in the archive, checked to be stored, inside the file and
+//!    of the size the pickle declares; every tensor's view was already checked to lie
+//!    inside its storage. [`read_state_dict`] then checks every storage's CRC-32 (one
+//!    pass over every byte); [`read_state_dict_at`] leaves that to
+//!    [`StateDict::storage_crc32`], so that a reader streaming the storages can check
+//!    each one as it first reads it, and a cold file comes from the disk once.
 //!
 //! Two names may share a storage (tied weights): they then have the same
 //! [`TorchTensor::storage`], and the storage appears once. A tensor that is a
@@ -311,6 +314,7 @@ pub struct Storage {
     offset: usize,
     len: usize,
     dtype: Dtype,
+    crc32: u32,
 }
 
 impl Storage {
@@ -343,11 +347,17 @@ impl Storage {
     pub fn range(&self) -> Range<usize> {
         self.offset..self.offset + self.len
     }
+
+    /// The CRC-32 the archive records for its bytes.
+    pub fn crc32(&self) -> u32 {
+        self.crc32
+    }
 }
 
 /// A validated torch state dict: tensors in the file's order, and the storages they
-/// view. Every storage lies inside the file and passed its CRC check; every
-/// tensor's elements lie inside its storage.
+/// view. Every storage lies inside the file (its CRC-32 checked by
+/// [`read_state_dict`], or left to [`StateDict::storage_crc32`] by
+/// [`read_state_dict_at`]); every tensor's elements lie inside its storage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateDict {
     tensors: Vec<TorchTensor>,
@@ -376,6 +386,22 @@ impl StateDict {
     /// If the tensor is not from this state dict and its storage index is out of range.
     pub fn storage_of(&self, tensor: &TorchTensor) -> &Storage {
         &self.storages[tensor.storage]
+    }
+
+    /// The CRC-32 of the bytes of storage `index` as they are in `file` (the bytes
+    /// this state dict was read from), read a window of at most 4 MiB at a time;
+    /// `read` is told each window once it has been read. A storage is intact when
+    /// this equals its [`Storage::crc32`].
+    ///
+    /// # Panics
+    /// If `index` is out of range, or `file` is shorter than the storage's end.
+    pub fn storage_crc32(
+        &self,
+        index: usize,
+        file: &[u8],
+        read: &mut dyn FnMut(Range<usize>),
+    ) -> u32 {
+        archive::crc32_of(file, self.storages[index].range(), read)
     }
 
     /// Whether two elements of `tensor` are the same storage element (an
@@ -456,27 +482,33 @@ pub fn looks_like_torch_zip(bytes: &[u8]) -> bool {
 /// it uses, checking each entry's CRC-32. On success, every storage range lies
 /// inside `bytes` and every tensor's elements inside its storage.
 pub fn read_state_dict(bytes: &[u8], path: &Path) -> Result<StateDict, TorchError> {
-    read_state_dict_with(bytes, path, &mut |_| {})
+    let state = read_state_dict_at(bytes, path, None, &mut |_| {})?;
+    for (index, storage) in state.storages.iter().enumerate() {
+        let actual = state.storage_crc32(index, bytes, &mut |_| {});
+        if actual != storage.crc32 {
+            return Err(TorchError::Crc {
+                path: path.to_path_buf(),
+                entry: storage.entry.clone(),
+                expected: storage.crc32,
+                actual,
+            });
+        }
+    }
+    Ok(state)
 }
 
-/// [`read_state_dict`], telling `read` each byte range of the file once its CRC
-/// pass has read it (a window of at most 16 MiB), so that a caller reading from a
-/// memory map can drop those pages as it goes instead of mapping the whole file.
-pub fn read_state_dict_with(
-    bytes: &[u8],
-    path: &Path,
-    read: &mut dyn FnMut(Range<usize>),
-) -> Result<StateDict, TorchError> {
-    read_state_dict_at(bytes, path, None, read)
-}
-
-/// [`read_state_dict_with`] of the state dict at a dotted `key` inside the file
-/// (see [`parse_pickle_at`]); only the storages of its tensors are read.
+/// [`read_state_dict`] of the state dict at a dotted `key` inside the file (see
+/// [`parse_pickle_at`]), without reading the storages: their entries are checked
+/// to be stored, inside the file and of the right size, and `data.pkl`'s CRC-32
+/// is checked, but each storage's own CRC-32 is left to
+/// [`StateDict::storage_crc32`]. `touched` is told the byte range of each
+/// storage's local header once it has been read (a caller reading from a memory
+/// map may drop those pages).
 pub fn read_state_dict_at(
     bytes: &[u8],
     path: &Path,
     key: Option<&str>,
-    read: &mut dyn FnMut(Range<usize>),
+    touched: &mut dyn FnMut(Range<usize>),
 ) -> Result<StateDict, TorchError> {
     if !looks_like_torch_zip(bytes) {
         return Err(not_a_zip(bytes, path));
@@ -485,7 +517,7 @@ pub fn read_state_dict_at(
     let prefix = archive.prefix.clone();
 
     let byteorder = format!("{prefix}/byteorder");
-    if let Some(range) = archive.checked_entry(&byteorder, path, read)? {
+    if let Some(range) = archive.checked_entry(&byteorder, path)? {
         let found = &bytes[range];
         if found != b"little" {
             let found = String::from_utf8_lossy(&found[..found.len().min(32)]).into_owned();
@@ -494,7 +526,7 @@ pub fn read_state_dict_at(
     }
 
     let pkl = format!("{prefix}/data.pkl");
-    let range = archive.checked_entry(&pkl, path, read)?.ok_or_else(|| TorchError::Entry {
+    let range = archive.checked_entry(&pkl, path)?.ok_or_else(|| TorchError::Entry {
         path: path.to_path_buf(),
         entry: pkl.clone(),
         problem: EntryProblem::Missing,
@@ -507,7 +539,7 @@ pub fn read_state_dict_at(
 
     let mut storages = Vec::with_capacity(pickled.storages.len());
     for storage in &pickled.storages {
-        storages.push(bind_storage(&mut archive, storage, &prefix, path, read)?);
+        storages.push(bind_storage(&mut archive, storage, &prefix, path, touched)?);
     }
     Ok(StateDict { tensors: pickled.tensors, storages })
 }
@@ -518,18 +550,19 @@ fn bind_storage(
     storage: &StorageRef,
     prefix: &str,
     path: &Path,
-    read: &mut dyn FnMut(Range<usize>),
+    touched: &mut dyn FnMut(Range<usize>),
 ) -> Result<Storage, TorchError> {
     let key = &storage.key;
     if key.is_empty() || key.contains(['/', '\\']) || key == "." || key == ".." {
         return Err(TorchError::StorageKey { path: path.to_path_buf(), key: key.clone() });
     }
     let entry = format!("{prefix}/data/{key}");
-    let range = archive.checked_entry(&entry, path, read)?.ok_or_else(|| TorchError::Entry {
+    let found = archive.entry(&entry, path, touched)?.ok_or_else(|| TorchError::Entry {
         path: path.to_path_buf(),
         entry: entry.clone(),
         problem: EntryProblem::Missing,
     })?;
+    let range = found.range;
     let expected = storage.numel as u128 * view::element_size(storage.dtype) as u128;
     if expected != range.len() as u128 {
         return Err(TorchError::StorageSize {
@@ -541,7 +574,13 @@ fn bind_storage(
             dtype: storage.dtype,
         });
     }
-    Ok(Storage { entry, offset: range.start, len: range.len(), dtype: storage.dtype })
+    Ok(Storage {
+        entry,
+        offset: range.start,
+        len: range.len(),
+        dtype: storage.dtype,
+        crc32: found.crc32,
+    })
 }
 
 /// The error for a file that is not a zip archive, saying what it looks like.

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod mixture;
 pub mod process;
+pub mod torch_file;
 
 use std::collections::BTreeMap;
 use std::fs;
