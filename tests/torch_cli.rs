@@ -154,3 +154,28 @@ fn a_tied_head_stored_on_the_embedding_is_written_once_when_the_config_ties() {
         assert_eq!(got["embed.weight"], expected("views")["embed.weight"]);
     }
 }
+
+#[test]
+fn a_transposed_view_over_several_row_blocks_is_read_as_its_values_at_any_chunking() {
+    // A 1000 × 600 f32 matrix stored transposed (strides (1, 1000)): 2.4 MB, so
+    // the gather's row blocks (1 MiB each) split it in three, and chunks of most
+    // sizes straddle their edges.
+    let (rows, cols) = (1000u32, 600u32);
+    let dir = common::tempdir();
+    let bin = dir.path().join("pytorch_model.bin");
+    let file = common::torch_file::torch_file(&["w"], rows * cols, &[rows, cols], &[1, rows]);
+    fs::write(&bin, file).unwrap();
+    let expected: Vec<u8> = (0..rows)
+        .flat_map(|r| (0..cols).map(move |c| (c * rows + r) as f32))
+        .flat_map(f32::to_le_bytes)
+        .collect();
+    for (chunk, threads) in [("7", "3"), ("4096", "2"), ("65536", "1"), ("1000000", "2")] {
+        let out = dir.path().join(format!("out-{chunk}"));
+        // The mean of a model and itself is the model, read twice in the same chunks.
+        let args = ["merge", s(&bin), s(&bin), "-o", s(&out), "--quiet", "--chunk-elements", chunk];
+        soup_ok(&[&args[..], &["-t", threads]].concat());
+        let (_, shape, bytes) = &read_output(&out)["w"];
+        assert_eq!(shape, &vec![rows as usize, cols as usize]);
+        assert!(bytes == &expected, "chunks of {chunk} on {threads} threads");
+    }
+}

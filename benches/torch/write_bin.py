@@ -10,7 +10,7 @@ globals without importing torch: stand-in objects carry their module and name.
 Values are seeded pseudo-random bf16 numbers (a cheap LCG over the bytes), so
 the CRC-32 of each storage is real work.
 
-    python write_bin.py OUT.bin --size-gb 1 [--seed 0]
+    python write_bin.py OUT.bin --size-gb 1 [--seed 0] [--transposed]
 """
 import argparse
 import collections
@@ -39,8 +39,8 @@ BF16 = stand_in("torch", "BFloat16Storage")
 
 
 class Tensor:
-    def __init__(self, key, shape):
-        self.key, self.shape = key, shape
+    def __init__(self, key, shape, transposed=False):
+        self.key, self.shape, self.transposed = key, shape, transposed
 
     def numel(self):
         n = 1
@@ -53,6 +53,9 @@ class Tensor:
         for d in reversed(self.shape):
             stride.insert(0, s)
             s *= d
+        if self.transposed:
+            # w.t().contiguous().t(): the storage holds the transpose row by row.
+            stride = [1, self.shape[0]]
         storage = Storage(self.key, self.numel())
         return (REBUILD, (storage, 0, tuple(self.shape), tuple(stride), False, collections.OrderedDict()))
 
@@ -101,10 +104,15 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--transposed", action="store_true",
+                    help="save every 2-D weight but the embedding as a transposed view")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     tensors = layout(args.size_gb)
-    dict_ = {name: Tensor(str(i), shape) for i, (name, shape) in enumerate(tensors)}
+    dict_ = {
+        name: Tensor(str(i), shape, args.transposed and len(shape) == 2 and "embed" not in name)
+        for i, (name, shape) in enumerate(tensors)
+    }
     buf = io.BytesIO()
     Pickler(buf, protocol=2).dump(dict_)
     tmp = args.out + ".tmp"

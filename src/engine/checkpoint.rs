@@ -32,6 +32,7 @@ use serde::Deserialize;
 
 use crate::engine::mapped::{self, Mapping};
 use crate::engine::storage_check::StorageChecks;
+use crate::engine::strided_pages::StridedPages;
 use crate::error::{Error, Result};
 
 /// The file name of a single-file checkpoint in a directory.
@@ -91,9 +92,18 @@ pub struct Shard {
     path: PathBuf,
     map: Mapping,
     metadata: BTreeMap<String, String>,
-    /// The state dict of a PyTorch file, for gathering its strided views, and
-    /// which of its storages have been checked against their CRC-32.
-    torch: Option<(crate::torch::StateDict, StorageChecks)>,
+    /// What a PyTorch file holds, and what reading it keeps.
+    torch: Option<TorchShard>,
+}
+
+/// A PyTorch file's state dict (for gathering its strided views), which of its
+/// storages have been checked against their CRC-32, and which strided view was
+/// read last (whose pages to drop when it is done).
+#[derive(Debug)]
+struct TorchShard {
+    state: crate::torch::StateDict,
+    checks: StorageChecks,
+    strided: StridedPages,
 }
 
 impl Shard {
@@ -101,7 +111,7 @@ impl Shard {
     /// its CRC-32 when it was first read.
     fn check_storages(&self) -> Result<()> {
         match &self.torch {
-            Some((state, checks)) => checks.failure(state, &self.path).map_or(Ok(()), Err),
+            Some(t) => t.checks.failure(&t.state, &self.path).map_or(Ok(()), Err),
             None => Ok(()),
         }
     }
@@ -473,11 +483,11 @@ impl Checkpoint {
             return Cow::Owned(self.computed[i].bytes(self, start, len));
         }
         let shard = &self.shards[tensor.shard];
-        let Some((state, checks)) = &shard.torch else {
+        let Some(torch) = &shard.torch else {
             return Cow::Borrowed(&shard.map[tensor.offset + start..tensor.offset + start + len]);
         };
         if check && len > 0 {
-            checks.ensure(state, &shard.map, tensor.offset);
+            torch.checks.ensure(&torch.state, &shard.map, tensor.offset);
         }
         let Some(i) = tensor.strided else {
             return Cow::Borrowed(&shard.map[tensor.offset + start..tensor.offset + start + len]);
@@ -485,7 +495,7 @@ impl Checkpoint {
         // Whole elements covering the range, then the range within them.
         let size = (tensor.dtype.bitsize() / 8).max(1);
         let (first, end) = (start / size, (start + len).div_ceil(size));
-        let mut out = state.gather(&state.tensors()[i], &shard.map, first, end - first);
+        let mut out = torch.strided.gather(&torch.state, i, &shard.map, first, end - first);
         let skip = start - first * size;
         out.truncate(skip + len);
         out.drain(..skip);
@@ -506,8 +516,8 @@ impl Checkpoint {
     /// commands that vouch for a file without streaming it.
     pub fn verify(&self) -> Result<()> {
         for shard in self.shards.iter() {
-            if let Some((state, checks)) = &shard.torch {
-                checks.ensure_all(state, &shard.map);
+            if let Some(t) = &shard.torch {
+                t.checks.ensure_all(&t.state, &shard.map);
             }
         }
         self.check_unchanged()
@@ -558,9 +568,10 @@ fn open_shard(path: PathBuf, options: &OpenOptions) -> Result<(Shard, Vec<Tensor
     // which would fail the format checks for the wrong reason: say what happened.
     map.check()?;
     let (metadata, torch, tensors) = parsed?;
-    let torch = torch.map(|state| {
-        let checks = StorageChecks::new(&state);
-        (state, checks)
+    let torch = torch.map(|state| TorchShard {
+        checks: StorageChecks::new(&state),
+        strided: StridedPages::default(),
+        state,
     });
     Ok((Shard { path, map, metadata, torch }, tensors))
 }

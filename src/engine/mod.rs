@@ -29,6 +29,7 @@ pub mod plan;
 pub mod rename;
 pub(crate) mod storage_check;
 pub(crate) mod stream;
+pub(crate) mod strided_pages;
 pub mod task_vectors;
 pub mod tied;
 pub mod writeback;

@@ -272,8 +272,9 @@ impl Matrix<'_> {
             done = run;
             row += 1;
         }
-        // Rows per block: one cache line of elements, and at least 8.
-        let block = (64 / e).max(8);
+        // Rows per block: a run of 512 bytes of each column (8 cache lines), so that
+        // each page of the storage visited gives that much; at least 8 rows.
+        let block = (COLUMN_RUN_BYTES / e).clamp(8, TILE_ROWS);
         while count - done >= self.cols {
             let rows = block.min((count - done) / self.cols).min(self.rows - row);
             let dst = &mut out[done * e..(done + rows * self.cols) * e];
@@ -348,8 +349,12 @@ impl Matrix<'_> {
 const TILE_COLS: usize = 16;
 
 /// Most rows per tile of [`Matrix::tiles`]: the most [`Matrix::gather`] puts in a
-/// block (one cache line of 1-byte elements).
-const TILE_ROWS: usize = 64;
+/// block.
+const TILE_ROWS: usize = 256;
+
+/// Bytes of one column that [`Matrix::gather`] reads at once, when the request
+/// holds that many rows.
+const COLUMN_RUN_BYTES: usize = 512;
 
 /// Copies `dst.len() / esize` elements starting at storage element `first`, `stride`
 /// elements apart.
@@ -570,19 +575,23 @@ mod bench {
     use super::*;
     use std::time::Instant;
 
-    /// Throughput of gathering a transposed matrix in 64 Ki-element chunks, against
-    /// copying the same chunks: `cargo test --release --lib torch::view::bench --
+    /// Throughput of gathering a transposed matrix in 64 Ki-element chunks and in
+    /// the engine's row blocks of 1 MiB (`engine::row_blocks`), against copying
+    /// the same chunks: `cargo test --release --lib torch::view::bench --
     /// --ignored --nocapture`.
     #[test]
     #[ignore]
     fn transposed_throughput() {
-        for (esize, n) in [(4usize, 4096usize), (2, 4096), (2, 11008)] {
+        for (esize, n, block) in [(4usize, 4096usize, false), (2, 4096, false), (2, 11008, false)]
+            .into_iter()
+            .flat_map(|(e, n, _)| [(e, n, false), (e, n, true)])
+        {
             let rows = n;
             let cols = 4096;
             let storage: Vec<u8> = (0..rows * cols * esize).map(|i| i as u8).collect();
             let shape = [cols, rows];
             let strides = [1, cols];
-            let chunk = 65536;
+            let chunk = if block { (1 << 20) / (rows * esize) * rows } else { 65536 };
             let mut out = vec![0u8; chunk * esize];
             let total = rows * cols;
             let best = |f: &mut dyn FnMut()| {
@@ -618,7 +627,8 @@ mod bench {
             });
             let gb = (total * esize) as f64 / 1e9;
             eprintln!(
-                "esize {esize} {rows}x{cols}: gather {:.2} GB/s, memcpy {:.2} GB/s",
+                "esize {esize} {rows}x{cols} in {}: gather {:.2} GB/s, memcpy {:.2} GB/s",
+                if block { "1 MiB row blocks" } else { "64 Ki-element chunks" },
                 gb / t_gather,
                 gb / t_copy
             );
